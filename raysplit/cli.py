@@ -1,0 +1,139 @@
+"""The `raysplit` command line: tune, promote, rollback, info.
+
+User mistakes surface as :class:`RaysplitError` and end the command with one line on
+stderr and exit status 2, like argparse's own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from raysplit.errors import RaysplitError
+from raysplit.settings import Locations
+
+# flag -> dotted config key; every other field is reachable as KEY=VALUE
+TUNE_FLAGS: dict[str, str] = {
+    "dataset": "dataset.name",
+    "metric": "search.metric",
+    "cv_folds": "search.cv_folds",
+    "num_samples": "search.num_samples",
+    "max_concurrent_trials": "search.max_concurrent_trials",
+    "cpus_per_trial": "search.cpus_per_trial",
+    "algorithm": "search.algorithm",
+    "early_stopping": "search.early_stopping",
+    "register": "register.model_name",
+    "alias": "register.alias",
+    "experiment": "experiment",
+}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tune.config import load_spec, parse_override
+    from tune.search import outcome_lines, run_search
+
+    overrides: dict[str, Any] = dict(parse_override(item) for item in args.overrides)
+    for flag, key in TUNE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.families is not None:
+        overrides["search.families"] = [f.strip() for f in args.families.split(",") if f.strip()]
+    spec = load_spec(args.config, overrides)
+    outcome = run_search(spec, Locations.resolve())
+    print("\n".join(outcome_lines(outcome)))
+    return 0
+
+
+def _client():
+    from tune.tracking import connect
+
+    return connect(Locations.resolve())
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from tune.registry import move_alias
+
+    previous = move_alias(_client(), args.name, args.alias, str(args.version))
+    was = f" (was version {previous})" if previous else ""
+    print(f"{args.name}@{args.alias} -> version {args.version}{was}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tune.registry import rollback_alias
+
+    current, target = rollback_alias(_client(), args.name, args.alias)
+    print(f"{args.name}@{args.alias} -> version {target} (was version {current})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(Locations.resolve().model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysplit", description="Tune, register and A/B-serve scikit-learn models on Ray."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search hyperparameters on Ray, log to MLflow, register the best model",
+        description="Run a Ray Tune search described by a YAML config. Any config field can be"
+        " overridden as KEY=VALUE with a dotted key, e.g. search.num_samples=10.",
+    )
+    tune.add_argument("--config", type=Path, required=True, help="search config (YAML)")
+    tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    tune.add_argument("--dataset", help="bundled dataset name")
+    tune.add_argument("--metric", help="accuracy, f1_macro, roc_auc, r2 or rmse")
+    tune.add_argument("--families", help="comma-separated model families (default spaces)")
+    tune.add_argument("--cv-folds", type=int)
+    tune.add_argument("--num-samples", type=int)
+    tune.add_argument("--max-concurrent-trials", type=int)
+    tune.add_argument("--cpus-per-trial", type=float)
+    tune.add_argument("--algorithm", choices=["random", "grid", "optuna"])
+    tune.add_argument("--early-stopping", choices=["asha", "none"])
+    tune.add_argument("--register", metavar="NAME", help="registered model name")
+    tune.add_argument("--alias", help="alias for the new version (default challenger)")
+    tune.add_argument("--experiment", help="MLflow experiment name")
+    tune.set_defaults(func=cmd_tune)
+
+    promote = commands.add_parser("promote", help="point an alias at a model version")
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--version", required=True, type=int)
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = commands.add_parser(
+        "rollback", help="move an alias back to the version that held it before"
+    )
+    rollback.add_argument("name", help="registered model name")
+    rollback.add_argument("--alias", default="champion")
+    rollback.set_defaults(func=cmd_rollback)
+
+    info = commands.add_parser("info", help="print the resolved locations as JSON")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except RaysplitError as exc:
+        print(f"raysplit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysplit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The training side: datasets, search spaces, the Tune trainable, MLflow logging and registry."""

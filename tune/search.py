@@ -1,0 +1,288 @@
+"""One search, end to end: validate, tune on Ray, log to MLflow, refit, register.
+
+Order matters for "nothing left behind": every input is validated and the tracking store
+is proven reachable before Ray starts or a run is created; the model is registered only
+after it has been refitted, evaluated and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import mlflow.sklearn
+import ray
+import skops.io
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from raysplit.errors import RaysplitError
+from raysplit.settings import Locations
+from tune.config import SearchPlan, TuneSpec, resolve_plan
+from tune.datasets import Split, Task, load_dataset, split_dataset
+from tune.evaluation import diagnostic_figure, holdout_metrics
+from tune.reference_stats import REFERENCE_STATS_FILE, reference_stats
+from tune.registry import register_version
+from tune.spaces import candidate_from_config, flatten_trial_config, search_setup
+from tune.tracking import TrialLogger, connect, ensure_experiment
+from tune.trainable import TrialData, cross_validate
+
+TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    experiment_id: str
+    parent_run_id: str
+    trials: int
+    completed_trials: int
+    early_stopped_trials: int
+    metric: str
+    best_family: str
+    best_params: dict[str, Any]
+    best_cv_score: float
+    test_scores: dict[str, float]
+    model_name: str
+    model_version: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    family: str
+    params: dict[str, Any]
+    cv_mean: float
+    folds_done: int
+
+
+def _trial_summaries(results: tune.ResultGrid) -> tuple[list[TrialSummary], list[str]]:
+    summaries, errors = [], []
+    for result in results:
+        if result.error is not None:
+            errors.append(str(result.error).strip().splitlines()[-1])
+            continue
+        metrics = result.metrics or {}
+        if "cv_mean" not in metrics:
+            continue
+        family, params = candidate_from_config(flatten_trial_config(result.config))
+        summaries.append(
+            TrialSummary(family, params, float(metrics["cv_mean"]), int(metrics["folds_done"]))
+        )
+    return summaries, errors
+
+
+def _best(summaries: list[TrialSummary], folds: int, mode: str) -> TrialSummary:
+    complete = [s for s in summaries if s.folds_done == folds]
+    pick = max if mode == "max" else min
+    return pick(complete, key=lambda s: s.cv_mean)
+
+
+def _trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust; only scikit-learn, NumPy and SciPy qualify."""
+    types = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+    if foreign:
+        raise RaysplitError(f"model holds types outside scikit-learn/NumPy/SciPy: {foreign}")
+    return types
+
+
+def _run_trials(
+    spec: TuneSpec, plan: SearchPlan, split: Split, logger: TrialLogger, locations: Locations
+) -> tune.ResultGrid:
+    search = spec.search
+    param_space, search_alg, num_samples = search_setup(
+        plan, search.algorithm, search.num_samples, search.max_concurrent_trials, search.seed
+    )
+    data = TrialData(
+        split.x_train, split.y_train, plan.task, plan.metric, search.cv_folds, search.seed
+    )
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=search.cv_folds,
+            grace_period=1,
+            reduction_factor=2,
+        )
+        if search.early_stopping == "asha"
+        else FIFOScheduler()
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(
+            tune.with_parameters(cross_validate, data=data), {"cpu": search.cpus_per_trial}
+        ),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric="cv_mean",
+            mode=plan.metric.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{logger.parent_run_id}",
+            storage_path=str(locations.tune_storage_path),
+            callbacks=[logger],
+        ),
+    )
+    return tuner.fit()
+
+
+def _log_best_model(
+    spec: TuneSpec, plan: SearchPlan, split: Split, best: TrialSummary, digest_tags: dict
+) -> tuple[ModelInfo, dict[str, float]]:
+    """Refit on the whole training split, evaluate on the test split, log the model."""
+    model = plan.families[best.family].build(best.params, seed=spec.search.seed)
+    model.fit(split.x_train, split.y_train)
+    scores = holdout_metrics(model, split.x_test, split.y_test, plan.task)
+    mlflow.log_metrics(scores)
+    name, figure = diagnostic_figure(model, split.x_test, split.y_test, plan.task)
+    mlflow.log_figure(figure, name)
+    stats = reference_stats(
+        split.x_train, split.y_train, plan.task is Task.CLASSIFICATION, spec.dataset.seed
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / REFERENCE_STATS_FILE
+        stats_path.write_text(stats.model_dump_json())
+        mlflow.log_artifact(str(stats_path))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(split.x_train, model.predict(split.x_train)),
+            input_example=split.x_train.head(3),
+            serialization_format="skops",
+            skops_trusted_types=_trusted_types(model),
+            extra_files=[str(stats_path)],
+            metadata={"task": str(plan.task), **digest_tags},
+            # pinned from the running environment, without MLflow's slow inference pass
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+        )
+    return info, scores
+
+
+def _log_inputs(split: Split, dataset_name: str) -> dict[str, str]:
+    digests = {}
+    for context, features, target in (
+        ("training", split.x_train, split.y_train),
+        ("testing", split.x_test, split.y_test),
+    ):
+        frame = features.assign(target=target.to_numpy())
+        data = mlflow.data.from_pandas(frame, targets="target", name=f"{dataset_name}-{context}")
+        mlflow.log_input(data, context=context)
+        digests[f"dataset_digest_{context}"] = data.digest
+    return digests
+
+
+def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
+    """Validate everything, then search, log, refit and register; see the module docstring."""
+    dataset = load_dataset(
+        spec.dataset.name, spec.dataset.path, spec.dataset.target, spec.dataset.task
+    )
+    plan = resolve_plan(spec.search, dataset.task)
+    split = split_dataset(dataset, spec.dataset.test_size, spec.dataset.seed, spec.search.cv_folds)
+    model_name = spec.registration.model_name or dataset.name
+    client = connect(locations)
+    experiment_id = ensure_experiment(
+        client, spec.experiment or f"raysplit-{model_name}", locations
+    )
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(log_to_driver=False, configure_logging=False)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{model_name}") as run:
+            parent = run.info.run_id
+            mlflow.log_params(
+                {
+                    "dataset": dataset.name,
+                    "task": str(dataset.task),
+                    "metric": plan.metric.name,
+                    "families": ",".join(plan.spaces),
+                    **spec.search.model_dump(exclude={"families", "metric"}),
+                    "test_size": spec.dataset.test_size,
+                    "train_rows": len(split.x_train),
+                    "test_rows": len(split.x_test),
+                }
+            )
+            mlflow.set_tag("raysplit.kind", "search")
+            digests = _log_inputs(split, dataset.name)
+            logger = TrialLogger(
+                locations.mlflow_tracking_uri, experiment_id, parent, spec.search.cv_folds
+            )
+            results = _run_trials(spec, plan, split, logger, locations)
+            summaries, errors = _trial_summaries(results)
+            complete = [s for s in summaries if s.folds_done == spec.search.cv_folds]
+            if not complete:
+                reason = errors[0] if errors else "no trial reported a score"
+                raise RaysplitError(f"all {len(results)} trials failed; first error: {reason}")
+            best = _best(summaries, spec.search.cv_folds, plan.metric.mode)
+            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+            mlflow.log_param("best.family", best.family)
+            mlflow.log_metrics(
+                {
+                    f"best_cv_{plan.metric.name}": best.cv_mean,
+                    "trials": len(results),
+                    "trials_early_stopped": len(summaries) - len(complete),
+                    "trials_failed": len(errors),
+                }
+            )
+            model_info, scores = _log_best_model(spec, plan, split, best, digests)
+            tags = {
+                "raysplit.search_run_id": parent,
+                "raysplit.metric": plan.metric.name,
+                "raysplit.cv_score": f"{best.cv_mean:.6f}",
+                "raysplit.test_score": f"{scores['test_' + plan.metric.name]:.6f}",
+                "raysplit.family": best.family,
+                "raysplit.task": str(dataset.task),
+                "raysplit.dataset": dataset.name,
+                "raysplit.dataset_digest": digests["dataset_digest_training"],
+            }
+            version = register_version(
+                client,
+                model_name,
+                model_info.model_uri,
+                parent,
+                tags,
+                spec.registration.alias,
+                model_id=model_info.model_id,
+            )
+            mlflow.set_tag("raysplit.registered_version", f"{model_name}/{version.version}")
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return SearchOutcome(
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        trials=len(results),
+        completed_trials=len(complete),
+        early_stopped_trials=len(summaries) - len(complete),
+        metric=plan.metric.name,
+        best_family=best.family,
+        best_params=best.params,
+        best_cv_score=best.cv_mean,
+        test_scores=scores,
+        model_name=model_name,
+        model_version=str(version.version),
+        alias=spec.registration.alias,
+    )
+
+
+def outcome_lines(outcome: SearchOutcome) -> list[str]:
+    """What the CLI prints after a search."""
+    return [
+        f"trials: {outcome.trials} ({outcome.completed_trials} complete,"
+        f" {outcome.early_stopped_trials} stopped early by ASHA)",
+        f"best: {outcome.best_family} {json.dumps(outcome.best_params, default=str)}",
+        f"cv {outcome.metric}: {outcome.best_cv_score:.4f}; test: "
+        + ", ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in outcome.test_scores.items()),
+        f"registered: models:/{outcome.model_name}/{outcome.model_version}"
+        f" (alias @{outcome.alias} -> models:/{outcome.model_name}@{outcome.alias})",
+        f"MLflow search run: {outcome.parent_run_id} (experiment {outcome.experiment_id})",
+    ]
