@@ -93,6 +93,7 @@ def mlflow_server(
             "server",
             "--backend-store-uri",
             postgres_database,
+            "--serve-artifacts",  # clients upload through the server, as on a cluster
             "--artifacts-destination",
             str(artifacts),
             "--host",

@@ -58,6 +58,9 @@ def test_search_logs_nested_runs_and_registers_a_loadable_model(
     )
     assert (outcome.trials, outcome.completed_trials) == (6, 6)
 
+    if tracking == "server":
+        location = client.get_experiment(outcome.experiment_id).artifact_location
+        assert location.startswith("mlflow-artifacts:"), location
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["metric"] == "accuracy"
