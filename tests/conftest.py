@@ -37,6 +37,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(params=["embedded", "server"])
+def tracking(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test against the embedded SQLite store and against an MLflow server."""
+    if request.param == "server":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("mlflow_server"))
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     """One local Ray cluster for the whole session; searches in this process reuse it and
@@ -106,6 +114,8 @@ def mlflow_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # no background job runners: four extra processes this suite never uses
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     try:

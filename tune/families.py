@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
@@ -33,6 +34,8 @@ class Family:
     estimator: Callable[[], BaseEstimator]
     scaled: bool
     default_space: dict[str, Any] = field(default_factory=dict)
+    # wrap in Platt scaling for predict_proba (SVC's own `probability=True` is deprecated)
+    calibrated: bool = False
 
     def parameter_names(self) -> set[str]:
         return set(self.estimator().get_params(deep=False))
@@ -43,6 +46,8 @@ class Family:
         if seed is not None and "random_state" in estimator.get_params(deep=False):
             estimator.set_params(random_state=seed)
         estimator.set_params(**params)
+        if self.calibrated:
+            estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
         if self.scaled:
             return Pipeline([("scale", StandardScaler()), ("model", estimator)])
         return estimator
@@ -88,8 +93,9 @@ FAMILIES: dict[tuple[Task, str], Family] = {
         Family(
             "svc",
             Task.CLASSIFICATION,
-            lambda: SVC(probability=True),
+            SVC,
             scaled=True,
+            calibrated=True,
             default_space={
                 "C": {"loguniform": [0.01, 100.0]},
                 "gamma": {"loguniform": [1e-4, 1.0]},

@@ -7,6 +7,8 @@ can return an alias to its previous holder.
 
 from __future__ import annotations
 
+import re
+
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
@@ -81,7 +83,13 @@ def register_version(
     alias: str,
     model_id: str | None = None,
 ) -> ModelVersion:
-    """Create a version with its tags and alias, or nothing at all if any step fails."""
+    """Create a version with its tags and alias, or nothing at all if any step fails.
+
+    A tracking server insists on the logged model's id alongside a ``models:/m-...``
+    source; it is taken from the URI when not given.
+    """
+    if model_id is None and re.fullmatch(r"models:/m-[0-9a-f]+", model_uri):
+        model_id = model_uri.removeprefix("models:/")
     created_model = False
     try:
         client.get_registered_model(name)

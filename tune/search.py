@@ -30,7 +30,7 @@ from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.evaluation import diagnostic_figure, holdout_metrics
 from tune.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from tune.registry import register_version
-from tune.spaces import candidate_from_config, flatten_trial_config, search_setup
+from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
 from tune.tracking import TrialLogger, connect, ensure_experiment
 from tune.trainable import TrialData, cross_validate
 
@@ -125,6 +125,7 @@ def _run_trials(
             scheduler=scheduler,
             num_samples=num_samples,
             reuse_actors=True,
+            trial_name_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=f"{logger.parent_run_id}",

@@ -1,8 +1,10 @@
 """Turn a resolved search plan into what Ray Tune's search algorithms take.
 
-Every algorithm produces the same flat trial config: ``family`` plus ``"<family>.<param>"``
-keys, so the trainable and the MLflow logger read any trial the same way through
-:func:`candidate_from_config`.
+Random and TPE search share one conditional, define-by-run space through Ray Tune's
+Optuna integration: a trial draws a family, then only that family's parameters. Grid
+search enumerates each family's grid itself. Every trial config is ``family`` plus
+``"<family>.<param>"`` keys, so the trainable and the MLflow logger read any trial the same
+way through :func:`candidate_from_config`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -23,31 +26,6 @@ def candidate_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     family = config["family"]
     prefix = f"{family}."
     return family, {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
-
-
-def _ray_domain(dist: Distribution) -> Any:
-    match dist.kind:
-        case "constant":
-            return dist.value
-        case "choice":
-            return tune.choice(list(dist.values))
-        case "uniform":
-            return tune.uniform(dist.low, dist.high)
-        case "loguniform":
-            return tune.loguniform(dist.low, dist.high)
-        case "randint":
-            return tune.randint(int(dist.low), int(dist.high) + 1)  # Ray's upper is exclusive
-    raise AssertionError(dist.kind)
-
-
-def random_space(plan: SearchPlan) -> dict[str, Any]:
-    """A flat space for Ray's random search: the family is drawn, every family's params too;
-    only the drawn family's are used or logged."""
-    space: dict[str, Any] = {"family": tune.choice(list(plan.spaces))}
-    for family, params in plan.spaces.items():
-        for param, dist in params.items():
-            space[f"{family}.{param}"] = _ray_domain(dist)
-    return space
 
 
 def grid_candidates(plan: SearchPlan) -> list[dict[str, Any]]:
@@ -113,20 +91,22 @@ def search_setup(
             BasicVariantGenerator(max_concurrent=max_concurrent),
             1,  # a grid is run once; num_samples would repeat it
         )
-    if algorithm == "optuna":
-        # a define-by-run space ignores the metric and mode of tune.TuneConfig: set them here
-        searcher = OptunaSearch(
-            space=OptunaSpace(plan.spaces),
-            metric="cv_mean",
-            mode=plan.metric.mode,
-            sampler=optuna.samplers.TPESampler(seed=seed),
-        )
-        return {}, ConcurrencyLimiter(searcher, max_concurrent), num_samples
-    return (
-        random_space(plan),
-        BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
-        num_samples,
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if algorithm == "optuna"
+        else optuna.samplers.RandomSampler(seed=seed)
     )
+    # a define-by-run space ignores the metric and mode of tune.TuneConfig: set them here
+    searcher = OptunaSearch(
+        space=OptunaSpace(plan.spaces), metric="cv_mean", mode=plan.metric.mode, sampler=sampler
+    )
+    return {}, ConcurrencyLimiter(searcher, max_concurrent), num_samples
+
+
+def trial_name(trial: Trial) -> str:
+    """Name trials after their family, so Tune's progress table shows what each one tries."""
+    family, _ = candidate_from_config(flatten_trial_config(trial.config))
+    return f"{family}_{trial.trial_id}"
 
 
 def flatten_trial_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -147,32 +148,31 @@ def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Pat
 
 
 def test_promote_and_rollback_move_the_alias(
-    ray_address: str, home: Path, capsys: pytest.CaptureFixture
+    ray_address: str, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
     from tests.integration.test_search import search
 
+    name = f"iris-promote-{uuid.uuid4().hex[:6]}"
     _, client = search(
         ray_address,
         search={"families": ["knn"], "num_samples": 2, "cv_folds": 3},
-        register={"model_name": "iris-promote"},
+        register={"model_name": name},
     )
-    first = client.get_model_version("iris-promote", "1")
-    register_version(
-        client, "iris-promote", first.source, first.run_id, {}, "challenger", first.model_id
-    )
+    first = client.get_model_version(name, "1")
+    register_version(client, name, first.source, first.run_id, {}, "challenger")
 
-    assert main(["promote", "iris-promote", "--alias", "champion", "--version", "1"]) == 0
-    assert main(["promote", "iris-promote", "--alias", "champion", "--version", "2"]) == 0
-    assert str(client.get_model_version_by_alias("iris-promote", "champion").version) == "2"
+    assert main(["promote", name, "--alias", "champion", "--version", "1"]) == 0
+    assert main(["promote", name, "--alias", "champion", "--version", "2"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
     assert "champion -> version 2 (was version 1)" in capsys.readouterr().out
 
-    assert main(["rollback", "iris-promote", "--alias", "champion"]) == 0
-    assert str(client.get_model_version_by_alias("iris-promote", "champion").version) == "1"
-    assert main(["rollback", "iris-promote", "--alias", "champion"]) == 2
+    assert main(["rollback", name, "--alias", "champion"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert main(["rollback", name, "--alias", "champion"]) == 2
     assert "no earlier version to roll back to" in capsys.readouterr().err
 
-    assert main(["promote", "iris-promote", "--alias", "champion", "--version", "9"]) == 2
-    assert "registered model 'iris-promote' has no version 9" in capsys.readouterr().err
+    assert main(["promote", name, "--alias", "champion", "--version", "9"]) == 2
+    assert "has no version 9" in capsys.readouterr().err
     assert main(["promote", "nobody", "--version", "1"]) == 2
     assert "registered model 'nobody' does not exist" in capsys.readouterr().err
 

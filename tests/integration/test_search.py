@@ -20,14 +20,6 @@ from tune.search import SearchOutcome, run_search
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["embedded", "server"])
-def tracking(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test against the embedded SQLite store and against an MLflow server."""
-    if request.param == "server":
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("mlflow_server"))
-    return request.param
-
-
 def search(ray_address: str, **sections: Any) -> tuple[SearchOutcome, MlflowClient]:
     data = {"dataset": {"name": "iris"}, **sections}
     data.setdefault("register", {})
@@ -124,11 +116,14 @@ def test_asha_stops_poor_trials_and_marks_their_runs(ray_address: str, home: Pat
         assert len(client.get_metric_history(trial.info.run_id, "fold_score")) == folds
 
 
-def test_optuna_search_logs_only_each_trials_own_family(ray_address: str, home: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["random", "optuna"])
+def test_search_logs_only_each_trials_own_family(
+    ray_address: str, home: Path, algorithm: str
+) -> None:
     outcome, client = search(
         ray_address,
         search={
-            "algorithm": "optuna",
+            "algorithm": algorithm,
             "families": ["svc", "knn", "random_forest"],
             "num_samples": 6,
             "cv_folds": 3,
