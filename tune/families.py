@@ -74,7 +74,7 @@ FAMILIES: dict[tuple[Task, str], Family] = {
             Task.CLASSIFICATION,
             lambda: LogisticRegression(max_iter=5000),
             scaled=True,
-            default_space={"C": {"loguniform": [1e-3, 100.0]}},
+            default_space={"C": {"loguniform": [0.01, 10.0]}},
         ),
         Family(
             "random_forest",

@@ -107,7 +107,7 @@ def _run_trials(
         ASHAScheduler(
             time_attr="training_iteration",
             max_t=search.cv_folds,
-            grace_period=1,
+            grace_period=min(2, search.cv_folds),
             reduction_factor=2,
         )
         if search.early_stopping == "asha"
