@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from raysplit.errors import RaysplitError
-from raysplit.settings import Locations
+from raysplit.settings import (
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_METRICS_EXPORT_PORT,
+    DEFAULT_RAY_PORT,
+    Locations,
+)
 
 # flag -> dotted config key; every other field is reachable as KEY=VALUE
 TUNE_FLAGS: dict[str, str] = {
@@ -71,6 +76,41 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from raysplit.cluster import up
+
+    locations = Locations.resolve()
+    info = up(
+        locations,
+        ray_port=args.port,
+        dashboard_port=args.dashboard_port,
+        metrics_port=args.metrics_export_port,
+        num_cpus=args.num_cpus,
+        node_ip=args.node_ip_address,
+        fast_path=not args.no_fast_path,
+    )
+    print(f"Ray head running at {info.address} (dashboard {info.dashboard_url})")
+    print("Serve replicas use:")
+    print(f"  RAYSPLIT_HOME={locations.home}")
+    print(f"  MLFLOW_TRACKING_URI={locations.mlflow_tracking_uri}")
+    if info.fast_path:
+        print("HAProxy fast path on: Serve's HTTP port binds all interfaces (0.0.0.0).")
+    print("Token authentication is on. For Ray's CLI in your shell:")
+    print(f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info.address}")
+    print(f"  serve deploy serve_config.yaml -a {info.dashboard_url}")
+    print(f"  serve status -a {info.dashboard_url}")
+    print("Stop it with: raysplit down")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from raysplit.cluster import down
+
+    stopped = down(Locations.resolve())
+    print(f"stopped the raysplit Ray cluster ({stopped} processes)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
@@ -116,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("name", help="registered model name")
     rollback.add_argument("--alias", default="champion")
     rollback.set_defaults(func=cmd_rollback)
+
+    up = commands.add_parser("up", help="start a local Ray head ready for serving")
+    up.add_argument("--port", type=int, default=DEFAULT_RAY_PORT, help="GCS port (not 6379)")
+    up.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    up.add_argument("--metrics-export-port", type=int, default=DEFAULT_METRICS_EXPORT_PORT)
+    up.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
+    up.add_argument(
+        "--node-ip-address", default="127.0.0.1", help="address workers reach the head at"
+    )
+    up.add_argument(
+        "--no-fast-path", action="store_true", help="without Ray Serve's HAProxy ingress"
+    )
+    up.set_defaults(func=cmd_up)
+
+    down = commands.add_parser("down", help="stop the Ray head `raysplit up` started")
+    down.set_defaults(func=cmd_down)
 
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

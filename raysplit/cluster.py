@@ -1,0 +1,185 @@
+"""`raysplit up` / `raysplit down`: a local Ray head with the environment serving needs.
+
+The head gets token authentication (an open dashboard runs any code for whoever reaches
+it), the HAProxy fast path, a metrics export port, and the data directory and tracking URI
+that Serve replicas must share with the CLI. Everything the head writes lives in one temp
+directory, which is also how `down` finds this cluster's processes and no one else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+from raysplit.errors import RaysplitError
+from raysplit.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_PORT, Locations
+
+STATE_FILE = "cluster.json"
+MAX_TEMP_DIR = 24
+TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
+
+
+class ClusterInfo(BaseModel):
+    """What `up` started, kept in RAYSPLIT_HOME/cluster.json for `down` and `info`."""
+
+    address: str
+    dashboard_url: str
+    metrics_export_port: int
+    temp_dir: Path
+    fast_path: bool
+
+
+def _ray_bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def temp_dir_for(home: Path) -> Path:
+    """A short, per-home Ray temp dir.
+
+    Short because HAProxy refuses socket paths over 97 bytes and Ray nests its HAProxy
+    files 57 bytes deeper than the directory it is given (``haproxy/`` under this one).
+    """
+    configured = os.environ.get("RAYSPLIT_RAY_TEMP_DIR")
+    path = (
+        Path(configured)
+        if configured
+        else Path("/tmp") / f"rs-{hashlib.sha1(str(home).encode()).hexdigest()[:8]}"
+    )
+    if len(str(path)) > MAX_TEMP_DIR:
+        raise RaysplitError(
+            f"Ray temp dir {path} is longer than {MAX_TEMP_DIR} characters; HAProxy's socket"
+            " paths under it would be too long (set a shorter RAYSPLIT_RAY_TEMP_DIR)"
+        )
+    return path
+
+
+def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -> dict[str, str]:
+    """Variables the head (and so every replica it starts) must have."""
+    env = {
+        "RAYSPLIT_HOME": str(locations.home),
+        "MLFLOW_TRACKING_URI": locations.mlflow_tracking_uri,
+        "MLFLOW_REGISTRY_URI": locations.mlflow_registry_uri,
+        "RAYSPLIT_EVENT_STORE_URL": locations.event_store_url,
+        "RAY_AUTH_MODE": "token",
+    }
+    if fast_path:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        haproxy = temp_dir / "haproxy"
+        env.update({var: str(haproxy / name) for var, name in HAPROXY_FILES.items()})
+    return env
+
+
+def ensure_token() -> None:
+    """Create Ray's auth token once; `ray start` and the CLI then both use it."""
+    if TOKEN_PATH.exists():
+        return
+    subprocess.run(
+        [_ray_bin("ray"), "get-auth-token", "--generate"], check=True, capture_output=True
+    )
+
+
+def _state_path(locations: Locations) -> Path:
+    return locations.home / STATE_FILE
+
+
+def read_state(locations: Locations) -> ClusterInfo | None:
+    path = _state_path(locations)
+    return ClusterInfo.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def up(
+    locations: Locations,
+    ray_port: int,
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT,
+    metrics_port: int = DEFAULT_METRICS_EXPORT_PORT,
+    num_cpus: int | None = None,
+    node_ip: str = "127.0.0.1",
+    fast_path: bool = True,
+) -> ClusterInfo:
+    """Start the head; refuse if this data directory already has one running."""
+    existing = read_state(locations)
+    if existing and _processes(existing.temp_dir):
+        raise RaysplitError(
+            f"a raysplit cluster is already running at {existing.address}; `raysplit down` first"
+        )
+    temp_dir = temp_dir_for(locations.home)
+    locations.home.mkdir(parents=True, exist_ok=True)
+    (temp_dir / "haproxy").mkdir(parents=True, exist_ok=True)
+    ensure_token()
+    command = [
+        _ray_bin("ray"),
+        "start",
+        "--head",
+        f"--port={ray_port}",
+        f"--node-ip-address={node_ip}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--metrics-export-port={metrics_port}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    env = {**os.environ, **serving_environment(locations, temp_dir, fast_path)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise RaysplitError(f"ray start failed: {tail}")
+    info = ClusterInfo(
+        address=f"{node_ip}:{ray_port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        metrics_export_port=metrics_port,
+        temp_dir=temp_dir,
+        fast_path=fast_path,
+    )
+    _state_path(locations).write_text(info.model_dump_json(indent=2))
+    return info
+
+
+def _processes(temp_dir: Path) -> list[psutil.Process]:
+    """This cluster's processes: every Ray process names its temp dir on its command line."""
+    marker = str(temp_dir).rstrip("/") + "/"
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if any(marker in part or part.endswith(str(temp_dir)) for part in cmdline):
+            found.append(process)
+    return found
+
+
+def down(locations: Locations, timeout: float = 20.0) -> int:
+    """Stop the processes of the cluster `up` started for this data directory."""
+    info = read_state(locations)
+    if info is None:
+        raise RaysplitError(f"no raysplit cluster was started for {locations.home}")
+    processes = [p for p in _processes(info.temp_dir) if p.pid != os.getpid()]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    deadline = time.monotonic() + timeout
+    while _processes(info.temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _state_path(locations).unlink(missing_ok=True)
+    return len(processes)

@@ -1,0 +1,93 @@
+"""The ingress deployment's ``user_config``: variants, weights and routing options.
+
+Validated here, as pure pydantic, so a bad ``serve deploy`` is refused in ``reconfigure()``
+with a message naming the mistake, before any live state is touched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_URI = re.compile(
+    r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/[0-9a-f]+/.+|models:/m-[0-9a-f]+)$"
+)
+VARIANT_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class VariantConfig(BaseModel):
+    """One model version taking part in the experiment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=VARIANT_NAME, description="what responses and metrics call it")
+    model_uri: str = Field(
+        description="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH"
+    )
+    weight: float = Field(0.0, ge=0, description="share of live traffic, relative to the others")
+    shadow: bool = Field(False, description="gets a copy of requests; never answers")
+
+    @field_validator("model_uri")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not MODEL_URI.match(value):
+            raise ValueError(
+                f"model_uri '{value}' is not models:/NAME@ALIAS, models:/NAME/VERSION"
+                " or runs:/RUN_ID/PATH"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _shadow_takes_no_traffic(self) -> VariantConfig:
+        if self.shadow and self.weight > 0:
+            raise ValueError(f"variant '{self.name}' is a shadow and cannot have a weight")
+        return self
+
+
+class IngressConfig(BaseModel):
+    """Everything ``serve deploy`` can change without restarting a replica."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: str = Field("default", min_length=1, description="names the A/B experiment")
+    sticky_key: str = Field(
+        "x-user-id", min_length=1, description="header whose value pins a user to a variant"
+    )
+    salt: str = Field("", description="change it to reshuffle sticky users between variants")
+    allow_override: bool = Field(True, description="honour X-Variant to force a variant")
+    control: str | None = Field(None, description="the variant others are compared against")
+    max_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per /predict call")
+    variants: list[VariantConfig] = Field(min_length=1)
+
+    @field_validator("sticky_key")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngressConfig:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(repeated)}")
+        live = [v for v in self.variants if not v.shadow]
+        if not live:
+            raise ValueError("at least one variant must be live (not shadow)")
+        if sum(v.weight for v in live) <= 0:
+            raise ValueError("live variant weights are all zero; give at least one a weight")
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control '{self.control}' is not a variant; variants: {names}")
+        return self
+
+    @property
+    def live(self) -> list[VariantConfig]:
+        return [v for v in self.variants if not v.shadow]
+
+    @property
+    def shadows(self) -> list[VariantConfig]:
+        return [v for v in self.variants if v.shadow]
+
+    @property
+    def control_variant(self) -> str:
+        return self.control or self.live[0].name

@@ -1,0 +1,93 @@
+"""Loading registered model versions from MLflow into a replica (the MLflow edge).
+
+An alias is resolved to a concrete version at load time and the model is loaded by that
+version, so the replica knows exactly what it serves and a moved alias is noticed as a
+new version at the next ``reconfigure()``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
+from serve_app.config import VariantConfig
+
+# Models are fitted on DataFrames and served on validated arrays in signature order.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+_REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelLoadError(RuntimeError):
+    """A variant's model could not be resolved or loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ResolvedUri:
+    """What a variant's URI points at right now."""
+
+    uri: str  # pinned: models:/NAME/VERSION, or the runs:/ URI as given
+    name: str
+    version: str | None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    resolved: ResolvedUri
+    estimator: Any
+    features: list[str]
+    classes: list[Any] | None
+
+    def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        predictions = self.estimator.predict(rows).tolist()
+        if self.classes is None:
+            return predictions, None
+        return predictions, self.estimator.predict_proba(rows).tolist()
+
+
+def resolve(uri: str, client: MlflowClient) -> ResolvedUri:
+    """Pin ``models:/NAME@ALIAS`` to the version the alias names now."""
+    match = _REGISTERED.match(uri)
+    try:
+        if match and match["alias"]:
+            version = client.get_model_version_by_alias(match["name"], match["alias"]).version
+            return ResolvedUri(f"models:/{match['name']}/{version}", match["name"], str(version))
+        if match:
+            client.get_model_version(match["name"], match["version"])
+            return ResolvedUri(uri, match["name"], match["version"])
+    except MlflowException as exc:
+        raise ModelLoadError(f"{uri}: {exc.message}") from exc
+    return ResolvedUri(uri, uri.removeprefix("runs:/").split("/")[0], None)
+
+
+def load(variant: VariantConfig, client: MlflowClient) -> LoadedModel:
+    """Resolve and load one variant; every failure becomes a ``ModelLoadError``."""
+    resolved = resolve(variant.model_uri, client)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
+        signature = Model.load(str(local / "MLmodel")).signature
+        estimator = mlflow.sklearn.load_model(str(local))
+    except Exception as exc:  # corrupt artifacts, untrusted types, missing flavor...
+        raise ModelLoadError(f"variant '{variant.name}' ({resolved.uri}): {exc}") from exc
+    if signature is None:
+        raise ModelLoadError(
+            f"variant '{variant.name}' ({resolved.uri}) has no signature; log it with one"
+        )
+    classes = getattr(estimator, "classes_", None)
+    proba = classes is not None and hasattr(estimator, "predict_proba")
+    return LoadedModel(
+        resolved=resolved,
+        estimator=estimator,
+        features=signature.inputs.input_names(),
+        classes=classes.tolist() if proba else None,
+    )

@@ -1,0 +1,123 @@
+"""Request parsing and validation against a model's signature, and the response shapes.
+
+Bodies are parsed with orjson and checked here by hand rather than by a per-request
+pydantic model, because the fields (the model's features) change with every deploy; the
+pydantic models below document the API in OpenAPI and type the responses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, Field
+
+
+class InvalidRequest(ValueError):
+    """The body cannot be predicted on; ``str()`` names the problem for the client."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    variant: str
+    model: ModelRef
+    predictions: list[Any]
+    classes: list[Any] | None = Field(None, description="column order of `probabilities`")
+    probabilities: list[list[float]] | None = None
+
+
+class PredictRequestDoc(BaseModel):
+    """One named record, or ``instances``: records or lists in signature order."""
+
+    instances: list[dict[str, float] | list[float]] = Field(
+        examples=[
+            [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]
+        ]
+    )
+
+
+class FeedbackItem(BaseModel):
+    request_id: str
+    label: Any | None = None
+    value: float | None = None
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON object", 400)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", 400) from exc
+
+
+def _number(value: Any, feature: str, row: int | None) -> float:
+    where = f"row {row}: " if row is not None else ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(
+            f"{where}feature '{feature}' must be a number, got {type(value).__name__}"
+            f" {str(value)[:40]!r}"
+        )
+    number = float(value)  # ints beyond float range raise OverflowError
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{where}feature '{feature}' must be finite, got {value}")
+    return number
+
+
+def _row(item: Any, features: list[str], row: int | None) -> list[float]:
+    where = f"row {row}: " if row is not None else ""
+    if isinstance(item, dict):
+        missing = [f for f in features if f not in item]
+        if missing:
+            raise InvalidRequest(f"{where}missing feature(s): {', '.join(missing)}")
+        if len(item) != len(features):
+            extra = sorted(set(item) - set(features))
+            raise InvalidRequest(
+                f"{where}unknown feature(s): {', '.join(extra)}; expected: {', '.join(features)}"
+            )
+        return [_number(item[f], f, row) for f in features]
+    if isinstance(item, list):
+        if len(item) != len(features):
+            raise InvalidRequest(
+                f"{where}has {len(item)} values; expected {len(features)} in signature order:"
+                f" {', '.join(features)}"
+            )
+        return [_number(v, f, row) for v, f in zip(item, features, strict=True)]
+    raise InvalidRequest(f"{where}each instance must be an object or a list of numbers")
+
+
+def parse_instances(payload: Any, features: list[str], max_rows: int) -> np.ndarray:
+    """A validated ``(rows, features)`` float array from a predict body."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest('body must be a JSON object: one named record or {"instances": [...]}')
+    try:
+        if "instances" not in payload:
+            return np.array([_row(payload, features, None)], dtype=np.float64)
+        return _batch(payload, features, max_rows)
+    except OverflowError as exc:
+        raise InvalidRequest("a feature value is too large for a 64-bit float") from exc
+
+
+def _batch(payload: dict[str, Any], features: list[str], max_rows: int) -> np.ndarray:
+    instances = payload["instances"]
+    if len(payload) != 1:
+        extra = sorted(set(payload) - {"instances"})
+        raise InvalidRequest(f"unexpected field(s) next to instances: {', '.join(extra)}")
+    if not isinstance(instances, list):
+        raise InvalidRequest("instances must be a list of records or lists")
+    if not instances:
+        raise InvalidRequest("instances is empty; send at least one row")
+    if len(instances) > max_rows:
+        raise InvalidRequest(f"batch of {len(instances)} rows exceeds the limit of {max_rows}")
+    return np.array([_row(item, features, i) for i, item in enumerate(instances)], dtype=np.float64)
