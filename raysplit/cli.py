@@ -7,11 +7,13 @@ stderr and exit status 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from raysplit.cluster import TOKEN_PATH
 from raysplit.errors import RaysplitError
 from raysplit.settings import (
     DEFAULT_DASHBOARD_PORT,
@@ -180,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if TOKEN_PATH.exists():
+        # Ray reads this once, at import: with a token on disk, join clusters with it
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

@@ -9,10 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+
+from raysplit.cluster import ClusterInfo, down, up
+from raysplit.settings import Locations
+
+# Ray reads RAY_AUTH_MODE once, at import: a driver joining a token cluster needs it first.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -45,15 +52,50 @@ def tracking(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.Mon
     return request.param
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The session's Ray cluster, started by `raysplit up` as a user would."""
+
+    locations: Locations
+    info: ClusterInfo
+    env: dict[str, str]  # what a shell needs for Ray's CLI against this cluster
+
+
 @pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """One local Ray cluster for the whole session; searches in this process reuse it and
-    CLI subprocesses join it through RAY_ADDRESS."""
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One token-authenticated Ray head with the HAProxy fast path for the whole session.
+
+    Every port is free-picked so the suite can run beside a developer's own cluster.
+    """
+    home = tmp_path_factory.mktemp("cluster-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
+        patch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        patch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        locations = Locations.resolve()
+        info = up(
+            locations,
+            ray_port=free_port(),
+            dashboard_port=free_port(),
+            metrics_port=free_port(),
+            num_cpus=2,
+        )
+        env = {"RAYSPLIT_HOME": str(home), "RAY_ADDRESS": info.address, "RAY_AUTH_MODE": "token"}
+    try:
+        yield Cluster(locations, info, env)
+    finally:
+        down(locations)
+
+
+@pytest.fixture(scope="session")
+def ray_address(cluster: Cluster) -> Iterator[str]:
+    """This test process joins the session's cluster as a driver (searches run there)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    address = ray.get_runtime_context().gcs_address
-    yield address
+    ray.init(address=cluster.info.address, log_to_driver=False)
+    yield cluster.info.address
     ray.shutdown()
 
 

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from serve_app.oip import infer_response, parse_infer
+from serve_app.schemas import InvalidRequest, parse_instances, parse_json
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def test_record_and_instances_give_rows_in_signature_order() -> None:
+    reordered = dict(reversed(list(RECORD.items())))
+    single = parse_instances(reordered, FEATURES, 10)
+    batch = parse_instances({"instances": [RECORD, [6.7, 3, 5.2, 2.3]]}, FEATURES, 10)
+    np.testing.assert_array_equal(single, [[5.1, 3.5, 1.4, 0.2]])
+    np.testing.assert_array_equal(batch, [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {k: v for k, v in RECORD.items() if k != "petal_width"},
+            "missing feature\\(s\\): petal_width",
+        ),
+        ({**RECORD, "colour": 1}, "unknown feature\\(s\\): colour; expected: sepal_length"),
+        ({**RECORD, "sepal_length": "5.1"}, "feature 'sepal_length' must be a number, got str"),
+        ({**RECORD, "sepal_length": True}, "feature 'sepal_length' must be a number, got bool"),
+        ({**RECORD, "sepal_length": None}, "must be a number, got NoneType"),
+        ({**RECORD, "sepal_length": [1]}, "must be a number, got list"),
+        ({**RECORD, "petal_width": 10**400}, "too large for a 64-bit float"),
+        ({**RECORD, "petal_width": float("inf")}, "feature 'petal_width' must be finite"),
+        ({**RECORD, "petal_width": float("nan")}, "feature 'petal_width' must be finite"),
+        ({"instances": []}, "instances is empty"),
+        ({"instances": [RECORD] * 11}, "batch of 11 rows exceeds the limit of 10"),
+        ({"instances": [[1, 2, 3]]}, "row 0: has 3 values; expected 4"),
+        ({"instances": [RECORD, "x"]}, "row 1: each instance must be an object"),
+        ({"instances": RECORD}, "instances must be a list"),
+        ({"instances": [RECORD], "extra": 1}, "unexpected field\\(s\\) next to instances: extra"),
+        ([RECORD], "body must be a JSON object"),
+    ],
+)
+def test_malformed_bodies_are_explained(body: object, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        parse_instances(body, FEATURES, 10)
+    assert caught.value.status == 422
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"", "request body is empty"), (b"{", "not valid JSON"), (b'{"a": NaN}', "not valid JSON")],
+)
+def test_unparseable_bodies_are_400(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        parse_json(raw)
+    assert caught.value.status == 400
+
+
+def test_oip_matrix_and_per_feature_tensors() -> None:
+    matrix = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [2, 4],
+                "datatype": "FP32",
+                "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3],
+            }
+        ]
+    }
+    columns = {
+        "inputs": [
+            {"name": f, "shape": [2], "datatype": "FP64", "data": [RECORD[f], RECORD[f]]}
+            for f in FEATURES
+        ]
+    }
+    _, rows = parse_infer(matrix, FEATURES, 10)
+    assert rows.shape == (2, 4)
+    _, rows = parse_infer(columns, FEATURES, 10)
+    np.testing.assert_array_equal(rows[1], [5.1, 3.5, 1.4, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"inputs": []}, "inputs: List should have at least 1 item"),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+            "has 3 columns; expected 4",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2]}]},
+            "does not fit shape",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a"] * 4}]},
+            "datatype BYTES is not numeric",
+        ),
+        (
+            {"inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            "missing: \\['sepal_width'",
+        ),
+    ],
+)
+def test_oip_mistakes_are_400(payload: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        parse_infer(payload, FEATURES, 10)
+    assert caught.value.status == 400
+
+
+def test_oip_response_tensors() -> None:
+    response = infer_response("iris", "2", "r1", "champion", ["setosa"], [[0.9, 0.1, 0.0]])
+    predict, proba = response["outputs"]
+    assert predict == {"name": "predict", "shape": [1], "datatype": "BYTES", "data": ["setosa"]}
+    assert proba["shape"] == [1, 3] and proba["datatype"] == "FP64"
