@@ -55,12 +55,9 @@ def _error(status: int, message: str, key: str = "detail") -> ORJSONResponse:
     return ORJSONResponse({key: message}, status_code=status)
 
 
-@serve.deployment(
-    name="Ingress",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
-)
+# Replica counts and autoscaling live in serve_config.yaml only: a code default here
+# would silently win over `num_replicas` given there.
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
     def __init__(self) -> None:
@@ -68,7 +65,9 @@ class Ingress:
         self._last_reconfigure: dict[str, Any] = {"status": "pending"}
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self._background: set[asyncio.Task] = set()
-        self._replica = serve.get_replica_context().replica_id.unique_id
+        context = serve.get_replica_context()
+        self._replica = context.replica_id.unique_id
+        self._app = context.app_name
         self._rng = random.Random()
 
     # ----------------------------------------------------------------- configuration
@@ -252,6 +251,7 @@ class Ingress:
                 )
         return {
             "experiment": state.config.experiment if state else None,
+            "deploy": await asyncio.to_thread(self._deploy_status),
             "control": state.config.control_variant if state else None,
             "sticky_key": state.config.sticky_key if state else None,
             "features": state.features if state else [],
@@ -259,6 +259,15 @@ class Ingress:
             "last_reconfigure": self._last_reconfigure,
             "replica": self._replica,
         }
+
+    def _deploy_status(self) -> dict[str, str]:
+        """Serve's own view of the last deploy. A replica whose reconfigure() failed is
+        replaced, so only the controller can tell the surviving replicas' callers why."""
+        app = serve.status().applications.get(self._app)
+        if app is None:
+            return {"status": "UNKNOWN", "message": ""}
+        details = [d.message for d in app.deployments.values() if d.message]
+        return {"status": str(app.status.value), "message": " ".join([app.message, *details])}
 
     @api.get("/predictions/history", summary="Recent predictions of this replica")
     async def history(
@@ -340,6 +349,12 @@ class Ingress:
     @api.post("/v2/models/{name}/infer")
     async def oip_infer(self, name: str, request: Request):
         try:
+            if "inference-header-content-length" in request.headers:
+                raise InvalidRequest(
+                    "the binary tensor extension is not supported; send JSON tensors"
+                    " (tritonclient: binary_data=False)",
+                    400,
+                )
             state, forced = self._oip_target(name)
             infer, rows = parse_infer(
                 parse_json(await request.body()), state.features, state.config.max_batch_rows

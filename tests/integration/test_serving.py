@@ -1,0 +1,255 @@
+"""The Serve application on a real Ray cluster, deployed with `serve deploy`, models from
+the real MLflow registry, every assertion over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import requests
+from scipy.stats import chisquare
+
+from serve_app.config import IngressConfig
+from serve_app.routing import Router
+from tests.conftest import Cluster
+from tests.integration.serving import RECORD, Deployer
+from tune.config import TuneSpec
+from tune.search import run_search
+
+pytestmark = pytest.mark.integration
+
+
+def variants(champion: float = 50, challenger: float = 50, shadow: bool = False) -> list[dict]:
+    found = [
+        {"name": "champion", "model_uri": "models:/iris@champion", "weight": champion},
+        {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": challenger},
+    ]
+    if shadow:
+        found.append({"name": "shadow-hgb", "model_uri": "models:/iris/3", "shadow": True})
+    return found
+
+
+def user_config(**overrides) -> dict:
+    return {"experiment": "iris-ab", "salt": "test", "variants": variants(), **overrides}
+
+
+@pytest.fixture(scope="session")
+def deployer(
+    cluster: Cluster, ray_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployer]:
+    """Three iris versions registered by real searches into the cluster's registry
+    (v1 champion, v2 challenger, v3 for shadowing), then the app deployed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for family, alias in (
+            ("knn", "champion"),
+            ("logistic_regression", "challenger"),
+            ("hist_gradient_boosting", "candidate"),
+        ):
+            spec = {
+                "dataset": {"name": "iris"},
+                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
+                "register": {"model_name": "iris", "alias": alias},
+            }
+            run_search(TuneSpec.model_validate(spec), cluster.locations)
+    deployer = Deployer(cluster, tmp_path_factory.mktemp("deploys"))
+    deployer.deploy(user_config())
+    yield deployer
+
+
+def test_deployed_app_reports_its_variants(deployer: Deployer) -> None:
+    models = requests.get(f"{deployer.url}/models", timeout=10).json()
+    assert models["experiment"] == "iris-ab"
+    assert models["last_reconfigure"]["status"] == "ok"
+    by_name = {v["name"]: v for v in models["variants"]}
+    assert by_name["champion"]["model"] == {"name": "iris", "version": "1"}
+    assert by_name["challenger"]["resolved_uri"] == "models:/iris/2"
+    assert requests.get(f"{deployer.url}/healthz", timeout=5).json() == {"status": "ok"}
+    assert "/predict" in requests.get(f"{deployer.url}/openapi.json", timeout=5).json()["paths"]
+
+
+def test_prediction_response_shape(deployer: Deployer) -> None:
+    reply = deployer.predict(RECORD, {"X-Request-Id": "req-shape-1"})
+    assert reply.status == 200
+    assert reply.body["request_id"] == "req-shape-1"
+    assert reply.body["variant"] in {"champion", "challenger"}
+    assert reply.body["predictions"] == ["setosa"]
+    assert reply.body["classes"] == ["setosa", "versicolor", "virginica"]
+    assert abs(sum(reply.body["probabilities"][0]) - 1) < 1e-9
+    batch = deployer.predict({"instances": [RECORD, [6.7, 3.0, 5.2, 2.3]]})
+    assert batch.body["predictions"] == ["setosa", "virginica"]
+
+
+def test_observed_split_matches_the_weights(deployer: Deployer) -> None:
+    deployer.deploy(user_config(variants=variants(70, 30)))
+    replies = deployer.load(2000)
+    assert {r.status for r in replies} == {200}
+    counts = Counter(r.variant for r in replies)
+    result = chisquare([counts["champion"], counts["challenger"]], [1400, 600])
+    assert result.pvalue > 0.001, counts
+
+
+def test_same_user_same_variant_on_every_replica(deployer: Deployer) -> None:
+    config = user_config(variants=variants(50, 50))
+    deployer.deploy(config)
+    users = [f"user-{i}" for i in range(40)]
+    replies = deployer.load(400, headers=lambda i: {"X-User-Id": users[i % 40]})
+    seen: dict[str, set[str]] = {}
+    for i, reply in enumerate(replies):
+        seen.setdefault(users[i % 40], set()).add(reply.variant)
+    assert all(len(v) == 1 for v in seen.values()), seen
+    assert len({r.replica for r in replies}) == 2, "both replicas must have answered"
+    router = Router(IngressConfig.model_validate(config))  # and it is the documented hash
+    assert all(seen[u] == {router.assign(u, None, 0).variant} for u in users)
+    assert {v for s in seen.values() for v in s} == {"champion", "challenger"}
+
+
+def test_x_variant_forces_a_variant(deployer: Deployer) -> None:
+    deployer.deploy(user_config(variants=variants(100, 0)))
+    forced = deployer.load(20, headers=lambda i: {"X-Variant": "challenger", "X-User-Id": "bob"})
+    assert {r.variant for r in forced} == {"challenger"}
+    unknown = deployer.predict(RECORD, {"X-Variant": "nope"})
+    assert unknown.status == 400
+    assert "X-Variant 'nope' is not a live variant" in unknown.body["detail"]
+    deployer.deploy(user_config(variants=variants(100, 0), allow_override=False))
+    refused = deployer.predict(RECORD, {"X-Variant": "challenger"})
+    assert refused.status == 403 and "overrides are disabled" in refused.body["detail"]
+
+
+def test_shadow_is_recorded_but_never_answers(deployer: Deployer) -> None:
+    deployer.deploy(user_config(variants=variants(50, 50, shadow=True)))
+    ids = {f"shadow-{uuid.uuid4().hex}" for _ in range(30)}
+    replies = [deployer.predict(RECORD, {"X-Request-Id": rid}) for rid in sorted(ids)]
+    assert {r.status for r in replies} == {200}
+    assert "shadow-hgb" not in {r.variant for r in replies}
+    assert all(r.body["variant"] != "shadow-hgb" for r in replies)
+    shadowed = deployer.history(ids, variant="shadow-hgb", shadow=True)
+    assert {row["request_id"] for row in shadowed} == ids
+    assert all(row["model"] == {"name": "iris", "version": "3"} for row in shadowed)
+    assert all(row["predictions"] == ["setosa"] for row in shadowed)
+
+
+def test_weights_change_under_load_without_a_failed_request(deployer: Deployer) -> None:
+    deployer.deploy(user_config(variants=variants(90, 10)))
+    replicas_before = deployer.replica_ids()
+    assert len(replicas_before) == 2
+    replies: list = []
+    stop = threading.Event()
+
+    def generate() -> None:
+        while not stop.is_set() and len(replies) < 20_000:
+            replies.extend(deployer.load(50, threads=4))
+
+    loader = threading.Thread(target=generate)
+    loader.start()
+    try:
+        deployer.deploy(user_config(variants=variants(10, 90)))
+    finally:
+        stop.set()
+        loader.join(timeout=120)
+    assert len(replies) >= 50
+    assert [r for r in replies if r.status != 200] == []
+    after = deployer.load(1000)
+    counts = Counter(r.variant for r in after)
+    assert chisquare([counts["champion"], counts["challenger"]], [100, 900]).pvalue > 0.001
+    assert deployer.replica_ids() == replicas_before, "reconfigure must not restart replicas"
+    assert {r.replica for r in replies} <= replicas_before
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("models:/iris@missing", "models:/iris@missing"),
+        ("models:/no-such-model/1", "models:/no-such-model/1"),
+    ],
+)
+def test_bad_model_uri_keeps_the_old_variants_serving(
+    deployer: Deployer, uri: str, error: str
+) -> None:
+    deployer.deploy(user_config(variants=variants(50, 50)))
+    bad = user_config(
+        variants=[*variants(50, 50)[:1], {"name": "challenger", "model_uri": uri, "weight": 50}]
+    )
+    replies: list = []
+    stop = threading.Event()
+    loader = threading.Thread(
+        target=lambda: [
+            replies.extend(deployer.load(20, threads=2)) for _ in iter(stop.is_set, True)
+        ]
+    )
+    loader.start()
+    try:
+        status = deployer.deploy(bad, expect="DEPLOY_FAILED")
+    finally:
+        stop.set()
+        loader.join(timeout=120)
+    assert error in str(status), status
+    assert replies and {r.status for r in replies} == {200}
+    models = requests.get(f"{deployer.url}/models", timeout=10).json()
+    assert models["deploy"]["status"] == "DEPLOY_FAILED"
+    assert error in models["deploy"]["message"]
+    assert {v["resolved_uri"] for v in models["variants"]} == {"models:/iris/1", "models:/iris/2"}
+    deployer.deploy(user_config(variants=variants(50, 50)))  # a good deploy recovers
+
+
+MALFORMED = {
+    "missing feature": ({"sepal_length": 1.0}, 422, "missing feature(s): sepal_width"),
+    "extra feature": ({**RECORD, "colour": 2}, 422, "unknown feature(s): colour"),
+    "wrong type": ({**RECORD, "sepal_width": "wide"}, 422, "'sepal_width' must be a number"),
+    "huge number": (
+        '{"sepal_length": 1e999, "sepal_width": 1, "petal_length": 1, "petal_width": 1}',
+        400,
+        "number is infinity",
+    ),
+    "NaN literal": ('{"sepal_length": NaN}', 400, "not valid JSON"),
+    "empty batch": ({"instances": []}, 422, "instances is empty"),
+    "oversized batch": ({"instances": [RECORD] * 1001}, 422, "exceeds the limit of 1000"),
+    "not an object": ([1, 2, 3], 422, "body must be a JSON object"),
+    "invalid JSON": ("{not json", 400, "not valid JSON"),
+    "empty body": ("", 400, "request body is empty"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_malformed_input_gets_a_4xx_naming_the_problem(deployer: Deployer, case: str) -> None:
+    body, status, message = MALFORMED[case]
+    kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+    response = requests.post(f"{deployer.url}/predict", timeout=10, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_oip_v2_inference_from_tritonclient(deployer: Deployer) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+
+    deployer.deploy(user_config(variants=variants(50, 50)))
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{deployer.port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris")
+    metadata = client.get_model_metadata("champion")
+    assert [i["name"] for i in metadata["inputs"]] == list(RECORD)
+
+    tensor = triton.InferInput("input-0", [2, 4], "FP64")
+    tensor.set_data_from_numpy(
+        np.array([list(RECORD.values()), [6.7, 3.0, 5.2, 2.3]]), binary_data=False
+    )
+    outputs = [
+        triton.InferRequestedOutput(n, binary_data=False) for n in ("predict", "predict_proba")
+    ]
+    result = client.infer("challenger", [tensor], outputs=outputs)
+    assert [str(p) for p in result.as_numpy("predict")] == ["setosa", "virginica"]
+    assert result.as_numpy("predict_proba").shape == (2, 3)
+    assert result.get_response()["parameters"]["variant"] == "challenger"
+    routed = client.infer("iris", [tensor], outputs=outputs)
+    assert routed.get_response()["parameters"]["variant"] in {"champion", "challenger"}
+    with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
+        client.infer("nope", [tensor], outputs=outputs)
+    binary = triton.InferInput("input-0", [1, 4], "FP64")
+    binary.set_data_from_numpy(np.array([list(RECORD.values())]))  # Triton's binary extension
+    with pytest.raises(triton.InferenceServerException, match="binary tensor extension"):
+        client.infer("iris", [binary])
