@@ -69,6 +69,7 @@ class Ingress:
         self._replica = context.replica_id.unique_id
         self._app = context.app_name
         self._rng = random.Random()
+        self._refresher: asyncio.Task | None = None
 
     # ----------------------------------------------------------------- configuration
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -88,11 +89,44 @@ class Ingress:
             self._fail(str(exc))
         self._state = state
         self._last_reconfigure = {"status": "ok", "at": time.time()}
+        self._start_alias_refresh()
         logger.info(
             "experiment %s: %s",
             config.experiment,
             ", ".join(f"{n}={m.resolved.uri}" for n, m in models.items()),
         )
+
+    def _start_alias_refresh(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_aliases())
+
+    async def _refresh_aliases(self) -> None:
+        """Follow alias moves (`raysplit promote`) without a deploy.
+
+        ``serve deploy`` with an unchanged config does not call ``reconfigure()``, so a
+        moved alias would otherwise never be noticed. A new version is loaded completely
+        before the swap; a failure is logged and the current models keep serving.
+        """
+        while True:
+            interval = self._state.config.alias_refresh_s if self._state else 0
+            if interval <= 0:
+                return
+            await asyncio.sleep(interval)
+            state = self._state
+            try:
+                models = await asyncio.to_thread(self._load_models, state.config)
+                if {n: m.resolved.uri for n, m in models.items()} != {
+                    n: m.resolved.uri for n, m in state.models.items()
+                }:
+                    new_state = ServingState.build(state.config, models)
+                    if self._state is state:  # a reconfigure in between wins
+                        self._state = new_state
+                        logger.info(
+                            "alias moved: now serving %s",
+                            {n: m.resolved.uri for n, m in models.items()},
+                        )
+            except Exception as exc:  # keep serving what is loaded; say why
+                logger.warning("alias refresh failed, still serving the current models: %s", exc)
 
     def _fail(self, message: str) -> None:
         self._last_reconfigure = {"status": "failed", "error": message, "at": time.time()}

@@ -58,6 +58,11 @@ class IngressConfig(BaseModel):
     allow_override: bool = Field(True, description="honour X-Variant to force a variant")
     control: str | None = Field(None, description="the variant others are compared against")
     max_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per /predict call")
+    alias_refresh_s: float = Field(
+        30.0,
+        ge=0,
+        description="how often replicas re-resolve models:/NAME@ALIAS URIs (0: only on deploy)",
+    )
     variants: list[VariantConfig] = Field(min_length=1)
 
     @field_validator("sticky_key")

@@ -4,6 +4,7 @@ the real MLflow registry, every assertion over real HTTP."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -253,3 +254,34 @@ def test_oip_v2_inference_from_tritonclient(deployer: Deployer) -> None:
     binary.set_data_from_numpy(np.array([list(RECORD.values())]))  # Triton's binary extension
     with pytest.raises(triton.InferenceServerException, match="binary tensor extension"):
         client.infer("iris", [binary])
+
+
+def test_promoted_alias_is_followed_without_a_deploy(deployer: Deployer, cluster: Cluster) -> None:
+    from mlflow import MlflowClient
+
+    from tune.registry import move_alias, rollback_alias
+
+    deployer.deploy(user_config(alias_refresh_s=0.5))
+    client = MlflowClient(cluster.locations.mlflow_tracking_uri)
+
+    def champion_versions() -> set[str]:
+        seen = set()
+        for _ in range(10):  # ask both replicas
+            reply = deployer.predict(RECORD, {"X-Variant": "champion"})
+            seen.add(reply.body["model"]["version"])
+        return seen
+
+    def wait_for(version: str) -> None:
+        for _ in range(120):
+            if champion_versions() == {version}:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"champion never moved to version {version}: {champion_versions()}")
+
+    move_alias(client, "iris", "champion", "3")
+    try:
+        wait_for("3")
+        assert all(r.status == 200 for r in deployer.load(200))
+    finally:
+        rollback_alias(client, "iris", "champion")
+    wait_for("1")
