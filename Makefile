@@ -25,15 +25,25 @@ format: install
 test: lint
 	$(BIN)/pytest
 
-# Two searches on iris: a broad one becomes the champion, a k-NN-only one the challenger.
+DASHBOARD ?= http://127.0.0.1:8265
+
+# Two searches on iris (a broad one becomes the champion, a k-NN-only one the challenger),
+# a local Ray head, serve_config.yaml deployed with Ray's own CLI, sample traffic.
 demo: install
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --alias champion
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --families knn --num-samples 8 --alias challenger
+	-$(BIN)/raysplit down 2>/dev/null
+	$(BIN)/raysplit up
+	RAY_AUTH_MODE=token $(BIN)/serve deploy serve_config.yaml -a $(DASHBOARD)
+	$(BIN)/raysplit traffic --requests 300 --users 50
 	@echo
-	@echo "Resolved locations (raysplit info):"
 	@$(BIN)/raysplit info
 	@echo
+	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
+	@echo "Variants:    curl http://127.0.0.1:8000/models    API docs: http://127.0.0.1:8000/docs"
+	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
+	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"
 
 # Best scores and wall time of the default search on each bundled dataset -> docs/training.md
 bench-train: install

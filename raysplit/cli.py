@@ -113,6 +113,15 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traffic(args: argparse.Namespace) -> int:
+    from raysplit.traffic import send, wait_ready
+
+    url = args.url or Locations.resolve().ingress_url
+    wait_ready(url, args.wait)
+    print("\n".join(send(url, args.dataset, args.requests, args.users)))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
@@ -174,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = commands.add_parser("down", help="stop the Ray head `raysplit up` started")
     down.set_defaults(func=cmd_down)
+
+    traffic = commands.add_parser("traffic", help="send sample predictions, show the split")
+    traffic.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
+    traffic.add_argument("--dataset", default="iris", help="bundled dataset to sample rows from")
+    traffic.add_argument("--requests", type=int, default=300)
+    traffic.add_argument("--users", type=int, default=50, help="distinct sticky user ids")
+    traffic.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
+    traffic.set_defaults(func=cmd_traffic)
 
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)
