@@ -19,6 +19,7 @@ import requests
 import yaml
 
 from raysplit.cluster import TOKEN_PATH
+from raysplit.traffic import wait_ready
 from tests.conftest import REPO, Cluster, free_port
 
 SERVE = Path(sys.executable).parent / "serve"
@@ -94,21 +95,10 @@ class Deployer:
             fresh = status.get("last_deployed_time_s", 0) > before
             if fresh and status.get("status") == expect:
                 if expect == "RUNNING":
-                    self._wait_ready()
+                    wait_ready(self.url, 60)
                 return status
             time.sleep(0.5)
         raise AssertionError(f"application never reached {expect}: {self._status()}")
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=5).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("ingress never became ready")
 
     def predict(
         self,
