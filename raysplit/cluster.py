@@ -25,6 +25,7 @@ from raysplit.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_POR
 
 STATE_FILE = "cluster.json"
 MAX_TEMP_DIR = 24
+CLUSTER_MARKER = "RAYSPLIT_CLUSTER"
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 HAPROXY_FILES = {
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
@@ -78,6 +79,7 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
         "MLFLOW_REGISTRY_URI": locations.mlflow_registry_uri,
         "RAYSPLIT_EVENT_STORE_URL": locations.event_store_url,
         "RAY_AUTH_MODE": "token",
+        CLUSTER_MARKER: str(temp_dir),  # inherited by every process of this cluster
     }
     if fast_path:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
@@ -88,12 +90,15 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
 
 
 def ensure_token() -> None:
-    """Create Ray's auth token once; `ray start` and the CLI then both use it."""
-    if TOKEN_PATH.exists():
-        return
-    subprocess.run(
-        [_ray_bin("ray"), "get-auth-token", "--generate"], check=True, capture_output=True
-    )
+    """Create Ray's auth token once; `ray start` and the CLI then both use it.
+
+    Ray writes it world-readable; it is a credential, so only its owner may read it.
+    """
+    if not TOKEN_PATH.exists():
+        subprocess.run(
+            [_ray_bin("ray"), "get-auth-token", "--generate"], check=True, capture_output=True
+        )
+    TOKEN_PATH.chmod(0o600)
 
 
 def _state_path(locations: Locations) -> Path:
@@ -155,14 +160,26 @@ def up(
 
 
 def _processes(temp_dir: Path) -> list[psutil.Process]:
-    """This cluster's processes: every Ray process names its temp dir on its command line."""
+    """This cluster's processes, and no one else's.
+
+    Ray's daemons name the temp dir on their command line; agents rename themselves
+    (``ray::DashboardAgent``) but inherit the ``RAYSPLIT_CLUSTER`` marker `up` sets, and
+    every worker descends from a daemon.
+    """
     marker = str(temp_dir).rstrip("/") + "/"
-    found = []
+    found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info.get("cmdline") or []
-        if any(marker in part or part.endswith(str(temp_dir)) for part in cmdline):
-            found.append(process)
-    return found
+        named = any(marker in part or part.endswith(str(temp_dir)) for part in cmdline)
+        try:
+            tagged = process.environ().get(CLUSTER_MARKER) == str(temp_dir)
+            if named or tagged:
+                found[process.pid] = process
+                found.update((c.pid, c) for c in process.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
 def down(locations: Locations, timeout: float = 20.0) -> int:
@@ -170,7 +187,7 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
     info = read_state(locations)
     if info is None:
         raise RaysplitError(f"no raysplit cluster was started for {locations.home}")
-    processes = [p for p in _processes(info.temp_dir) if p.pid != os.getpid()]
+    processes = _processes(info.temp_dir)
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
@@ -179,7 +196,10 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     deadline = time.monotonic() + timeout
-    while _processes(info.temp_dir) and time.monotonic() < deadline:
+    while (left := _processes(info.temp_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    if left:
+        names = ", ".join(f"{p.pid}" for p in left)
+        raise RaysplitError(f"{len(left)} Ray processes of this cluster survived: pids {names}")
     _state_path(locations).unlink(missing_ok=True)
     return len(processes)
