@@ -10,10 +10,10 @@ Deploy with ``serve deploy serve_config.yaml``; the traffic split lives in the i
 
 import asyncio
 import logging
+import os
 import random
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,10 @@ from ray import serve
 
 from raysplit import __version__
 from raysplit.errors import describe_validation_error
+from raysplit.settings import Locations
 from serve_app.config import IngressConfig
+from serve_app.event_buffer import EventBuffer
+from serve_app.event_store import EventStore
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.oip import infer_response, parse_infer
 from serve_app.routing import Assignment, RoutingError
@@ -33,13 +36,14 @@ from serve_app.schemas import (
     InvalidRequest,
     PredictRequestDoc,
     PredictResponse,
+    parse_feedback,
     parse_instances,
     parse_json,
 )
 from serve_app.state import IncompatibleVariants, ServingState
 
 logger = logging.getLogger("ray.serve")
-HISTORY_SIZE = 2000
+MAX_HISTORY = 2000
 
 api = FastAPI(
     title="raysplit",
@@ -63,7 +67,10 @@ class Ingress:
     def __init__(self) -> None:
         self._state: ServingState | None = None
         self._last_reconfigure: dict[str, Any] = {"status": "pending"}
-        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._event_store_url = os.environ.get(
+            "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
+        )
+        self._events = EventBuffer(lambda: EventStore(self._event_store_url))
         self._background: set[asyncio.Task] = set()
         context = serve.get_replica_context()
         self._replica = context.replica_id.unique_id
@@ -90,6 +97,7 @@ class Ingress:
         self._state = state
         self._last_reconfigure = {"status": "ok", "at": time.time()}
         self._start_alias_refresh()
+        self._events.start()
         logger.info(
             "experiment %s: %s",
             config.experiment,
@@ -155,30 +163,33 @@ class Ingress:
 
     def _record(
         self,
+        state: ServingState,
         request_id: str,
         variant: str,
         model: LoadedModel,
         rows: np.ndarray,
-        predictions: list[Any],
+        output: tuple[list[Any], list[list[float]] | None],
         latency_ms: float,
         shadow: bool,
-        agrees: bool | None = None,
     ) -> None:
-        self._history.append(
+        """Queue the prediction event; the database write happens off the request path."""
+        self._events.add_prediction(
             {
                 "request_id": request_id,
-                "time": time.time(),
                 "variant": variant,
-                "model": {"name": model.resolved.name, "version": model.resolved.version},
+                "created_at": time.time(),
+                "experiment": state.config.experiment,
+                "model_name": model.resolved.name,
+                "model_version": model.resolved.version,
                 "shadow": shadow,
                 "inputs": rows.tolist(),
-                "predictions": predictions,
+                "predictions": output[0],
+                "probabilities": output[1],
                 "latency_ms": latency_ms,
-                "agrees_with_live": agrees,
             }
         )
 
-    def _shadow(self, state: ServingState, request_id: str, rows: np.ndarray, live: list) -> None:
+    def _shadow(self, state: ServingState, request_id: str, rows: np.ndarray) -> None:
         """Give each shadow variant a copy of the request after the response is sent."""
 
         async def run() -> None:
@@ -187,21 +198,12 @@ class Ingress:
                 model = state.models[variant.name]
                 started = time.perf_counter()
                 try:
-                    predictions, _ = model.predict(rows)
+                    output = model.predict(rows)
                 except Exception:  # a shadow must never hurt the live path
                     logger.exception("shadow variant %s failed", variant.name)
                     continue
                 latency = (time.perf_counter() - started) * 1000
-                self._record(
-                    request_id,
-                    variant.name,
-                    model,
-                    rows,
-                    predictions,
-                    latency,
-                    shadow=True,
-                    agrees=predictions == live,
-                )
+                self._record(state, request_id, variant.name, model, rows, output, latency, True)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
@@ -212,11 +214,11 @@ class Ingress:
     ) -> tuple[LoadedModel, list, list | None]:
         model = state.models[assignment.variant]
         started = time.perf_counter()
-        predictions, probabilities = model.predict(rows)
+        predictions, probabilities = output = model.predict(rows)
         latency = (time.perf_counter() - started) * 1000
-        self._record(request_id, assignment.variant, model, rows, predictions, latency, False)
+        self._record(state, request_id, assignment.variant, model, rows, output, latency, False)
         if state.config.shadows:
-            self._shadow(state, request_id, rows, predictions)
+            self._shadow(state, request_id, rows)
         return model, predictions, probabilities
 
     @api.post(
@@ -291,6 +293,7 @@ class Ingress:
             "features": state.features if state else [],
             "variants": variants,
             "last_reconfigure": self._last_reconfigure,
+            "events": self._events.stats(),
             "replica": self._replica,
         }
 
@@ -303,18 +306,45 @@ class Ingress:
         details = [d.message for d in app.deployments.values() if d.message]
         return {"status": str(app.status.value), "message": " ".join([app.message, *details])}
 
-    @api.get("/predictions/history", summary="Recent predictions of this replica")
+    async def _store(self) -> EventStore:
+        if self._events.store is None:
+            try:
+                self._events.store = await asyncio.to_thread(EventStore, self._event_store_url)
+            except Exception as exc:
+                raise InvalidRequest(f"event store unavailable: {type(exc).__name__}", 503) from exc
+        return self._events.store
+
+    @api.get("/predictions/history", summary="Recent predictions from the event store")
     async def history(
         self, variant: str | None = None, limit: int = 100, shadow: bool | None = None
     ):
-        limit = max(1, min(limit, HISTORY_SIZE))
-        rows = [
-            r
-            for r in reversed(self._history)
-            if (variant is None or r["variant"] == variant)
-            and (shadow is None or r["shadow"] == shadow)
-        ]
-        return {"replica": self._replica, "predictions": rows[:limit]}
+        try:
+            store = await self._store()
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        rows = await asyncio.to_thread(
+            store.recent_predictions, max(1, min(limit, MAX_HISTORY)), variant, shadow
+        )
+        return {"predictions": rows, "events": self._events.stats()}
+
+    @api.post("/feedback", summary="Ground truth for earlier predictions (idempotent)")
+    async def feedback(self, request: Request):
+        try:
+            items = parse_feedback(parse_json(await request.body()))
+            store = await self._store()
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        now = time.time()
+        accepted = sum(
+            self._events.add_feedback(
+                {"request_id": i.request_id, "created_at": now, "label": i.label, "value": i.value}
+            )
+            for i in items
+        )
+        ids = {i.request_id for i in items}
+        known = await asyncio.to_thread(store.known_request_ids, ids)
+        unknown = sorted(ids - known - self._events.pending_request_ids())
+        return {"accepted": accepted, "unknown_request_ids": unknown}
 
     @api.get("/healthz", summary="The replica process is up")
     async def healthz(self):
@@ -411,6 +441,10 @@ class Ingress:
             ),
             headers={"X-Variant": assignment.variant},
         )
+
+    async def __del__(self) -> None:
+        """Graceful shutdown: write what is queued before the replica goes."""
+        await self._events.close()
 
 
 app = Ingress.bind()

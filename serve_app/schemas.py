@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysplit.errors import describe_validation_error
 
 
 class InvalidRequest(ValueError):
@@ -48,9 +50,40 @@ class PredictRequestDoc(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    request_id: str
-    label: Any | None = None
-    value: float | None = None
+    """Ground truth for one prediction: ``label`` for classifiers, ``value`` for regressors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    label: str | int | bool | None = None
+    value: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackItem:
+        if (self.label is None) == (self.value is None):
+            raise ValueError("give exactly one of label (classification) or value (regression)")
+        return self
+
+
+MAX_FEEDBACK = 10_000
+
+
+def parse_feedback(payload: Any) -> list[FeedbackItem]:
+    """One ``{request_id, label|value}`` object or a list of them."""
+    batch = isinstance(payload, list)
+    raw = payload if batch else [payload]
+    if not raw:
+        raise InvalidRequest("feedback list is empty")
+    if len(raw) > MAX_FEEDBACK:
+        raise InvalidRequest(f"{len(raw)} feedback items exceed the limit of {MAX_FEEDBACK}")
+    items = []
+    for index, item in enumerate(raw):
+        try:
+            items.append(FeedbackItem.model_validate(item))
+        except ValidationError as exc:
+            where = f"feedback[{index}]" if batch else "feedback"
+            raise InvalidRequest(describe_validation_error(exc, where)) from exc
+    return items
 
 
 def parse_json(body: bytes) -> Any:

@@ -113,12 +113,11 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> No
     raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped afterwards."""
+def _fresh_postgres(purpose: str) -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
     import sqlalchemy as sa
 
-    name = f"raysplit_test_{os.getpid()}"
+    name = f"raysplit_{purpose}_{os.getpid()}"
     admin = sa.create_engine(f"{POSTGRES_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -127,6 +126,18 @@ def postgres_database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The MLflow server's database."""
+    yield from _fresh_postgres("mlflow")
+
+
+@pytest.fixture(scope="session")
+def events_postgres() -> Iterator[str]:
+    """An event-store database of its own."""
+    yield from _fresh_postgres("events")
 
 
 @pytest.fixture(scope="session")

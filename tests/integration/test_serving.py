@@ -130,8 +130,41 @@ def test_shadow_is_recorded_but_never_answers(deployer: Deployer) -> None:
     assert all(r.body["variant"] != "shadow-hgb" for r in replies)
     shadowed = deployer.history(ids, variant="shadow-hgb", shadow=True)
     assert {row["request_id"] for row in shadowed} == ids
-    assert all(row["model"] == {"name": "iris", "version": "3"} for row in shadowed)
+    assert all((row["model_name"], row["model_version"]) == ("iris", "3") for row in shadowed)
     assert all(row["predictions"] == ["setosa"] for row in shadowed)
+
+
+def test_feedback_is_stored_once_and_unknown_ids_are_reported(
+    deployer: Deployer, cluster: Cluster
+) -> None:
+    import sqlalchemy as sa
+
+    deployer.deploy(user_config())
+    ids = {f"fb-{uuid.uuid4().hex}" for _ in range(3)}
+    for rid in ids:
+        assert deployer.predict(RECORD, {"X-Request-Id": rid}).status == 200
+    assert len(deployer.history(ids, shadow=False)) == 3  # flushed to the database
+    items = [{"request_id": rid, "label": "setosa"} for rid in sorted(ids)]
+    url = f"{deployer.url}/feedback"
+    first = requests.post(
+        url, json=[*items, {"request_id": "never-seen", "label": "setosa"}], timeout=10
+    )
+    assert first.json() == {"accepted": 4, "unknown_request_ids": ["never-seen"]}
+    again = requests.post(url, json=items[0], timeout=10)
+    assert again.json() == {"accepted": 1, "unknown_request_ids": []}
+    bad = requests.post(url, json={"request_id": "x"}, timeout=10)
+    assert bad.status_code == 422 and "give exactly one of label" in bad.json()["detail"]
+
+    engine = sa.create_engine(cluster.locations.event_store_url)
+    query = sa.text("SELECT count(*) FROM raysplit_feedback WHERE request_id LIKE 'fb-%'")
+    for _ in range(60):
+        with engine.connect() as conn:
+            stored = conn.execute(query).scalar()
+        if stored == 3:
+            break
+        time.sleep(0.5)
+    assert stored == 3  # idempotent per request id
+    engine.dispose()
 
 
 def test_weights_change_under_load_without_a_failed_request(deployer: Deployer) -> None:

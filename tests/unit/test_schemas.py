@@ -112,3 +112,32 @@ def test_oip_response_tensors() -> None:
     predict, proba = response["outputs"]
     assert predict == {"name": "predict", "shape": [1], "datatype": "BYTES", "data": ["setosa"]}
     assert proba["shape"] == [1, 3] and proba["datatype"] == "FP64"
+
+
+def test_feedback_single_and_batch() -> None:
+    from serve_app.schemas import parse_feedback
+
+    assert parse_feedback({"request_id": "r1", "label": "setosa"})[0].label == "setosa"
+    items = parse_feedback([{"request_id": "r1", "value": 2.5}, {"request_id": "r2", "label": 1}])
+    assert [i.request_id for i in items] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"request_id": "r1"}, "feedback: give exactly one of label"),
+        ({"request_id": "r1", "label": "a", "value": 1.0}, "give exactly one of label"),
+        (
+            [{"request_id": "r1", "label": "a"}, {"label": "a"}],
+            r"feedback\[1\]: request_id: Field required",
+        ),
+        ({"request_id": "", "label": "a"}, "request_id: String should have at least 1 character"),
+        ({"request_id": "r1", "label": "a", "extra": 1}, "extra: Extra inputs are not permitted"),
+        ([], "feedback list is empty"),
+    ],
+)
+def test_feedback_mistakes_are_named(payload: object, message: str) -> None:
+    from serve_app.schemas import parse_feedback
+
+    with pytest.raises(InvalidRequest, match=message):
+        parse_feedback(payload)

@@ -1,0 +1,136 @@
+"""Every prediction and piece of feedback as a row in a real database (SQLAlchemy Core).
+
+SQLite in WAL mode under RAYSPLIT_HOME by default, PostgreSQL by URL for clusters. The
+schema carries an explicit version so a newer raysplit can migrate an older database and
+an older raysplit refuses a newer one instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "raysplit_schema",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+predictions = sa.Table(
+    "raysplit_predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("variant", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("experiment", sa.String(128), nullable=False),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(32)),
+    sa.Column("shadow", sa.Boolean, nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("predictions", sa.JSON, nullable=False),
+    sa.Column("probabilities", sa.JSON),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.UniqueConstraint("request_id", "variant", name="uq_prediction_request_variant"),
+    sa.Index("ix_predictions_experiment_created", "experiment", "created_at"),
+)
+
+feedback = sa.Table(
+    "raysplit_feedback",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("label", sa.JSON),
+    sa.Column("value", sa.Float),
+)
+
+
+class SchemaError(RuntimeError):
+    """The database holds a schema this raysplit cannot use."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for its back end: SQLite gets WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def migrate(engine: Engine) -> int:
+    """Create or upgrade the schema; return its version."""
+    with engine.begin() as conn:
+        metadata.create_all(conn, checkfirst=True)
+        found = conn.execute(sa.select(schema_info.c.version)).scalar()
+        if found is None:
+            conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+            return SCHEMA_VERSION
+        if found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"event store schema v{found} is newer than this raysplit (v{SCHEMA_VERSION})"
+            )
+        return found
+
+
+def _insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+class EventStore:
+    """Batched, idempotent writes and the reads the experiment report needs."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.version = migrate(self.engine)
+
+    def write(
+        self, prediction_rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]]
+    ) -> None:
+        """Write one batch in one transaction; repeats (same request id) are ignored."""
+        with self.engine.begin() as conn:
+            if prediction_rows:
+                conn.execute(_insert_ignoring_duplicates(self.engine, predictions), prediction_rows)
+            if feedback_rows:
+                conn.execute(_insert_ignoring_duplicates(self.engine, feedback), feedback_rows)
+
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        ids = list(request_ids)
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(predictions.c.request_id).where(predictions.c.request_id.in_(ids))
+            )
+            return {r[0] for r in rows}
+
+    def recent_predictions(
+        self, limit: int, variant: str | None = None, shadow: bool | None = None
+    ) -> list[dict[str, Any]]:
+        query = sa.select(predictions).order_by(predictions.c.id.desc()).limit(limit)
+        if variant is not None:
+            query = query.where(predictions.c.variant == variant)
+        if shadow is not None:
+            query = query.where(predictions.c.shadow == shadow)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,103 @@
+"""The event store on real SQLite and PostgreSQL, and the buffer in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from serve_app.event_buffer import EventBuffer
+from serve_app.event_store import EventStore, SchemaError, predictions, schema_info
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    url = request.getfixturevalue("events_postgres")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # each test starts empty
+        for table in ("raysplit_predictions", "raysplit_feedback", "raysplit_schema"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+    return url
+
+
+def prediction(request_id: str, variant: str = "champion", shadow: bool = False) -> dict:
+    return {
+        "request_id": request_id,
+        "variant": variant,
+        "created_at": time.time(),
+        "experiment": "iris-ab",
+        "model_name": "iris",
+        "model_version": "1",
+        "shadow": shadow,
+        "inputs": [[5.1, 3.5, 1.4, 0.2]],
+        "predictions": ["setosa"],
+        "probabilities": [[0.9, 0.1, 0.0]],
+        "latency_ms": 0.4,
+    }
+
+
+def test_writes_are_idempotent_per_request(store_url: str) -> None:
+    store = EventStore(store_url)
+    live, shadow = prediction("r1"), prediction("r1", "shadow-hgb", shadow=True)
+    store.write([live, shadow], [{"request_id": "r1", "created_at": 1.0, "label": "setosa"}])
+    store.write([live], [{"request_id": "r1", "created_at": 2.0, "label": "virginica"}])
+    rows = store.recent_predictions(10)
+    assert sorted((r["variant"], r["shadow"]) for r in rows) == [
+        ("champion", False),
+        ("shadow-hgb", True),
+    ]
+    assert rows[0]["inputs"] == [[5.1, 3.5, 1.4, 0.2]]
+    with store.engine.connect() as conn:
+        labels = conn.execute(sa.text("SELECT label FROM raysplit_feedback")).scalars().all()
+    assert labels in (["setosa"], ['"setosa"'])  # the first feedback wins
+    assert store.known_request_ids(["r1", "r2"]) == {"r1"}
+    store.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_schema_is_versioned_and_a_newer_one_is_refused(store_url: str) -> None:
+    assert EventStore(store_url).version == 1
+    assert EventStore(store_url).version == 1  # opening again migrates nothing
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(schema_info.update().values(version=99))
+    with pytest.raises(SchemaError, match="schema v99 is newer than this raysplit"):
+        EventStore(store_url)
+
+
+def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:
+    """Down at first (nothing listens), back later: every queued event is written."""
+    down_url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    target = {"url": down_url}
+    buffer = EventBuffer(lambda: EventStore(target["url"]), capacity=50)
+
+    async def scenario() -> None:
+        for i in range(40):
+            assert buffer.add_prediction(prediction(f"q{i}"))
+        assert not await buffer.flush()
+        assert buffer.queued == 40 and buffer.failed_flushes == 1
+        assert "OperationalError" in buffer.last_error
+        for i in range(40, 60):  # over capacity: counted, not lost silently
+            buffer.add_prediction(prediction(f"q{i}"))
+        assert (buffer.queued, buffer.dropped) == (50, 10)
+        target["url"] = store_url
+        await buffer.close(timeout_s=30)
+
+    asyncio.run(scenario())
+    assert (buffer.queued, buffer.written) == (0, 50)
+    with buffer.store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar() == 50
