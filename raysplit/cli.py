@@ -122,6 +122,26 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import requests
+
+    url = args.url or Locations.resolve().ingress_url
+    params = {"experiment": args.experiment} if args.experiment else None
+    try:
+        response = requests.get(f"{url}/experiment", params=params, timeout=60)
+    except requests.RequestException as exc:
+        raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
+    if not response.ok:
+        raise RaysplitError(f"{url}/experiment answered {response.status_code}: {response.text}")
+    if args.json:
+        print(response.text)
+        return 0
+    from raysplit.report_text import render
+
+    print(render(response.json()))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
@@ -191,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--users", type=int, default=50, help="distinct sticky user ids")
     traffic.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
     traffic.set_defaults(func=cmd_traffic)
+
+    report = commands.add_parser("report", help="print the A/B experiment report")
+    report.add_argument("--experiment", help="experiment name (default: the deployed one)")
+    report.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
+    report.add_argument("--json", action="store_true", help="the raw JSON of GET /experiment")
+    report.set_defaults(func=cmd_report)
 
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

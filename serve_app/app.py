@@ -31,6 +31,7 @@ from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.oip import infer_response, parse_infer
+from serve_app.report import ExperimentReport, build_report
 from serve_app.routing import Assignment, RoutingError
 from serve_app.schemas import (
     InvalidRequest,
@@ -326,6 +327,30 @@ class Ingress:
             store.recent_predictions, max(1, min(limit, MAX_HISTORY)), variant, shadow
         )
         return {"predictions": rows, "events": self._events.stats()}
+
+    @api.get("/experiment", summary="The live A/B report", response_model=ExperimentReport)
+    async def experiment(self, experiment: str | None = None):
+        try:
+            state = self._serving()
+            store = await self._store()
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        name = experiment or state.config.experiment
+        current = name == state.config.experiment
+        rows = await asyncio.to_thread(store.experiment_rows, name)
+        report = await asyncio.to_thread(
+            build_report,
+            name,
+            rows,
+            state.models[state.config.control_variant].classes is not None,
+            state.router.expected_shares() if current else None,
+            state.config.control_variant if current else None,
+            {n: (m.reference, state.features) for n, m in state.models.items() if m.reference}
+            if current
+            else None,
+        )
+        report.events = self._events.stats()
+        return report
 
     @api.post("/feedback", summary="Ground truth for earlier predictions (idempotent)")
     async def feedback(self, request: Request):

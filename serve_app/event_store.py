@@ -132,5 +132,32 @@ class EventStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def experiment_rows(self, experiment: str, limit: int = 200_000) -> list[dict[str, Any]]:
+        """The experiment's most recent predictions, each with its feedback if any."""
+        query = (
+            sa.select(
+                predictions.c.request_id,
+                predictions.c.variant,
+                predictions.c.shadow,
+                predictions.c.created_at,
+                predictions.c.latency_ms,
+                predictions.c.model_version,
+                predictions.c.inputs,
+                predictions.c.predictions,
+                feedback.c.label,
+                feedback.c.value,
+            )
+            .select_from(
+                predictions.outerjoin(feedback, feedback.c.request_id == predictions.c.request_id)
+            )
+            .where(predictions.c.experiment == experiment)
+            .order_by(predictions.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        rows.reverse()  # arrival order, which the sequential test needs
+        return rows
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -21,6 +21,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from serve_app.config import VariantConfig
+from tune.reference_stats import REFERENCE_STATS_FILE, ReferenceStats
 
 # Models are fitted on DataFrames and served on validated arrays in signature order.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -47,6 +48,7 @@ class LoadedModel:
     estimator: Any
     features: list[str]
     classes: list[Any] | None
+    reference: ReferenceStats | None = None  # training-split statistics, for drift
 
     def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
         predictions = self.estimator.predict(rows).tolist()
@@ -83,6 +85,10 @@ def load(variant: VariantConfig, client: MlflowClient) -> LoadedModel:
         raise ModelLoadError(
             f"variant '{variant.name}' ({resolved.uri}) has no signature; log it with one"
         )
+    stats_file = local / "extra_files" / REFERENCE_STATS_FILE
+    reference = (
+        ReferenceStats.model_validate_json(stats_file.read_text()) if stats_file.exists() else None
+    )
     classes = getattr(estimator, "classes_", None)
     proba = classes is not None and hasattr(estimator, "predict_proba")
     return LoadedModel(
@@ -90,4 +96,5 @@ def load(variant: VariantConfig, client: MlflowClient) -> LoadedModel:
         estimator=estimator,
         features=signature.inputs.input_names(),
         classes=classes.tolist() if proba else None,
+        reference=reference,
     )

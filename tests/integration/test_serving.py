@@ -318,3 +318,50 @@ def test_promoted_alias_is_followed_without_a_deploy(deployer: Deployer, cluster
     finally:
         rollback_alias(client, "iris", "champion")
     wait_for("1")
+
+
+def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) -> None:
+    import subprocess
+
+    from tests.integration.test_cli import RAYSPLIT
+    from tune.datasets import load_dataset
+
+    name = f"iris-report-{uuid.uuid4().hex[:6]}"
+    deployer.deploy(user_config(experiment=name, variants=variants(50, 50, shadow=True)))
+    data = load_dataset("iris")
+    records = data.features.to_dict(orient="records")
+    ids = {}
+    for i in range(300):
+        rid = f"{name}-{i}"
+        ids[rid] = data.target[i % 150]
+        assert deployer.predict(records[i % 150], {"X-Request-Id": rid}).status == 200
+    assert len(deployer.history(set(ids), shadow=False)) == 300
+    feedback = [{"request_id": rid, "label": label} for rid, label in ids.items()]
+    assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).json() == {
+        "accepted": 300,
+        "unknown_request_ids": [],
+    }
+
+    for _ in range(60):  # feedback is written off the request path
+        report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+        if sum(v["feedback"] for v in report["variants"] if not v["shadow"]) == 300:
+            break
+        time.sleep(0.5)
+    assert report["experiment"] == name and report["requests"] == 300
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["champion"]["served"] + by_name["challenger"]["served"] == 300
+    assert by_name["champion"]["accuracy"]["estimate"] > 0.9
+    assert by_name["shadow-hgb"]["shadow"] and by_name["shadow-hgb"]["agreement_with_live"]
+    assert set(by_name["champion"]["drift"]) == set(RECORD)
+    assert report["srm_p_value"] > 0.001
+    (comparison,) = report["comparisons"]
+    assert comparison["challenger"] == "challenger" and comparison["verdict"]
+    text = subprocess.run(
+        [str(RAYSPLIT), "report", "--url", deployer.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"experiment {name} (classification): 300 live requests" in text
+    assert "challenger vs champion: accuracy difference" in text

@@ -1,0 +1,150 @@
+"""The experiment report behind GET /experiment and `raysplit report` (pure, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from serve_app.drift import FeatureDrift, feature_drift
+from serve_app.statistics import (
+    Comparison,
+    Interval,
+    accuracy_interval,
+    compare,
+    mean_interval,
+    sample_ratio_p_value,
+)
+from tune.reference_stats import ReferenceStats
+
+DRIFT_WINDOW = 1000
+
+
+class Latency(BaseModel):
+    p50: float
+    p95: float
+    p99: float
+
+
+class VariantReport(BaseModel):
+    name: str
+    shadow: bool
+    model_versions: list[str]
+    served: int
+    observed_share: float | None
+    expected_share: float | None
+    latency_ms: Latency | None
+    feedback: int
+    accuracy: Interval | None = None
+    mae: Interval | None = None
+    rmse: float | None = None
+    agreement_with_live: Interval | None = None
+    drift: dict[str, FeatureDrift] | None = None
+
+
+class ExperimentReport(BaseModel):
+    experiment: str
+    control: str | None
+    task: str
+    requests: int
+    srm_p_value: float | None
+    variants: list[VariantReport]
+    comparisons: list[Comparison]
+    events: dict[str, Any] | None = None
+
+
+def _outcome(row: dict[str, Any], classification: bool) -> float | None:
+    """1/0 correctness or absolute error for a single-row prediction with feedback."""
+    predictions = row["predictions"]
+    if len(predictions) != 1:
+        return None  # one label per request: batch predictions cannot be scored
+    if classification and row["label"] is not None:
+        return float(str(predictions[0]) == str(row["label"]))
+    if not classification and row["value"] is not None:
+        return abs(float(predictions[0]) - float(row["value"]))
+    return None
+
+
+def build_report(
+    experiment: str,
+    rows: list[dict[str, Any]],
+    classification: bool,
+    shares: dict[str, float] | None = None,
+    control: str | None = None,
+    references: dict[str, tuple[ReferenceStats, list[str]]] | None = None,
+) -> ExperimentReport:
+    """``rows`` in arrival order: predictions joined with their feedback."""
+    live = [r for r in rows if not r["shadow"]]
+    names = list(shares or {}) + sorted({r["variant"] for r in rows} - set(shares or {}))
+    live_answer = {r["request_id"]: r["predictions"] for r in live}
+    outcomes: dict[str, list[float]] = {}
+    reports = []
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+        shadow = bool(mine) and all(r["shadow"] for r in mine)
+        scored = [o for o in (_outcome(r, classification) for r in mine) if o is not None]
+        outcomes[name] = scored
+        latencies = np.array([r["latency_ms"] for r in mine])
+        report = VariantReport(
+            name=name,
+            shadow=shadow,
+            model_versions=sorted({str(r["model_version"]) for r in mine}),
+            served=len(mine),
+            observed_share=None if shadow or not live else len(mine) / len(live),
+            expected_share=(shares or {}).get(name),
+            latency_ms=Latency(
+                **dict(
+                    zip(
+                        ("p50", "p95", "p99"),
+                        np.percentile(latencies, [50, 95, 99]).tolist(),
+                        strict=True,
+                    )
+                )
+            )
+            if len(latencies)
+            else None,
+            feedback=sum(1 for r in mine if r["label"] is not None or r["value"] is not None),
+        )
+        if classification:
+            report.accuracy = accuracy_interval(int(sum(scored)), len(scored))
+        elif scored:
+            report.mae = mean_interval(scored)
+            report.rmse = float(np.sqrt(np.mean(np.square(scored))))
+        if shadow:
+            agree = [
+                r["predictions"] == live_answer[r["request_id"]]
+                for r in mine
+                if r["request_id"] in live_answer
+            ]
+            report.agreement_with_live = accuracy_interval(sum(agree), len(agree))
+        elif references and name in references:
+            reference, features = references[name]
+            recent = [x for r in mine[-DRIFT_WINDOW:] for x in r["inputs"]]
+            report.drift = feature_drift(reference, features, np.array(recent, dtype=float))
+        reports.append(report)
+
+    srm = sample_ratio_p_value({r.name: r.served for r in reports if not r.shadow}, shares or {})
+    control = control or next((r.name for r in reports if not r.shadow), None)
+    comparisons = [
+        compare(
+            control,
+            r.name,
+            outcomes[control],
+            outcomes[r.name],
+            "accuracy" if classification else "mae",
+            classification,
+            srm,
+        )
+        for r in reports
+        if control is not None and not r.shadow and r.name != control
+    ]
+    return ExperimentReport(
+        experiment=experiment,
+        control=control,
+        task="classification" if classification else "regression",
+        requests=len(live),
+        srm_p_value=srm,
+        variants=reports,
+        comparisons=comparisons,
+    )
