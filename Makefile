@@ -35,7 +35,9 @@ demo: install
 	-$(BIN)/raysplit down 2>/dev/null
 	$(BIN)/raysplit up
 	RAY_AUTH_MODE=token $(BIN)/serve deploy serve_config.yaml -a $(DASHBOARD)
-	$(BIN)/raysplit traffic --requests 300 --users 50
+	$(BIN)/raysplit traffic --requests 300 --users 50 --feedback
+	@sleep 2  # feedback is written off the request path
+	$(BIN)/raysplit report
 	@echo
 	@$(BIN)/raysplit info
 	@echo

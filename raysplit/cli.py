@@ -118,7 +118,7 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
     url = args.url or Locations.resolve().ingress_url
     wait_ready(url, args.wait)
-    print("\n".join(send(url, args.dataset, args.requests, args.users)))
+    print("\n".join(send(url, args.dataset, args.requests, args.users, args.feedback)))
     return 0
 
 
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--requests", type=int, default=300)
     traffic.add_argument("--users", type=int, default=50, help="distinct sticky user ids")
     traffic.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
+    traffic.add_argument(
+        "--feedback", action="store_true", help="then send each row's true label as feedback"
+    )
     traffic.set_defaults(func=cmd_traffic)
 
     report = commands.add_parser("report", help="print the A/B experiment report")

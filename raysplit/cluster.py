@@ -183,11 +183,16 @@ def _processes(temp_dir: Path) -> list[psutil.Process]:
 
 
 def down(locations: Locations, timeout: float = 20.0) -> int:
-    """Stop the processes of the cluster `up` started for this data directory."""
+    """Stop the processes of the cluster `up` started for this data directory.
+
+    The temp dir follows from the data directory, so this works even if cluster.json is gone.
+    """
     info = read_state(locations)
-    if info is None:
-        raise RaysplitError(f"no raysplit cluster was started for {locations.home}")
-    processes = _processes(info.temp_dir)
+    temp_dir = info.temp_dir if info else temp_dir_for(locations.home)
+    processes = _processes(temp_dir)
+    if not processes:
+        _state_path(locations).unlink(missing_ok=True)
+        raise RaysplitError(f"no raysplit cluster is running for {locations.home}")
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
@@ -196,7 +201,7 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     deadline = time.monotonic() + timeout
-    while (left := _processes(info.temp_dir)) and time.monotonic() < deadline:
+    while (left := _processes(temp_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     if left:
         names = ", ".join(f"{p.pid}" for p in left)

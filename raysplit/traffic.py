@@ -27,14 +27,21 @@ def wait_ready(url: str, timeout: float) -> None:
     raise RaysplitError(f"{url} did not become ready within {timeout:.0f}s (serve status?)")
 
 
-def send(url: str, dataset: str, count: int, users: int, threads: int = 4) -> list[str]:
-    """Send ``count`` predictions (every other one with one of ``users`` user ids)."""
+def send(
+    url: str, dataset: str, count: int, users: int, feedback: bool = False, threads: int = 4
+) -> list[str]:
+    """Send ``count`` predictions (every other one with one of ``users`` user ids) and,
+    with ``feedback``, the dataset's true label for each one afterwards."""
     from tune.datasets import load_dataset
 
-    records = load_dataset(dataset).features.to_dict(orient="records")
+    data = load_dataset(dataset)
+    records = data.features.to_dict(orient="records")
+    truth: dict[str, object] = {}
 
     def one(i: int) -> tuple[int, str, str | None]:
-        headers = {"X-Request-Id": f"demo-{uuid.uuid4().hex}"}
+        request_id = f"demo-{uuid.uuid4().hex}"
+        truth[request_id] = data.target.iloc[i % len(records)]
+        headers = {"X-Request-Id": request_id}
         user = f"user-{i % users}" if users and i % 2 == 0 else None
         if user:
             headers["X-User-Id"] = user
@@ -58,4 +65,14 @@ def send(url: str, dataset: str, count: int, users: int, threads: int = 4) -> li
     if sticky:
         consistent = sum(len(v) == 1 for v in sticky.values())
         lines.append(f"  sticky users: {consistent}/{len(sticky)} always got the same variant")
+    if feedback:
+        key = "label" if data.task == "classification" else "value"
+        items = [{"request_id": rid, key: _plain(value)} for rid, value in truth.items()]
+        answer = requests.post(f"{url}/feedback", json=items, timeout=60).json()
+        lines.append(f"  feedback: {answer.get('accepted')} labels sent")
     return lines
+
+
+def _plain(value: object) -> object:
+    """NumPy scalars to JSON-native values."""
+    return value.item() if hasattr(value, "item") else value

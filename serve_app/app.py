@@ -99,6 +99,7 @@ class Ingress:
         self._last_reconfigure = {"status": "ok", "at": time.time()}
         self._start_alias_refresh()
         self._events.start()
+        await self._events.flush()  # events of the old config go out before the new ones
         logger.info(
             "experiment %s: %s",
             config.experiment,

@@ -15,7 +15,11 @@ from enum import StrEnum
 import numpy as np
 from pydantic import BaseModel
 from scipy import stats
-from statsmodels.stats.proportion import proportion_confint, proportions_ztest
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+    proportions_ztest,
+)
 
 ALPHA = 0.05
 SRM_ALPHA = 0.001
@@ -131,13 +135,15 @@ def compare(
         )
     difference = float(b.mean() - a.mean())
     standard_error = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    z = stats.norm.ppf(1 - ALPHA / 2)
-    interval = Interval(
-        estimate=difference,
-        low=difference - z * standard_error,
-        high=difference + z * standard_error,
-    )
     binary = set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}
+    if binary:  # Newcombe's score interval: sane at 0% or 100% where Wald collapses
+        low, high = confint_proportions_2indep(
+            b.sum(), len(b), a.sum(), len(a), method="newcomb", alpha=ALPHA
+        )
+    else:
+        z = stats.norm.ppf(1 - ALPHA / 2)
+        low, high = difference - z * standard_error, difference + z * standard_error
+    interval = Interval(estimate=difference, low=float(low), high=float(high))
     if standard_error == 0:
         p_value = 1.0 if difference == 0 else 0.0
     elif binary:

@@ -60,27 +60,34 @@ class Deployer:
         replicas = self._status()["deployments"]["Ingress"]["replicas"]
         return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
 
-    def config_file(self, user_config: dict[str, Any]) -> Path:
+    def config_file(
+        self, user_config: dict[str, Any], actor_options: dict[str, Any] | None = None
+    ) -> Path:
         config = copy.deepcopy(self.base)
         config["http_options"]["port"] = self.port
         deployment = config["applications"][0]["deployments"][0]
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 2  # two replicas: stickiness must hold across them
-        deployment["ray_actor_options"] = {"num_cpus": 0.25}
+        deployment["ray_actor_options"] = {"num_cpus": 0.25, **(actor_options or {})}
         deployment["user_config"] = user_config
         self._count += 1
         path = self.workdir / f"serve_config_{self._count}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def deploy(self, user_config: dict[str, Any], expect: str = "RUNNING") -> dict[str, Any]:
+    def deploy(
+        self,
+        user_config: dict[str, Any],
+        expect: str = "RUNNING",
+        actor_options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """`serve deploy` and wait until Serve reports ``expect`` for this deploy."""
         before = self._status().get("last_deployed_time_s", 0)
         subprocess.run(
             [
                 str(SERVE),
                 "deploy",
-                str(self.config_file(user_config)),
+                str(self.config_file(user_config, actor_options)),
                 "-a",
                 self.cluster.info.dashboard_url,
             ],

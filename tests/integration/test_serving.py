@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 
 from serve_app.config import IngressConfig
 from serve_app.routing import Router
-from tests.conftest import Cluster
+from tests.conftest import Cluster, free_port
 from tests.integration.serving import RECORD, Deployer
 from tune.config import TuneSpec
 from tune.search import run_search
@@ -365,3 +365,29 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     ).stdout
     assert f"experiment {name} (classification): 300 live requests" in text
     assert "challenger vs champion: accuracy difference" in text
+
+
+def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Deployer) -> None:
+    """Replicas pointed at a database nobody listens on: every prediction still answers,
+    the events wait in the queue and the failure is visible."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    env = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": dead}}}
+    deployer.deploy(user_config(), actor_options=env)
+    try:
+        replies = deployer.load(200, threads=4)
+        assert {r.status for r in replies} == {200}
+        for _ in range(60):
+            events = [
+                requests.get(f"{deployer.url}/models", timeout=10).json()["events"]
+                for _ in range(6)
+            ]
+            if all(e["failed_flushes"] > 0 for e in events):
+                break
+            time.sleep(0.5)
+        assert any(e["queued"] > 0 for e in events)
+        assert all("OperationalError" in (e["last_error"] or "") for e in events)
+        history = requests.get(f"{deployer.url}/predictions/history", timeout=10)
+        assert history.status_code == 503
+        assert "event store unavailable" in history.json()["detail"]
+    finally:
+        deployer.deploy(user_config())

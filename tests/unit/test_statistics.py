@@ -84,3 +84,11 @@ def test_lower_error_is_better_for_regressors() -> None:
     result = compare("a", "b", control, challenger, "mae", False, None)
     assert result.verdict is Verdict.BETTER
     assert result.difference.estimate < 0
+
+
+def test_difference_interval_does_not_collapse_at_a_perfect_small_arm() -> None:
+    """15 of 15 against 278 of 285: a Wald interval would exclude zero; the data do not."""
+    control = [1] * 278 + [0] * 7
+    result = compare("champion", "challenger", control, [1] * 15, "accuracy", True, 0.5)
+    assert result.difference.low < 0 < result.difference.high
+    assert result.p_value > 0.05
