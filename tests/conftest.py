@@ -4,6 +4,7 @@ and a real MLflow server on PostgreSQL for the tests that need a tracking server
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(locations, info, env)
     finally:
         down(locations)
+        shutil.rmtree(info.temp_dir, ignore_errors=True)  # Ray's session logs of this run
 
 
 @pytest.fixture(scope="session")
