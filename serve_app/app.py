@@ -149,8 +149,8 @@ class Ingress:
         current = {m.resolved.uri: m for m in (self._state.models.values() if self._state else [])}
         models = {}
         for variant in config.variants:
-            pinned = resolve(variant.model_uri, client).uri
-            models[variant.name] = current.get(pinned) or load(variant, client)
+            pinned = resolve(variant.model_uri, client)  # one registry call per variant
+            models[variant.name] = current.get(pinned.uri) or load(variant, pinned)
         return models
 
     def _serving(self) -> ServingState:
@@ -398,10 +398,10 @@ class Ingress:
         state = self._serving()
         if name in state.models:
             return state, name
-        if name in state.model_names():
+        if name in state.model_names:
             return state, None
         raise InvalidRequest(
-            f"unknown model '{name}'; serving {sorted(state.model_names() | set(state.models))}",
+            f"unknown model '{name}'; serving {sorted(state.model_names | set(state.models))}",
             404,
         )
 

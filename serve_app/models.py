@@ -72,9 +72,9 @@ def resolve(uri: str, client: MlflowClient) -> ResolvedUri:
     return ResolvedUri(uri, uri.removeprefix("runs:/").split("/")[0], None)
 
 
-def load(variant: VariantConfig, client: MlflowClient) -> LoadedModel:
-    """Resolve and load one variant; every failure becomes a ``ModelLoadError``."""
-    resolved = resolve(variant.model_uri, client)
+def load(variant: VariantConfig, resolved: ResolvedUri) -> LoadedModel:
+    """Load one variant at its pinned URI (see :func:`resolve`); every failure becomes a
+    ``ModelLoadError``."""
     try:
         local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
         signature = Model.load(str(local / "MLmodel")).signature

@@ -8,6 +8,7 @@ new experiment, never a mix, and a failed build leaves the old one serving.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from serve_app.config import IngressConfig
 from serve_app.models import LoadedModel
@@ -41,8 +42,10 @@ class ServingState:
                 )
         return cls(config, Router(config), models, control.features)
 
-    def model_names(self) -> set[str]:
-        """Names under which OIP clients may address the routed experiment."""
-        return {self.config.experiment} | {
-            self.models[v.name].resolved.name for v in self.config.live
-        }
+    @cached_property
+    def model_names(self) -> frozenset[str]:
+        """Names under which OIP clients may address the routed experiment (computed once
+        per state, not per request)."""
+        return frozenset(
+            {self.config.experiment} | {self.models[v.name].resolved.name for v in self.config.live}
+        )
