@@ -29,9 +29,11 @@ from raysplit.settings import Locations
 from serve_app.config import IngressConfig
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
+from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.oip import infer_response, parse_infer
 from serve_app.report import ExperimentReport, build_report
+from serve_app.request_log import RequestLog
 from serve_app.routing import Assignment, RoutingError
 from serve_app.schemas import (
     InvalidRequest,
@@ -42,6 +44,7 @@ from serve_app.schemas import (
     parse_json,
 )
 from serve_app.state import IncompatibleVariants, ServingState
+from serve_app.summary import MetricsSummary, summarize
 
 logger = logging.getLogger("ray.serve")
 MAX_HISTORY = 2000
@@ -53,6 +56,13 @@ api = FastAPI(
     " variants for A/B experiments.",
     default_response_class=ORJSONResponse,
 )
+
+
+api.add_middleware(RequestLog)
+
+
+class PredictionFailed(RuntimeError):
+    """The assigned variant's model raised: a 500 that names the variant and version."""
 
 
 def _error(status: int, message: str, key: str = "detail") -> ORJSONResponse:
@@ -72,12 +82,14 @@ class Ingress:
             "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
         )
         self._events = EventBuffer(lambda: EventStore(self._event_store_url))
+        self._metrics = ExperimentMetrics()
         self._background: set[asyncio.Task] = set()
         context = serve.get_replica_context()
         self._replica = context.replica_id.unique_id
         self._app = context.app_name
         self._rng = random.Random()
         self._refresher: asyncio.Task | None = None
+        self._reporter: asyncio.Task | None = None
 
     # ----------------------------------------------------------------- configuration
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -99,6 +111,9 @@ class Ingress:
         self._last_reconfigure = {"status": "ok", "at": time.time()}
         self._start_alias_refresh()
         self._events.start()
+        self._metrics.start()
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(self._report_metrics())
         await self._events.flush()  # events of the old config go out before the new ones
         logger.info(
             "experiment %s: %s",
@@ -138,6 +153,22 @@ class Ingress:
             except Exception as exc:  # keep serving what is loaded; say why
                 logger.warning("alias refresh failed, still serving the current models: %s", exc)
 
+    async def _report_metrics(self) -> None:
+        """Event-buffer figures every few seconds; the experiment report's gauges (quality,
+        SRM, sequential p-values, drift) every ``report_interval_s``."""
+        last_report = 0.0
+        while True:
+            await asyncio.sleep(5)
+            self._metrics.events(self._events.stats())
+            interval = self._state.config.report_interval_s if self._state else 0
+            if interval <= 0 or time.monotonic() - last_report < interval:
+                continue
+            last_report = time.monotonic()
+            try:
+                self._metrics.report(await self._build_report(None))
+            except Exception as exc:  # the store may be down: the gauges just wait
+                logger.warning("experiment gauges not updated: %s", exc)
+
     def _fail(self, message: str) -> None:
         self._last_reconfigure = {"status": "failed", "error": message, "at": time.time()}
         logger.error("reconfigure rejected, still serving the previous config: %s", message)
@@ -170,11 +201,21 @@ class Ingress:
         variant: str,
         model: LoadedModel,
         rows: np.ndarray,
-        output: tuple[list[Any], list[list[float]] | None],
+        output: tuple[list[Any], list[list[float]] | None] | None,
         latency_ms: float,
         shadow: bool,
+        error: str | None = None,
     ) -> None:
         """Queue the prediction event; the database write happens off the request path."""
+        if not shadow:
+            self._metrics.prediction(
+                state.config.experiment,
+                variant,
+                model.resolved.version,
+                latency_ms,
+                None if output is None else output[0],
+                model.classes,
+            )
         self._events.add_prediction(
             {
                 "request_id": request_id,
@@ -185,13 +226,17 @@ class Ingress:
                 "model_version": model.resolved.version,
                 "shadow": shadow,
                 "inputs": rows.tolist(),
-                "predictions": output[0],
-                "probabilities": output[1],
+                "predictions": [] if output is None else output[0],
+                "probabilities": None if output is None else output[1],
                 "latency_ms": latency_ms,
+                "outcome": "ok" if output is not None else "error",
+                "error": error,
             }
         )
 
-    def _shadow(self, state: ServingState, request_id: str, rows: np.ndarray) -> None:
+    def _shadow(
+        self, state: ServingState, request_id: str, rows: np.ndarray, answered: list[Any]
+    ) -> None:
         """Give each shadow variant a copy of the request after the response is sent."""
 
         async def run() -> None:
@@ -206,6 +251,7 @@ class Ingress:
                     continue
                 latency = (time.perf_counter() - started) * 1000
                 self._record(state, request_id, variant.name, model, rows, output, latency, True)
+                self._metrics.shadow(state.config.experiment, variant.name, output[0] == answered)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
@@ -216,11 +262,24 @@ class Ingress:
     ) -> tuple[LoadedModel, list, list | None]:
         model = state.models[assignment.variant]
         started = time.perf_counter()
-        predictions, probabilities = output = model.predict(rows)
+        try:
+            predictions, probabilities = output = model.predict(rows)
+        except Exception as exc:  # counted against the variant, answered with a 500
+            latency = (time.perf_counter() - started) * 1000
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self._record(
+                state, request_id, assignment.variant, model, rows, None, latency, False, error
+            )
+            logger.error(
+                "variant %s failed on request %s: %s", assignment.variant, request_id, error
+            )
+            raise PredictionFailed(
+                f"variant '{assignment.variant}' ({model.resolved.uri}) failed to predict: {error}"
+            ) from exc
         latency = (time.perf_counter() - started) * 1000
         self._record(state, request_id, assignment.variant, model, rows, output, latency, False)
         if state.config.shadows:
-            self._shadow(state, request_id, rows)
+            self._shadow(state, request_id, rows, predictions)
         return model, predictions, probabilities
 
     @api.post(
@@ -247,14 +306,17 @@ class Ingress:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             state = self._serving()
-            payload = parse_json(await request.body())
+            rows = parse_instances(
+                parse_json(await request.body()), state.features, state.config.max_batch_rows
+            )
             assignment = self._assign(state, request, request.headers.get("x-variant"))
-            rows = parse_instances(payload, state.features, state.config.max_batch_rows)
+            model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
         except InvalidRequest as exc:
-            return _error(exc.status, str(exc))
+            return self._rejected(exc.status, str(exc))
         except RoutingError as exc:
-            return _error(403 if "disabled" in str(exc) else 400, str(exc))
-        model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
+            return self._rejected(403 if "disabled" in str(exc) else 400, str(exc))
+        except PredictionFailed as exc:
+            return _error(500, str(exc))
         body = {
             "request_id": request_id,
             "variant": assignment.variant,
@@ -264,10 +326,21 @@ class Ingress:
         if probabilities is not None:
             body["classes"] = model.classes
             body["probabilities"] = probabilities
-        return ORJSONResponse(
-            body,
-            headers={"X-Variant": assignment.variant, "X-Raysplit-Replica": self._replica},
-        )
+        return ORJSONResponse(body, headers=self._answer_headers(assignment.variant, model))
+
+    def _answer_headers(self, variant: str, model: LoadedModel) -> dict[str, str]:
+        """What answered, for clients and for the request log line."""
+        return {
+            "X-Variant": variant,
+            "X-Model-Version": str(model.resolved.version),
+            "X-Raysplit-Replica": self._replica,
+        }
+
+    def _rejected(self, status: int, message: str, key: str = "detail") -> ORJSONResponse:
+        """Refused before any model ran: never assigned, so no event, only a count."""
+        state = self._state
+        self._metrics.rejected(state.config.experiment if state else "", status)
+        return _error(status, message, key)
 
     # ----------------------------------------------------------------- inspection
     @api.get("/models", summary="Variants, weights, resolved versions and load state")
@@ -329,17 +402,13 @@ class Ingress:
         )
         return {"predictions": rows, "events": self._events.stats()}
 
-    @api.get("/experiment", summary="The live A/B report", response_model=ExperimentReport)
-    async def experiment(self, experiment: str | None = None):
-        try:
-            state = self._serving()
-            store = await self._store()
-        except InvalidRequest as exc:
-            return _error(exc.status, str(exc))
+    async def _build_report(self, experiment: str | None) -> ExperimentReport:
+        state = self._serving()
+        store = await self._store()
         name = experiment or state.config.experiment
         current = name == state.config.experiment
         rows = await asyncio.to_thread(store.experiment_rows, name)
-        report = await asyncio.to_thread(
+        return await asyncio.to_thread(
             build_report,
             name,
             rows,
@@ -349,9 +418,34 @@ class Ingress:
             {n: (m.reference, state.features) for n, m in state.models.items() if m.reference}
             if current
             else None,
+            state.config.min_detectable_effect,
         )
+
+    @api.get("/experiment", summary="The live A/B report", response_model=ExperimentReport)
+    async def experiment(self, experiment: str | None = None):
+        try:
+            report = await self._build_report(experiment)
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
         report.events = self._events.stats()
         return report
+
+    @api.get(
+        "/metrics/summary",
+        summary="Requests, errors and latency per variant over a recent window",
+        response_model=MetricsSummary,
+    )
+    async def metrics_summary(self, window_s: float = 300.0):
+        try:
+            state = self._serving()
+            store = await self._store()
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc))
+        window_s = min(max(window_s, 1.0), 7 * 86400.0)
+        rows = await asyncio.to_thread(
+            store.recent_outcomes, state.config.experiment, time.time() - window_s
+        )
+        return summarize(state.config.experiment, window_s, rows, self._events.stats())
 
     @api.post("/feedback", summary="Ground truth for earlier predictions (idempotent)")
     async def feedback(self, request: Request):
@@ -368,9 +462,20 @@ class Ingress:
             for i in items
         )
         ids = {i.request_id for i in items}
-        known = await asyncio.to_thread(store.known_request_ids, ids)
-        unknown = sorted(ids - known - self._events.pending_request_ids())
-        return {"accepted": accepted, "unknown_request_ids": unknown}
+        found = await asyncio.to_thread(store.live_predictions, ids)
+        found.update(self._events.pending_predictions(ids - found.keys()))
+        for item in items:
+            if item.request_id in found:
+                self._count_feedback(found[item.request_id], item.label, item.value)
+        return {"accepted": accepted, "unknown_request_ids": sorted(ids - found.keys())}
+
+    def _count_feedback(self, prediction: dict[str, Any], label: Any, value: float | None) -> None:
+        """Online quality as counters: correct or not, or the absolute error."""
+        predicted = prediction["predictions"]
+        single = len(predicted) == 1
+        correct = str(predicted[0]) == str(label) if single and label is not None else None
+        abs_error = abs(float(predicted[0]) - value) if single and value is not None else None
+        self._metrics.feedback(prediction["experiment"], prediction["variant"], correct, abs_error)
 
     @api.get("/healthz", summary="The replica process is up")
     async def healthz(self):
@@ -451,11 +556,13 @@ class Ingress:
             )
             request_id = infer.id or request.headers.get("x-request-id") or uuid.uuid4().hex
             assignment = self._assign(state, request, forced or request.headers.get("x-variant"))
+            model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
         except InvalidRequest as exc:
-            return _error(exc.status, str(exc), key="error")
+            return self._rejected(exc.status, str(exc), key="error")
         except RoutingError as exc:
-            return _error(400, str(exc), key="error")
-        model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
+            return self._rejected(400, str(exc), key="error")
+        except PredictionFailed as exc:
+            return _error(500, str(exc), key="error")
         return ORJSONResponse(
             infer_response(
                 name,
@@ -465,7 +572,7 @@ class Ingress:
                 predictions,
                 probabilities,
             ),
-            headers={"X-Variant": assignment.variant},
+            headers=self._answer_headers(assignment.variant, model),
         )
 
     async def __del__(self) -> None:

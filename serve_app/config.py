@@ -57,11 +57,23 @@ class IngressConfig(BaseModel):
     salt: str = Field("", description="change it to reshuffle sticky users between variants")
     allow_override: bool = Field(True, description="honour X-Variant to force a variant")
     control: str | None = Field(None, description="the variant others are compared against")
+    min_detectable_effect: float | None = Field(
+        None,
+        gt=0,
+        description="smallest difference worth detecting, in the metric's units (default:"
+        " 0.05 accuracy, or a tenth of the control's mean absolute error)",
+    )
     max_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per /predict call")
     alias_refresh_s: float = Field(
         30.0,
         ge=0,
         description="how often replicas re-resolve models:/NAME@ALIAS URIs (0: only on deploy)",
+    )
+    report_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="how often each replica refreshes the report's Prometheus gauges"
+        " (quality, SRM, sequential p-values, drift); 0 turns them off",
     )
     variants: list[VariantConfig] = Field(min_length=1)
 

@@ -61,8 +61,13 @@ class EventBuffer:
     def queued(self) -> int:
         return len(self._predictions) + len(self._feedback)
 
-    def pending_request_ids(self) -> set[str]:
-        return {row["request_id"] for row in self._predictions}
+    def pending_predictions(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """Live predictions still queued (feedback may arrive before they are written)."""
+        return {
+            row["request_id"]: row
+            for row in self._predictions
+            if not row["shadow"] and row["request_id"] in request_ids
+        }
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -39,6 +39,9 @@ predictions = sa.Table(
     sa.Column("predictions", sa.JSON, nullable=False),
     sa.Column("probabilities", sa.JSON),
     sa.Column("latency_ms", sa.Float, nullable=False),
+    # v2: a request assigned to a variant whose model then failed is an "error" event
+    sa.Column("outcome", sa.String(16), nullable=False, server_default="ok"),
+    sa.Column("error", sa.String(512)),
     sa.UniqueConstraint("request_id", "variant", name="uq_prediction_request_variant"),
     sa.Index("ix_predictions_experiment_created", "experiment", "created_at"),
 )
@@ -73,19 +76,33 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 
+# Each step takes the schema from version N-1 to N, in one transaction with the version bump.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE raysplit_predictions ADD COLUMN outcome VARCHAR(16) NOT NULL DEFAULT 'ok'",
+        "ALTER TABLE raysplit_predictions ADD COLUMN error VARCHAR(512)",
+    ],
+}
+
+
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; return its version."""
     with engine.begin() as conn:
+        fresh = not sa.inspect(conn).has_table(schema_info.name)
         metadata.create_all(conn, checkfirst=True)
         found = conn.execute(sa.select(schema_info.c.version)).scalar()
-        if found is None:
+        if found is None or fresh:
             conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
             return SCHEMA_VERSION
         if found > SCHEMA_VERSION:
             raise SchemaError(
                 f"event store schema v{found} is newer than this raysplit (v{SCHEMA_VERSION})"
             )
-        return found
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(sa.text(statement))
+            conn.execute(schema_info.update().values(version=version))
+        return SCHEMA_VERSION
 
 
 def _insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
@@ -111,15 +128,19 @@ class EventStore:
             if feedback_rows:
                 conn.execute(_insert_ignoring_duplicates(self.engine, feedback), feedback_rows)
 
-    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+    def live_predictions(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The answered (live) prediction behind each known request id, for feedback."""
         ids = list(request_ids)
         if not ids:
-            return set()
+            return {}
+        query = sa.select(
+            predictions.c.request_id,
+            predictions.c.experiment,
+            predictions.c.variant,
+            predictions.c.predictions,
+        ).where(predictions.c.request_id.in_(ids), predictions.c.shadow.is_(False))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(predictions.c.request_id).where(predictions.c.request_id.in_(ids))
-            )
-            return {r[0] for r in rows}
+            return {r.request_id: dict(r._mapping) for r in conn.execute(query)}
 
     def recent_predictions(
         self, limit: int, variant: str | None = None, shadow: bool | None = None
@@ -132,6 +153,17 @@ class EventStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def recent_outcomes(self, experiment: str, since: float) -> list[dict[str, Any]]:
+        """Outcome and latency of the experiment's predictions since ``since``."""
+        query = sa.select(
+            predictions.c.variant,
+            predictions.c.shadow,
+            predictions.c.outcome,
+            predictions.c.latency_ms,
+        ).where(predictions.c.experiment == experiment, predictions.c.created_at >= since)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def experiment_rows(self, experiment: str, limit: int = 200_000) -> list[dict[str, Any]]:
         """The experiment's most recent predictions, each with its feedback if any."""
         query = (
@@ -141,6 +173,7 @@ class EventStore:
                 predictions.c.shadow,
                 predictions.c.created_at,
                 predictions.c.latency_ms,
+                predictions.c.outcome,
                 predictions.c.model_version,
                 predictions.c.inputs,
                 predictions.c.predictions,

@@ -31,7 +31,9 @@ class VariantReport(BaseModel):
     name: str
     shadow: bool
     model_versions: list[str]
+    assigned: int
     served: int
+    errors: int
     observed_share: float | None
     expected_share: float | None
     latency_ms: Latency | None
@@ -48,6 +50,7 @@ class ExperimentReport(BaseModel):
     control: str | None
     task: str
     requests: int
+    errors: int
     srm_p_value: float | None
     variants: list[VariantReport]
     comparisons: list[Comparison]
@@ -73,25 +76,34 @@ def build_report(
     shares: dict[str, float] | None = None,
     control: str | None = None,
     references: dict[str, tuple[ReferenceStats, list[str]]] | None = None,
+    min_detectable_effect: float | None = None,
 ) -> ExperimentReport:
-    """``rows`` in arrival order: predictions joined with their feedback."""
+    """``rows`` in arrival order: predictions joined with their feedback.
+
+    A row whose ``outcome`` is "error" was assigned to its variant but the model failed:
+    it counts for the sample-ratio check (assignment is what the weights promise) and as
+    an error, never for quality or latency.
+    """
     live = [r for r in rows if not r["shadow"]]
     names = list(shares or {}) + sorted({r["variant"] for r in rows} - set(shares or {}))
     live_answer = {r["request_id"]: r["predictions"] for r in live}
     outcomes: dict[str, list[float]] = {}
     reports = []
     for name in names:
-        mine = [r for r in rows if r["variant"] == name]
-        shadow = bool(mine) and all(r["shadow"] for r in mine)
+        assigned = [r for r in rows if r["variant"] == name]
+        mine = [r for r in assigned if r.get("outcome", "ok") == "ok"]
+        shadow = bool(assigned) and all(r["shadow"] for r in assigned)
         scored = [o for o in (_outcome(r, classification) for r in mine) if o is not None]
         outcomes[name] = scored
         latencies = np.array([r["latency_ms"] for r in mine])
         report = VariantReport(
             name=name,
             shadow=shadow,
-            model_versions=sorted({str(r["model_version"]) for r in mine}),
+            model_versions=sorted({str(r["model_version"]) for r in assigned}),
+            assigned=len(assigned),
             served=len(mine),
-            observed_share=None if shadow or not live else len(mine) / len(live),
+            errors=len(assigned) - len(mine),
+            observed_share=None if shadow or not live else len(assigned) / len(live),
             expected_share=(shares or {}).get(name),
             latency_ms=Latency(
                 **dict(
@@ -124,7 +136,7 @@ def build_report(
             report.drift = feature_drift(reference, features, np.array(recent, dtype=float))
         reports.append(report)
 
-    srm = sample_ratio_p_value({r.name: r.served for r in reports if not r.shadow}, shares or {})
+    srm = sample_ratio_p_value({r.name: r.assigned for r in reports if not r.shadow}, shares or {})
     control = control or next((r.name for r in reports if not r.shadow), None)
     comparisons = [
         compare(
@@ -135,6 +147,7 @@ def build_report(
             "accuracy" if classification else "mae",
             classification,
             srm,
+            min_detectable_effect=min_detectable_effect,
         )
         for r in reports
         if control is not None and not r.shadow and r.name != control
@@ -144,6 +157,7 @@ def build_report(
         control=control,
         task="classification" if classification else "regression",
         requests=len(live),
+        errors=sum(r.errors for r in reports if not r.shadow),
         srm_p_value=srm,
         variants=reports,
         comparisons=comparisons,

@@ -2,8 +2,10 @@
 
 Fixed-horizon tests come from statsmodels and scipy. The always-valid p-value is the
 mixture sequential probability ratio test (mSPRT, Johari et al. 2017) on the normal
-approximation of the difference, evaluated at every checkpoint of the data in arrival
-order and minimised, so it stays valid however often someone looks at a live experiment.
+approximation of the difference, evaluated after every observation in arrival order and
+minimised, so it stays valid however often someone looks at a live experiment. The verdict
+rests on it; the sample size it reports is the one at which that test has 80% power for the
+minimum detectable effect, so "no detectable difference" is only said once it means something.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from enum import StrEnum
 import numpy as np
 from pydantic import BaseModel
 from scipy import stats
+from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import (
     confint_proportions_2indep,
     proportion_confint,
+    proportion_effectsize,
     proportions_ztest,
 )
 
 ALPHA = 0.05
+POWER = 0.8
 SRM_ALPHA = 0.001
+MIN_SEQUENTIAL_SAMPLES = 20  # per arm before the sequential test starts looking
+DEFAULT_ACCURACY_EFFECT = 0.05  # five accuracy points
+DEFAULT_RELATIVE_ERROR_EFFECT = 0.10  # a tenth of the control's mean absolute error
 
 
 class Verdict(StrEnum):
@@ -39,6 +47,15 @@ class Interval(BaseModel):
     high: float
 
 
+class SampleSize(BaseModel):
+    """Scored samples per arm needed to detect ``min_detectable_effect`` with 80% power."""
+
+    min_detectable_effect: float
+    fixed_horizon: int
+    sequential: int
+    collected: int
+
+
 class Comparison(BaseModel):
     challenger: str
     control: str
@@ -46,6 +63,7 @@ class Comparison(BaseModel):
     difference: Interval | None
     p_value: float | None
     always_valid_p_value: float | None
+    sample_size: SampleSize | None = None
     verdict: Verdict
 
 
@@ -78,30 +96,115 @@ def sample_ratio_p_value(assigned: dict[str, int], shares: dict[str, float]) -> 
     return float(stats.chisquare(observed, expected).pvalue)
 
 
-def msprt_p_value(difference: float, variance: float, tau2: float) -> float:
-    """One mSPRT p-value for a difference with the given variance and mixing variance."""
-    if variance <= 0:
-        return 1.0
-    log_lr = 0.5 * math.log(variance / (variance + tau2)) + (
-        tau2 * difference**2 / (2 * variance * (variance + tau2))
-    )
-    return float(min(1.0, math.exp(-log_lr)))
-
-
 def always_valid_p_value(
-    control: Sequence[float], challenger: Sequence[float], tau2: float, checkpoints: int = 50
+    control: Sequence[float],
+    challenger: Sequence[float],
+    tau2: float,
+    min_samples: int = MIN_SEQUENTIAL_SAMPLES,
 ) -> float | None:
-    """Minimum mSPRT p-value over prefixes of both arms in arrival order."""
+    """Minimum mSPRT p-value over every prefix of both arms in arrival order.
+
+    Prefixes advance both arms in proportion, one look per observation of the shorter
+    arm: the same p-value anyone watching the experiment continuously would have seen.
+    """
     a, b = np.asarray(control, float), np.asarray(challenger, float)
-    if len(a) < 2 or len(b) < 2:
+    looks = min(len(a), len(b))
+    if looks < 2:
         return None
-    best = 1.0
-    for fraction in np.linspace(0, 1, checkpoints + 1)[1:]:
-        na, nb = max(2, int(len(a) * fraction)), max(2, int(len(b) * fraction))
-        xa, xb = a[:na], b[:nb]
-        variance = xa.var(ddof=1) / na + xb.var(ddof=1) / nb
-        best = min(best, msprt_p_value(xb.mean() - xa.mean(), variance, tau2))
-    return best
+    k = np.arange(1, looks + 1)
+    na = np.ceil(k * len(a) / looks).astype(int)
+    nb = np.ceil(k * len(b) / looks).astype(int)
+    keep = (na >= max(2, min_samples)) & (nb >= max(2, min_samples))
+    if not keep.any():
+        return None
+    na, nb = na[keep], nb[keep]
+    mean_a, var_a = _prefix_moments(a, na)
+    mean_b, var_b = _prefix_moments(b, nb)
+    variance = var_a / na + var_b / nb
+    difference = mean_b - mean_a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_lr = 0.5 * np.log(variance / (variance + tau2)) + (
+            tau2 * difference**2 / (2 * variance * (variance + tau2))
+        )
+    log_lr = np.where(variance > 0, log_lr, 0.0)
+    return float(min(1.0, math.exp(-log_lr.max())))
+
+
+def _prefix_moments(x: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample variance of ``x[:n]`` for each n, from running sums."""
+    total, squares = np.cumsum(x)[n - 1], np.cumsum(x * x)[n - 1]
+    mean = total / n
+    return mean, np.maximum(squares - n * mean**2, 0.0) / (n - 1)
+
+
+def fixed_horizon_sample_size(
+    sd_control: float, sd_challenger: float, effect: float, binary_rates: tuple | None = None
+) -> int:
+    """Per-arm n for a two-sided test at ALPHA with POWER (statsmodels' normal power)."""
+    if binary_rates is not None:
+        size = abs(proportion_effectsize(*binary_rates))
+    else:
+        size = abs(effect) / math.sqrt((sd_control**2 + sd_challenger**2) / 2)
+    if size == 0:
+        return 0
+    return math.ceil(NormalIndPower().solve_power(size, alpha=ALPHA, power=POWER, ratio=1.0))
+
+
+def sequential_power(n: int, variance: float, effect: float, tau2: float) -> float:
+    """Power of one look of the mSPRT at n per arm (per-observation ``variance`` summed
+    over both arms). Looks before n only add power, so this is a lower bound."""
+    v = variance / n
+    threshold = math.sqrt(
+        2 * v * (v + tau2) / tau2 * (math.log(1 / ALPHA) + 0.5 * math.log((v + tau2) / v))
+    )
+    sd = math.sqrt(v)
+    return float(
+        stats.norm.sf((threshold - effect) / sd) + stats.norm.cdf((-threshold - effect) / sd)
+    )
+
+
+def sequential_sample_size(variance: float, effect: float, tau2: float) -> int:
+    """Smallest per-arm n at which :func:`sequential_power` reaches POWER (bisection)."""
+    if variance <= 0 or effect == 0:
+        return 0
+    low, high = 2, 4
+    while sequential_power(high, variance, effect, tau2) < POWER:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (
+            (low, middle)
+            if sequential_power(middle, variance, effect, tau2) >= POWER
+            else (middle, high)
+        )
+    return high
+
+
+def sample_size(
+    control: np.ndarray, binary: bool, effect: float | None, collected: int
+) -> tuple[SampleSize | None, float | None]:
+    """The planning figures and the mixing variance (tau^2 = effect^2) they assume."""
+    if len(control) < 2:
+        return None, None
+    if binary:
+        effect = effect or DEFAULT_ACCURACY_EFFECT
+        p1 = float(control.mean())
+        p2 = p1 + effect if p1 + effect < 1 else p1 - effect
+        sd1, sd2 = math.sqrt(p1 * (1 - p1)), math.sqrt(max(p2 * (1 - p2), 0.0))
+        rates = (p2, p1)
+    else:
+        effect = effect or DEFAULT_RELATIVE_ERROR_EFFECT * float(control.mean())
+        sd1 = sd2 = float(control.std(ddof=1))
+        rates = None
+    if effect <= 0 or sd1 + sd2 == 0:
+        return None, None
+    tau2 = effect**2
+    return SampleSize(
+        min_detectable_effect=effect,
+        fixed_horizon=fixed_horizon_sample_size(sd1, sd2, effect, rates),
+        sequential=sequential_sample_size(sd1**2 + sd2**2, effect, tau2),
+        collected=collected,
+    ), tau2
 
 
 def compare(
@@ -113,29 +216,34 @@ def compare(
     higher_is_better: bool,
     srm_p_value: float | None,
     min_samples: int = 100,
-    tau2: float | None = None,
+    min_detectable_effect: float | None = None,
 ) -> Comparison:
-    """Difference (challenger - control) with interval, fixed and sequential p-values."""
+    """Difference (challenger - control) with interval, fixed and sequential p-values.
+
+    ``metric`` "accuracy" means 0/1 outcomes (proportion tests); anything else is a mean
+    (Welch). The verdict follows the always-valid p-value; "no detectable difference"
+    needs the sequential sample size, otherwise there is not enough data yet.
+    """
     a, b = np.asarray(control, float), np.asarray(challenger, float)
-    if srm_p_value is not None and srm_p_value < SRM_ALPHA:
-        verdict = Verdict.SRM
-    elif min(len(a), len(b)) < min_samples:
-        verdict = None
-    else:
-        verdict = Verdict.NO_DIFFERENCE
-    if min(len(a), len(b)) < 2:
-        return Comparison(
-            challenger=challenger_name,
-            control=control_name,
-            metric=metric,
-            difference=None,
-            p_value=None,
-            always_valid_p_value=None,
-            verdict=verdict or Verdict.NOT_ENOUGH_DATA,
-        )
+    smaller = min(len(a), len(b))
+    binary = metric == "accuracy"
+    planned, tau2 = sample_size(a, binary, min_detectable_effect, smaller)
+    result = Comparison(
+        challenger=challenger_name,
+        control=control_name,
+        metric=metric,
+        difference=None,
+        p_value=None,
+        always_valid_p_value=None,
+        sample_size=planned,
+        verdict=Verdict.SRM
+        if srm_p_value is not None and srm_p_value < SRM_ALPHA
+        else Verdict.NOT_ENOUGH_DATA,
+    )
+    if smaller < 2:
+        return result
     difference = float(b.mean() - a.mean())
     standard_error = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    binary = set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}
     if binary:  # Newcombe's score interval: sane at 0% or 100% where Wald collapses
         low, high = confint_proportions_2indep(
             b.sum(), len(b), a.sum(), len(a), method="newcomb", alpha=ALPHA
@@ -143,23 +251,21 @@ def compare(
     else:
         z = stats.norm.ppf(1 - ALPHA / 2)
         low, high = difference - z * standard_error, difference + z * standard_error
-    interval = Interval(estimate=difference, low=float(low), high=float(high))
+    result.difference = Interval(estimate=difference, low=float(low), high=float(high))
     if standard_error == 0:
-        p_value = 1.0 if difference == 0 else 0.0
+        result.p_value = 1.0 if difference == 0 else 0.0
     elif binary:
-        _, p_value = proportions_ztest([b.sum(), a.sum()], [len(b), len(a)])
+        result.p_value = float(proportions_ztest([b.sum(), a.sum()], [len(b), len(a)])[1])
     else:
-        p_value = stats.ttest_ind(b, a, equal_var=False).pvalue
-    pooled_sd = float(np.concatenate([a, b]).std(ddof=1)) or 1.0
-    sequential = always_valid_p_value(a, b, tau2 if tau2 is not None else (0.1 * pooled_sd) ** 2)
-    if verdict is Verdict.NO_DIFFERENCE and sequential is not None and sequential < ALPHA:
-        verdict = Verdict.BETTER if (difference > 0) == higher_is_better else Verdict.WORSE
-    return Comparison(
-        challenger=challenger_name,
-        control=control_name,
-        metric=metric,
-        difference=interval,
-        p_value=float(p_value),
-        always_valid_p_value=sequential,
-        verdict=verdict or Verdict.NOT_ENOUGH_DATA,
-    )
+        result.p_value = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+    if tau2 is None:  # no spread in the control yet: mix over the pooled spread
+        tau2 = (0.1 * (float(np.concatenate([a, b]).std(ddof=1)) or 1.0)) ** 2
+    result.always_valid_p_value = always_valid_p_value(a, b, tau2)
+    if result.verdict is Verdict.SRM or smaller < min_samples:
+        return result
+    if result.always_valid_p_value is not None and result.always_valid_p_value < ALPHA:
+        better = (difference > 0) == higher_is_better
+        result.verdict = Verdict.BETTER if better else Verdict.WORSE
+    elif planned is None or smaller >= planned.sequential:
+        result.verdict = Verdict.NO_DIFFERENCE
+    return result

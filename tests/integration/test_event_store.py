@@ -10,7 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from serve_app.event_buffer import EventBuffer
-from serve_app.event_store import EventStore, SchemaError, predictions, schema_info
+from serve_app.event_store import (
+    SCHEMA_VERSION,
+    EventStore,
+    SchemaError,
+    predictions,
+    schema_info,
+)
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -59,7 +65,14 @@ def test_writes_are_idempotent_per_request(store_url: str) -> None:
     with store.engine.connect() as conn:
         labels = conn.execute(sa.text("SELECT label FROM raysplit_feedback")).scalars().all()
     assert labels in (["setosa"], ['"setosa"'])  # the first feedback wins
-    assert store.known_request_ids(["r1", "r2"]) == {"r1"}
+    assert store.live_predictions(["r1", "r2"]) == {
+        "r1": {
+            "request_id": "r1",
+            "experiment": "iris-ab",
+            "variant": "champion",
+            "predictions": ["setosa"],
+        }
+    }
     store.dispose()
 
 
@@ -70,13 +83,46 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_schema_is_versioned_and_a_newer_one_is_refused(store_url: str) -> None:
-    assert EventStore(store_url).version == 1
-    assert EventStore(store_url).version == 1  # opening again migrates nothing
+    assert EventStore(store_url).version == SCHEMA_VERSION
+    assert EventStore(store_url).version == SCHEMA_VERSION  # opening again migrates nothing
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:
         conn.execute(schema_info.update().values(version=99))
     with pytest.raises(SchemaError, match="schema v99 is newer than this raysplit"):
         EventStore(store_url)
+
+
+V1_TABLES = [
+    "CREATE TABLE raysplit_schema (version INTEGER NOT NULL)",
+    "INSERT INTO raysplit_schema VALUES (1)",
+    """CREATE TABLE raysplit_predictions (id {serial} PRIMARY KEY, request_id VARCHAR(128)
+    NOT NULL, variant VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, experiment
+    VARCHAR(128) NOT NULL, model_name VARCHAR(256) NOT NULL, model_version VARCHAR(32),
+    shadow BOOLEAN NOT NULL, inputs JSON NOT NULL, predictions JSON NOT NULL, probabilities
+    JSON, latency_ms FLOAT NOT NULL, CONSTRAINT uq_prediction_request_variant
+    UNIQUE (request_id, variant))""",
+    """INSERT INTO raysplit_predictions (request_id, variant, created_at, experiment,
+    model_name, model_version, shadow, inputs, predictions, latency_ms) VALUES ('old',
+    'champion', 1.0, 'iris-ab', 'iris', '1', false, '[[1, 2, 3, 4]]', '["setosa"]', 0.5)""",
+]
+
+
+def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
+    """A database written by the first release keeps its rows and gains the outcome
+    columns: its predictions count as served."""
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        serial = "SERIAL" if engine.dialect.name == "postgresql" else "INTEGER"
+        for statement in V1_TABLES:
+            conn.execute(sa.text(statement.replace("{serial}", serial)))
+    store = EventStore(store_url)
+    assert store.version == SCHEMA_VERSION == 2
+    store.write([{**prediction("new"), "outcome": "error", "error": "ValueError: boom"}], [])
+    rows = {r["request_id"]: r for r in store.experiment_rows("iris-ab")}
+    assert rows["old"]["outcome"] == "ok" and rows["old"]["inputs"] == [[1, 2, 3, 4]]
+    assert rows["new"]["outcome"] == "error"
+    store.dispose()
+    engine.dispose()
 
 
 def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:

@@ -66,6 +66,26 @@ def test_report_flags_sample_ratio_mismatch() -> None:
     assert report.comparisons[0].verdict is Verdict.SRM
 
 
+def test_failed_predictions_count_as_assigned_errors_only() -> None:
+    """A variant whose model fails on a third of its requests: assignments still match
+    the weights (no SRM), the failures are errors, and quality uses what was served."""
+    rng = np.random.default_rng(3)
+    rows = [r for r in rows_for(rng, 1200, 0.8, 0.8) if not r["shadow"]]
+    failed = 0
+    for i, r in enumerate(rows):
+        if r["variant"] == "challenger" and i % 3 == 0:
+            r.update(outcome="error", predictions=[], latency_ms=500.0)
+            failed += 1
+    report = build_report("exp", rows, True, {"champion": 0.5, "challenger": 0.5})
+    by_name = {v.name: v for v in report.variants}
+    challenger = by_name["challenger"]
+    assert challenger.errors == report.errors == failed > 0
+    assert challenger.assigned == challenger.served + failed
+    assert by_name["champion"].assigned + challenger.assigned == report.requests == 1200
+    assert report.srm_p_value > 0.001
+    assert challenger.latency_ms.p99 < 500 and challenger.feedback == challenger.served
+
+
 def test_drift_shows_a_shifted_feature_only() -> None:
     rng = np.random.default_rng(2)
     import pandas as pd

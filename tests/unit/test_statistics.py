@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from scipy import stats
 
 from serve_app.statistics import (
+    SRM_ALPHA,
     Verdict,
     accuracy_interval,
     always_valid_p_value,
@@ -30,22 +32,78 @@ def test_sample_ratio_mismatch() -> None:
     assert sample_ratio_p_value({"champion": 5300, "challenger": 4700}, shares) < 0.001
 
 
-def test_always_valid_p_value_keeps_its_promise_under_peeking() -> None:
-    """A/A tests watched at 50 checkpoints: the sequential p-value stays near alpha, the
-    fixed-horizon p-value checked at the same points does not."""
-    from scipy import stats
-
-    rng = np.random.default_rng(7)
-    sequential_hits = peeking_hits = 0
-    runs = 200
-    for _ in range(runs):
-        a, b = rng.binomial(1, 0.8, 2000), rng.binomial(1, 0.8, 2000)
-        sequential_hits += always_valid_p_value(a, b, tau2=0.01) < 0.05
-        peeking_hits += any(
-            stats.ttest_ind(a[:n], b[:n]).pvalue < 0.05 for n in range(40, 2001, 40)
+def test_srm_flags_52_48_at_20000_and_passes_a_true_even_split() -> None:
+    shares = {"champion": 0.5, "challenger": 0.5}
+    assert sample_ratio_p_value({"champion": 10_400, "challenger": 9_600}, shares) < SRM_ALPHA
+    rng = np.random.default_rng(5)
+    passed = [
+        sample_ratio_p_value(
+            dict(zip(shares, np.bincount(rng.integers(0, 2, 20_000)).tolist(), strict=True)),
+            shares,
         )
-    assert sequential_hits / runs <= 0.06
-    assert peeking_hits / runs > 0.15
+        >= SRM_ALPHA
+        for _ in range(200)
+    ]
+    assert sum(passed) >= 199  # alpha 0.001: a false alarm in 200 true splits is rare
+
+
+def test_results_match_scipy_and_statsmodels_on_hand_checked_cases() -> None:
+    """Newcombe (1998) example: 56/70 vs 48/80, method 10 interval 0.0524 to 0.3339."""
+    control, challenger = [1] * 48 + [0] * 32, [1] * 56 + [0] * 14
+    result = compare("a", "b", control, challenger, "accuracy", True, None, min_samples=2)
+    assert result.difference.estimate == pytest.approx(0.2)
+    assert (result.difference.low, result.difference.high) == pytest.approx(
+        (0.0524, 0.3339), abs=1e-4
+    )
+    chi2 = stats.chi2_contingency([[56, 14], [48, 32]], correction=False)
+    assert result.p_value == pytest.approx(chi2.pvalue)  # pooled z-test: z^2 is chi-square
+    rng = np.random.default_rng(4)
+    errors_a, errors_b = np.abs(rng.normal(0, 3, 120)), np.abs(rng.normal(0, 4, 90))
+    welch = compare("a", "b", errors_a, errors_b, "mae", False, None, min_samples=2)
+    assert welch.p_value == pytest.approx(stats.ttest_ind(errors_b, errors_a, equal_var=False)[1])
+
+
+def test_a_a_false_positive_rates_over_1000_experiments() -> None:
+    """1000 A/A experiments of 2000 per arm at 80% accuracy: the fixed-horizon z-test
+    looked at once rejects about alpha of them; the always-valid p-value, looked at after
+    every observation, stays under alpha. A t-test looked at every 40 does not."""
+    rng = np.random.default_rng(2026)
+    fixed = sequential = peeking = 0
+    runs, n = 1000, 2000
+    for run in range(runs):
+        a, b = rng.binomial(1, 0.8, n), rng.binomial(1, 0.8, n)
+        fixed += compare("a", "b", a, b, "accuracy", True, None).p_value < 0.05
+        sequential += always_valid_p_value(a, b, tau2=0.05**2) < 0.05
+        if run < 200:
+            peeking += any(
+                stats.ttest_ind(a[:k], b[:k]).pvalue < 0.05 for k in range(40, n + 1, 40)
+            )
+    assert 0.03 <= fixed / runs <= 0.07
+    assert sequential / runs <= 0.05
+    assert peeking / 200 > 0.15
+
+
+def test_power_at_the_sample_size_the_report_asks_for() -> None:
+    """A true five-point gain (80% -> 85%): at the reported sequential sample size the
+    verdict's test detects it in at least 80% of 1000 experiments, and the fixed-horizon
+    figure gives the z-test its planned 80% (within simulation noise)."""
+    rng = np.random.default_rng(17)
+    planned = compare(
+        "a", "b", rng.binomial(1, 0.8, 200_000), [1, 0], "accuracy", True, None
+    ).sample_size
+    assert planned.min_detectable_effect == 0.05
+    runs = 1000
+    detected = fixed = 0
+    for _ in range(runs):
+        a, b = rng.binomial(1, 0.8, planned.sequential), rng.binomial(1, 0.85, planned.sequential)
+        detected += compare("a", "b", a, b, "accuracy", True, None).verdict is Verdict.BETTER
+        a, b = (
+            rng.binomial(1, 0.8, planned.fixed_horizon),
+            rng.binomial(1, 0.85, planned.fixed_horizon),
+        )
+        fixed += compare("a", "b", a, b, "accuracy", True, None).p_value < 0.05
+    assert detected / runs >= 0.8
+    assert 0.77 <= fixed / runs <= 0.85
 
 
 @pytest.mark.parametrize(
@@ -54,8 +112,8 @@ def test_always_valid_p_value_keeps_its_promise_under_peeking() -> None:
 )
 def test_accuracy_verdicts(p_control: float, p_challenger: float, verdict: Verdict) -> None:
     rng = np.random.default_rng(1)
-    control = rng.binomial(1, p_control, 1000)
-    challenger = rng.binomial(1, p_challenger, 1000)
+    control = rng.binomial(1, p_control, 3000)
+    challenger = rng.binomial(1, p_challenger, 3000)
     result = compare("champion", "challenger", control, challenger, "accuracy", True, 0.5)
     assert result.verdict is verdict
     assert result.difference.low < p_challenger - p_control < result.difference.high
@@ -64,6 +122,11 @@ def test_accuracy_verdicts(p_control: float, p_challenger: float, verdict: Verdi
 def test_not_enough_data_and_srm_come_first() -> None:
     small = compare("a", "b", [1, 0, 1], [1, 1, 1], "accuracy", True, 0.5)
     assert small.verdict is Verdict.NOT_ENOUGH_DATA
+    rng = np.random.default_rng(1)
+    same = rng.binomial(1, 0.8, 1000), rng.binomial(1, 0.8, 1000)
+    underpowered = compare("a", "b", *same, "accuracy", True, 0.5)
+    assert underpowered.sample_size.sequential > 1000  # too few to rule out 5 points
+    assert underpowered.verdict is Verdict.NOT_ENOUGH_DATA
     rng = np.random.default_rng(2)
     srm = compare(
         "a",
