@@ -101,6 +101,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info.address}")
     print(f"  serve deploy serve_config.yaml -a {info.dashboard_url}")
     print(f"  serve status -a {info.dashboard_url}")
+    print(f"Metrics: http://127.0.0.1:{info.metrics_export_port}/metrics; Prometheus config for")
+    print(f"  this cluster: prometheus --config.file={locations.prometheus_config}")
     print("Stop it with: raysplit down")
     return 0
 

@@ -21,6 +21,7 @@ import psutil
 from pydantic import BaseModel
 
 from raysplit.errors import RaysplitError
+from raysplit.observability import write_prometheus_config
 from raysplit.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_PORT, Locations
 
 STATE_FILE = "cluster.json"
@@ -156,6 +157,7 @@ def up(
         fast_path=fast_path,
     )
     _state_path(locations).write_text(info.model_dump_json(indent=2))
+    write_prometheus_config(locations.prometheus_config, temp_dir)
     return info
 
 

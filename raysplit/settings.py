@@ -44,6 +44,7 @@ class Locations(BaseModel):
     ray_dashboard_url: str
     ingress_url: str
     metrics_endpoints: list[str]
+    prometheus_config: Path
     tune_storage_path: Path
 
     @classmethod
@@ -70,5 +71,6 @@ class Locations(BaseModel):
             ),
             ingress_url=env.get("RAYSPLIT_INGRESS_URL", f"http://127.0.0.1:{DEFAULT_INGRESS_PORT}"),
             metrics_endpoints=[f"http://127.0.0.1:{metrics_port}/metrics"],
+            prometheus_config=home / "prometheus" / "prometheus.yml",
             tune_storage_path=home / "ray_results",
         )

@@ -75,6 +75,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
         patch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
         patch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        # the fast path buffers request-path log lines 1000 at a time; tests read them at once
+        patch.setenv("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
         locations = Locations.resolve()
         info = up(
             locations,

@@ -158,3 +158,17 @@ class Deployer:
 
 
 RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def variants(champion: float = 50, challenger: float = 50, shadow: bool = False) -> list[dict]:
+    found = [
+        {"name": "champion", "model_uri": "models:/iris@champion", "weight": champion},
+        {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": challenger},
+    ]
+    if shadow:
+        found.append({"name": "shadow-hgb", "model_uri": "models:/iris/3", "shadow": True})
+    return found
+
+
+def user_config(**overrides) -> dict:
+    return {"experiment": "iris-ab", "salt": "test", "variants": variants(), **overrides}

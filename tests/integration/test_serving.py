@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -16,50 +15,9 @@ from scipy.stats import chisquare
 from serve_app.config import IngressConfig
 from serve_app.routing import Router
 from tests.conftest import Cluster, free_port
-from tests.integration.serving import RECORD, Deployer
-from tune.config import TuneSpec
-from tune.search import run_search
+from tests.integration.serving import RECORD, Deployer, user_config, variants
 
 pytestmark = pytest.mark.integration
-
-
-def variants(champion: float = 50, challenger: float = 50, shadow: bool = False) -> list[dict]:
-    found = [
-        {"name": "champion", "model_uri": "models:/iris@champion", "weight": champion},
-        {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": challenger},
-    ]
-    if shadow:
-        found.append({"name": "shadow-hgb", "model_uri": "models:/iris/3", "shadow": True})
-    return found
-
-
-def user_config(**overrides) -> dict:
-    return {"experiment": "iris-ab", "salt": "test", "variants": variants(), **overrides}
-
-
-@pytest.fixture(scope="session")
-def deployer(
-    cluster: Cluster, ray_address: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Deployer]:
-    """Three iris versions registered by real searches into the cluster's registry
-    (v1 champion, v2 challenger, v3 for shadowing), then the app deployed."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for family, alias in (
-            ("knn", "champion"),
-            ("logistic_regression", "challenger"),
-            ("hist_gradient_boosting", "candidate"),
-        ):
-            spec = {
-                "dataset": {"name": "iris"},
-                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
-                "register": {"model_name": "iris", "alias": alias},
-            }
-            run_search(TuneSpec.model_validate(spec), cluster.locations)
-    deployer = Deployer(cluster, tmp_path_factory.mktemp("deploys"))
-    deployer.deploy(user_config())
-    yield deployer
 
 
 def test_deployed_app_reports_its_variants(deployer: Deployer) -> None:
