@@ -12,12 +12,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 from raysplit.cluster import ClusterInfo, down, up
 from raysplit.settings import Locations
+
+if TYPE_CHECKING:  # serving.py imports this module
+    from tests.integration.serving import Deployer
 
 # Ray reads RAY_AUTH_MODE once, at import: a driver joining a token cluster needs it first.
 os.environ["RAY_AUTH_MODE"] = "token"
@@ -185,3 +189,32 @@ def mlflow_server(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def deployer(
+    cluster: Cluster, ray_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployer]:
+    """Three iris versions registered by real searches into the cluster's registry
+    (v1 champion, v2 challenger, v3 for shadowing), then the app deployed."""
+    from tests.integration.serving import Deployer, user_config
+    from tune.config import TuneSpec
+    from tune.search import run_search
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for family, alias in (
+            ("knn", "champion"),
+            ("logistic_regression", "challenger"),
+            ("hist_gradient_boosting", "candidate"),
+        ):
+            spec = {
+                "dataset": {"name": "iris"},
+                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
+                "register": {"model_name": "iris", "alias": alias},
+            }
+            run_search(TuneSpec.model_validate(spec), cluster.locations)
+    deployer = Deployer(cluster, tmp_path_factory.mktemp("deploys"))
+    deployer.deploy(user_config())
+    yield deployer

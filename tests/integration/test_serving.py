@@ -349,3 +349,71 @@ def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Dep
         assert "event store unavailable" in history.json()["detail"]
     finally:
         deployer.deploy(user_config())
+
+
+@pytest.fixture(scope="module")
+def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
+    """An iris model that raises on negative inputs (log of the features), registered as
+    models:/iris@fragile: a real model failure, not a simulated one."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tune.datasets import load_dataset
+    from tune.registry import register_version
+    from tune.tracking import connect, ensure_experiment
+
+    data = load_dataset("iris")
+    model = make_pipeline(FunctionTransformer(np.log), LogisticRegression(max_iter=500))
+    model.fit(data.features, data.target)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = connect(cluster.locations)
+        experiment = ensure_experiment(client, "fragile", cluster.locations)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(data.features, model.predict(data.features)),
+                serialization_format="cloudpickle",
+            )
+        version = register_version(
+            MlflowClient(), "iris", info.model_uri, run.info.run_id, {}, "fragile"
+        )
+    return str(version.version)
+
+
+def test_a_failing_model_is_a_500_counted_against_its_variant(
+    deployer: Deployer, fragile_version: str
+) -> None:
+    name = f"iris-fragile-{uuid.uuid4().hex[:6]}"
+    fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 50}
+    deployer.deploy(user_config(experiment=name, variants=[*variants(50, 0)[:1], fragile]))
+    negative = {**RECORD, "sepal_width": -1.0}
+    try:
+        failed = deployer.load(20, lambda i: {"X-Variant": "fragile"}, threads=2, body=negative)
+        assert {r.status for r in failed} == {500}
+        detail = failed[0].body["detail"]
+        assert f"variant 'fragile' (models:/iris/{fragile_version}) failed to predict" in detail
+        assert "NaN" in detail  # scikit-learn's own reason
+        fine = deployer.load(10, lambda i: {"X-Variant": "fragile"}, threads=2)
+        champion = deployer.load(10, lambda i: {"X-Variant": "champion"}, threads=2, body=negative)
+        assert {r.status for r in fine + champion} == {200}
+        for _ in range(60):  # events are written off the request path
+            report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+            by_name = {v["name"]: v for v in report["variants"]}
+            if report["requests"] == 40:
+                break
+            time.sleep(0.5)
+        assert (by_name["fragile"]["assigned"], by_name["fragile"]["served"]) == (30, 10)
+        assert by_name["fragile"]["errors"] == report["errors"] == 20
+        assert by_name["champion"]["errors"] == 0
+        summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
+        assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
+    finally:
+        deployer.deploy(user_config())

@@ -1,0 +1,154 @@
+"""The event store's PostgreSQL stopped in the middle of traffic, then started again.
+
+A private PostgreSQL server (its own data directory and port, run as the postgres user) is
+started for the test, so stopping it hurts nobody else's database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from tests.conftest import free_port
+from tests.integration.serving import Deployer, user_config
+
+pytestmark = pytest.mark.integration
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+class PrivatePostgres:
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.data = root / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _pg(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", f"{PG_BIN[-1]}/{args[0]}", *args[1:]],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def init(self) -> None:
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._pg(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", f"{self.root}/log", "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    assert PG_BIN, "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    root = Path(tempfile.mkdtemp(prefix="rs-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    server = PrivatePostgres(root, free_port())
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def live_events(url: str, experiment: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM raysplit_predictions WHERE experiment = :e AND NOT shadow"
+                ),
+                {"e": experiment},
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_predictions_survive_the_database_stopping_and_every_event_lands_after(
+    deployer: Deployer, private_postgres: PrivatePostgres
+) -> None:
+    """300 predictions from 4 connections; the database is stopped after the first 100 and
+    started again after 200. Every prediction answers 200, and all 300 events are in
+    PostgreSQL once it is back: delayed, none dropped."""
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+    env = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": private_postgres.url}}}
+    deployer.deploy(user_config(experiment=name), actor_options=env)
+    try:
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            session = requests.Session()
+            while True:
+                with lock:
+                    if len(statuses) >= 300:
+                        return
+                    statuses.append(0)
+                    index = len(statuses) - 1
+                reply = deployer.predict(
+                    {
+                        "sepal_length": 5.1,
+                        "sepal_width": 3.5,
+                        "petal_length": 1.4,
+                        "petal_width": 0.2,
+                    },
+                    {"X-Request-Id": f"{name}-{index}"},
+                    session,
+                )
+                statuses[index] = reply.status
+                time.sleep(0.01)
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 120
+            while sum(1 for s in statuses if s) < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_for(100)
+        private_postgres.stop()
+        wait_for(200)
+        noticed = [
+            requests.get(f"{deployer.url}/models", timeout=10).json()["events"] for _ in range(6)
+        ]
+        private_postgres.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(statuses) == 300 and set(statuses) == {200}
+        assert any(e["queued"] > 0 or e["failed_flushes"] > 0 for e in noticed)
+        written = 0
+        for _ in range(120):  # retries back off up to 10 s
+            written = live_events(private_postgres.url, name)
+            if written == 300:
+                break
+            time.sleep(0.5)
+        assert written == 300
+        events = [
+            requests.get(f"{deployer.url}/models", timeout=10).json()["events"] for _ in range(6)
+        ]
+        assert all(e["dropped"] == 0 and e["queued"] == 0 for e in events)
+    finally:
+        deployer.deploy(user_config())
