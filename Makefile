@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-train clean
+.PHONY: install demo test lint format bench bench-train clean
 
 install: $(INSTALLED)
 
@@ -46,6 +46,10 @@ demo: install
 	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
 	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"
+
+# Serving throughput and latency under wrk, scenarios side by side -> docs/benchmarks.md
+bench: install
+	$(BIN)/python bench/serving.py --output docs/benchmarks.md
 
 # Best scores and wall time of the default search on each bundled dataset -> docs/training.md
 bench-train: install

@@ -216,6 +216,8 @@ class Ingress:
                 None if output is None else output[0],
                 model.classes,
             )
+        if not state.config.record_events:
+            return
         self._events.add_prediction(
             {
                 "request_id": request_id,

@@ -69,6 +69,11 @@ class IngressConfig(BaseModel):
         ge=0,
         description="how often replicas re-resolve models:/NAME@ALIAS URIs (0: only on deploy)",
     )
+    record_events: bool = Field(
+        True,
+        description="write every prediction and feedback to the event store (off: no"
+        " experiment report; metrics still count)",
+    )
     report_interval_s: float = Field(
         30.0,
         ge=0,
