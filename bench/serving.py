@@ -161,7 +161,10 @@ class Cluster:
         wait_ready(self.url, 120)
 
     def stop(self) -> None:
+        from raysplit.cluster import temp_dir_for
+
         subprocess.run([str(BIN / "raysplit"), "down"], env=self.env, capture_output=True)
+        shutil.rmtree(temp_dir_for(self.home), ignore_errors=True)  # Ray's logs of this run
         shutil.rmtree(self.home, ignore_errors=True)
 
 

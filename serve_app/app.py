@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from ray import serve
@@ -34,6 +33,7 @@ from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.oip import infer_response, parse_infer
 from serve_app.report import ExperimentReport, build_report
 from serve_app.request_log import RequestLog
+from serve_app.responses import JSONResponse
 from serve_app.routing import Assignment, RoutingError
 from serve_app.schemas import (
     InvalidRequest,
@@ -54,7 +54,7 @@ api = FastAPI(
     version=__version__,
     description="Predictions from MLflow-registered scikit-learn models, split between"
     " variants for A/B experiments.",
-    default_response_class=ORJSONResponse,
+    default_response_class=JSONResponse,
 )
 
 
@@ -65,9 +65,9 @@ class PredictionFailed(RuntimeError):
     """The assigned variant's model raised: a 500 that names the variant and version."""
 
 
-def _error(status: int, message: str, key: str = "detail") -> ORJSONResponse:
+def _error(status: int, message: str, key: str = "detail") -> JSONResponse:
     # Serve itself echoes X-Request-Id (the client's, or one it generated) on every response
-    return ORJSONResponse({key: message}, status_code=status)
+    return JSONResponse({key: message}, status_code=status)
 
 
 # Replica counts and autoscaling live in serve_config.yaml only: a code default here
@@ -328,7 +328,7 @@ class Ingress:
         if probabilities is not None:
             body["classes"] = model.classes
             body["probabilities"] = probabilities
-        return ORJSONResponse(body, headers=self._answer_headers(assignment.variant, model))
+        return JSONResponse(body, headers=self._answer_headers(assignment.variant, model))
 
     def _answer_headers(self, variant: str, model: LoadedModel) -> dict[str, str]:
         """What answered, for clients and for the request log line."""
@@ -338,7 +338,7 @@ class Ingress:
             "X-Raysplit-Replica": self._replica,
         }
 
-    def _rejected(self, status: int, message: str, key: str = "detail") -> ORJSONResponse:
+    def _rejected(self, status: int, message: str, key: str = "detail") -> JSONResponse:
         """Refused before any model ran: never assigned, so no event, only a count."""
         state = self._state
         self._metrics.rejected(state.config.experiment if state else "", status)
@@ -496,7 +496,7 @@ class Ingress:
 
     @api.get("/v2/health/ready")
     async def oip_ready(self):
-        return ORJSONResponse(
+        return JSONResponse(
             {"ready": self._state is not None}, status_code=200 if self._state else 503
         )
 
@@ -565,7 +565,7 @@ class Ingress:
             return self._rejected(400, str(exc), key="error")
         except PredictionFailed as exc:
             return _error(500, str(exc), key="error")
-        return ORJSONResponse(
+        return JSONResponse(
             infer_response(
                 name,
                 model.resolved.version,

@@ -28,7 +28,7 @@ from statsmodels.stats.proportion import (
 ALPHA = 0.05
 POWER = 0.8
 SRM_ALPHA = 0.001
-MIN_SEQUENTIAL_SAMPLES = 20  # per arm before the sequential test starts looking
+MIN_SEQUENTIAL_SAMPLES = 100  # per arm before the sequential test looks (normal approximation)
 DEFAULT_ACCURACY_EFFECT = 0.05  # five accuracy points
 DEFAULT_RELATIVE_ERROR_EFFECT = 0.10  # a tenth of the control's mean absolute error
 
@@ -101,11 +101,16 @@ def always_valid_p_value(
     challenger: Sequence[float],
     tau2: float,
     min_samples: int = MIN_SEQUENTIAL_SAMPLES,
+    binary: bool | None = None,
 ) -> float | None:
     """Minimum mSPRT p-value over every prefix of both arms in arrival order.
 
     Prefixes advance both arms in proportion, one look per observation of the shorter
     arm: the same p-value anyone watching the experiment continuously would have seen.
+    For 0/1 outcomes the variance is the pooled proportion's, as in the z-test: each arm's
+    own estimate is zero while it is perfect so far, and a small perfect arm against a big
+    one then looked significant (37% false positives in A/A runs at 97% accuracy, 90/10).
+    ``binary`` defaults to "every value is 0 or 1".
     """
     a, b = np.asarray(control, float), np.asarray(challenger, float)
     looks = min(len(a), len(b))
@@ -120,7 +125,13 @@ def always_valid_p_value(
     na, nb = na[keep], nb[keep]
     mean_a, var_a = _prefix_moments(a, na)
     mean_b, var_b = _prefix_moments(b, nb)
-    variance = var_a / na + var_b / nb
+    if binary is None:
+        binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
+    if binary:
+        pooled = (mean_a * na + mean_b * nb) / (na + nb)
+        variance = pooled * (1 - pooled) * (1 / na + 1 / nb)
+    else:
+        variance = var_a / na + var_b / nb
     difference = mean_b - mean_a
     with np.errstate(divide="ignore", invalid="ignore"):
         log_lr = 0.5 * np.log(variance / (variance + tau2)) + (
@@ -260,7 +271,7 @@ def compare(
         result.p_value = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
     if tau2 is None:  # no spread in the control yet: mix over the pooled spread
         tau2 = (0.1 * (float(np.concatenate([a, b]).std(ddof=1)) or 1.0)) ** 2
-    result.always_valid_p_value = always_valid_p_value(a, b, tau2)
+    result.always_valid_p_value = always_valid_p_value(a, b, tau2, binary=binary)
     if result.verdict is Verdict.SRM or smaller < min_samples:
         return result
     if result.always_valid_p_value is not None and result.always_valid_p_value < ALPHA:

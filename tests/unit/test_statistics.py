@@ -83,6 +83,19 @@ def test_a_a_false_positive_rates_over_1000_experiments() -> None:
     assert peeking / 200 > 0.15
 
 
+def test_a_small_near_perfect_arm_does_not_fake_significance() -> None:
+    """A/A at 97% accuracy split 90/10: each arm's own variance is zero while it is
+    perfect so far; the pooled variance keeps the watched p-value honest."""
+    rng = np.random.default_rng(11)
+    runs = 1000
+    hits = sum(
+        always_valid_p_value(rng.binomial(1, 0.97, 4500), rng.binomial(1, 0.97, 500), 0.05**2)
+        < 0.05
+        for _ in range(runs)
+    )
+    assert hits / runs <= 0.05
+
+
 def test_power_at_the_sample_size_the_report_asks_for() -> None:
     """A true five-point gain (80% -> 85%): at the reported sequential sample size the
     verdict's test detects it in at least 80% of 1000 experiments, and the fixed-horizon
