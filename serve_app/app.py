@@ -54,7 +54,6 @@ api = FastAPI(
     version=__version__,
     description="Predictions from MLflow-registered scikit-learn models, split between"
     " variants for A/B experiments.",
-    default_response_class=JSONResponse,
 )
 
 

@@ -139,8 +139,8 @@ def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered: models:/iris-default/1 (alias @challenger" in result.stdout
-    mlflow.set_tracking_uri(Locations.resolve().mlflow_tracking_uri)
-    client = MlflowClient()
+    uri = Locations.resolve().mlflow_tracking_uri  # explicit: other tests set MLflow's globals
+    client = MlflowClient(uri, uri)
     version = client.get_model_version_by_alias("iris-default", "challenger")
     run = client.get_run(version.tags["raysplit.search_run_id"])
     assert run.data.metrics["trials"] == 20
