@@ -183,11 +183,11 @@ class ExperimentMetrics:
                     tags={"experiment": experiment, "variant": variant.name, "feature": feature},
                 )
         for comparison in report.comparisons:
-            if comparison.always_valid_p_value is not None:
-                self._always_valid.set(
-                    comparison.always_valid_p_value,
-                    tags={"experiment": experiment, "variant": comparison.challenger},
-                )
+            # 1 (no evidence yet) until both arms have enough scored requests to look
+            self._always_valid.set(
+                1.0 if comparison.always_valid_p_value is None else comparison.always_valid_p_value,
+                tags={"experiment": experiment, "variant": comparison.challenger},
+            )
 
     def flush(self) -> None:
         """Hand what accumulated since the last flush to Ray's metrics agent."""

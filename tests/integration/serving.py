@@ -57,18 +57,27 @@ class Deployer:
 
     def replica_ids(self) -> set[str]:
         """The running replicas, as Serve's controller lists them."""
+        return set(self.replica_nodes())
+
+    def replica_nodes(self) -> dict[str, str]:
+        """Running replica id -> the Ray node it runs on."""
         replicas = self._status()["deployments"]["Ingress"]["replicas"]
-        return {r["replica_id"] for r in replicas if r["state"] == "RUNNING"}
+        return {r["replica_id"]: r["node_id"] for r in replicas if r["state"] == "RUNNING"}
 
     def config_file(
-        self, user_config: dict[str, Any], actor_options: dict[str, Any] | None = None
+        self,
+        user_config: dict[str, Any],
+        actor_options: dict[str, Any] | None = None,
+        deployment_options: dict[str, Any] | None = None,
+        serve_options: dict[str, Any] | None = None,
     ) -> Path:
-        config = copy.deepcopy(self.base)
+        config = {**copy.deepcopy(self.base), **(serve_options or {})}
         config["http_options"]["port"] = self.port
         deployment = config["applications"][0]["deployments"][0]
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 2  # two replicas: stickiness must hold across them
         deployment["ray_actor_options"] = {"num_cpus": 0.25, **(actor_options or {})}
+        deployment.update(deployment_options or {})
         deployment["user_config"] = user_config
         self._count += 1
         path = self.workdir / f"serve_config_{self._count}.yaml"
@@ -80,14 +89,18 @@ class Deployer:
         user_config: dict[str, Any],
         expect: str = "RUNNING",
         actor_options: dict[str, Any] | None = None,
+        **options: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        """`serve deploy` and wait until Serve reports ``expect`` for this deploy."""
+        """`serve deploy` and wait until Serve reports ``expect`` for this deploy.
+
+        ``options``: ``deployment_options`` and ``serve_options`` for :meth:`config_file`.
+        """
         before = self._status().get("last_deployed_time_s", 0)
         subprocess.run(
             [
                 str(SERVE),
                 "deploy",
-                str(self.config_file(user_config, actor_options)),
+                str(self.config_file(user_config, actor_options, **options)),
                 "-a",
                 self.cluster.info.dashboard_url,
             ],

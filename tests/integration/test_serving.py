@@ -253,7 +253,8 @@ def test_promoted_alias_is_followed_without_a_deploy(deployer: Deployer, cluster
     from tune.registry import move_alias, rollback_alias
 
     deployer.deploy(user_config(alias_refresh_s=0.5))
-    client = MlflowClient(cluster.locations.mlflow_tracking_uri)
+    uri = cluster.locations.mlflow_tracking_uri  # explicit: other tests move MLflow's globals
+    client = MlflowClient(uri, uri)
 
     def champion_versions() -> set[str]:
         seen = set()
@@ -358,7 +359,6 @@ def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
@@ -382,9 +382,7 @@ def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
                 signature=infer_signature(data.features, model.predict(data.features)),
                 serialization_format="cloudpickle",
             )
-        version = register_version(
-            MlflowClient(), "iris", info.model_uri, run.info.run_id, {}, "fragile"
-        )
+        version = register_version(client, "iris", info.model_uri, run.info.run_id, {}, "fragile")
     return str(version.version)
 
 

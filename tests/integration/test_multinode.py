@@ -1,0 +1,153 @@
+"""Two Ray nodes on this machine: the session's head plus a worker raylet joined with
+`ray start --address`, as on a real cluster. The registry is an `mlflow server` on
+PostgreSQL, the event store PostgreSQL, so every node reaches the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from raysplit.cluster import serving_environment
+from raysplit.settings import Locations
+from tests.conftest import BIN, Cluster
+from tests.integration.serving import Deployer, user_config
+from tune.config import TuneSpec
+from tune.search import run_search
+
+pytestmark = pytest.mark.integration
+
+
+def ray_nodes(cluster: Cluster) -> list[dict]:
+    out = subprocess.run(
+        [str(BIN / "ray"), "list", "nodes", "--format=json", f"--address={cluster.info.address}"],
+        env={**os.environ, **cluster.env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [n for n in json.loads(out) if n["state"] == "ALIVE"]
+
+
+@pytest.fixture
+def worker_node(cluster: Cluster) -> Iterator[subprocess.Popen]:
+    """A second raylet (1 CPU) joined to the session's head, with the serving environment."""
+    before = len(ray_nodes(cluster))
+    env = {
+        **os.environ,
+        **serving_environment(cluster.locations, cluster.info.temp_dir, fast_path=True),
+        "RAY_AUTH_MODE": "token",
+    }
+    process = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            f"--address={cluster.info.address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: removed as a whole below
+    )
+    deadline = time.monotonic() + 60
+    while len(ray_nodes(cluster)) <= before:
+        assert time.monotonic() < deadline, "the worker node never joined"
+        time.sleep(1)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def test_replicas_on_two_nodes_and_service_after_losing_one(
+    cluster: Cluster,
+    deployer: Deployer,
+    worker_node: subprocess.Popen,
+    mlflow_server: str,
+    events_postgres: str,
+    tmp_path: Path,
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:  # register into the shared MLflow server
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        patch.setenv("RAYSPLIT_HOME", str(tmp_path))
+        for family, alias in (("knn", "champion"), ("logistic_regression", "challenger")):
+            spec = {
+                "dataset": {"name": "iris"},
+                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
+                "register": {"model_name": "iris", "alias": alias},
+            }
+            run_search(TuneSpec.model_validate(spec), Locations.resolve())
+    name = f"multinode-{uuid.uuid4().hex[:6]}"
+    shared = {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MLFLOW_REGISTRY_URI": mlflow_server,
+        "RAYSPLIT_EVENT_STORE_URL": events_postgres,
+    }
+    try:
+        deployer.deploy(
+            user_config(experiment=name),
+            actor_options={"runtime_env": {"env_vars": shared}},
+            deployment_options={"max_replicas_per_node": 1},  # one replica on each node
+            serve_options={"proxy_location": "HeadOnly"},  # one HTTP port on this machine
+        )
+        nodes = deployer.replica_nodes()
+        assert len(set(nodes.values())) == 2, nodes
+
+        replies = deployer.load(200, lambda i: {"X-Request-Id": f"{name}-{i}"}, threads=4)
+        assert {r.status for r in replies} == {200}
+        served_by = Counter(nodes[r.replica] for r in replies)
+        assert len(served_by) == 2 and min(served_by.values()) > 20, served_by
+
+        engine = sa.create_engine(events_postgres)  # both nodes wrote the same database
+        for _ in range(60):
+            with engine.connect() as conn:
+                written = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM raysplit_predictions"
+                        " WHERE experiment = :e AND request_id LIKE :p"
+                    ),
+                    {"e": name, "p": f"{name}-%"},
+                ).scalar()
+            if written == 200:
+                break
+            time.sleep(0.5)
+        engine.dispose()
+        assert written == 200
+
+        os.killpg(worker_node.pid, signal.SIGTERM)  # the worker machine goes away
+        worker_node.wait(timeout=60)
+        survivor = next(r for r, n in nodes.items() if n == cluster_head(cluster))
+        during = deployer.load(100, threads=2)
+        failed = sum(r.status != 200 for r in during)
+        deadline = time.monotonic() + 90
+        while True:  # Serve notices the lost replica; the head's keeps answering
+            after = deployer.load(50, threads=2)
+            if all(r.status == 200 for r in after) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert {r.status for r in after} == {200}
+        assert survivor in {r.replica for r in after}
+        print(f"requests failed while the worker node went away: {failed} of 100")
+
+    finally:
+        deployer.deploy(user_config())
+
+
+def cluster_head(cluster: Cluster) -> str:
+    return next(n["node_id"] for n in ray_nodes(cluster) if n["is_head_node"])
