@@ -76,6 +76,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # mlflow.set_registry_uri() writes it to os.environ: undone on exit
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
         patch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
         patch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
@@ -204,6 +206,8 @@ def deployer(
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # mlflow.set_registry_uri() writes it to os.environ: undone on exit
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         for family, alias in (
             ("knn", "champion"),
             ("logistic_regression", "challenger"),

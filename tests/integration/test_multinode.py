@@ -85,6 +85,7 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:  # register into the shared MLflow server
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        patch.setenv("MLFLOW_REGISTRY_URI", mlflow_server)
         patch.setenv("RAYSPLIT_HOME", str(tmp_path))
         for family, alias in (("knn", "champion"), ("logistic_regression", "challenger")):
             spec = {

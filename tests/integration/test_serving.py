@@ -373,6 +373,8 @@ def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # mlflow.set_registry_uri() writes it to os.environ: undone on exit
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         client = connect(cluster.locations)
         experiment = ensure_experiment(client, "fragile", cluster.locations)
         with mlflow.start_run(experiment_id=experiment) as run:
