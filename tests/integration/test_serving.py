@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 import requests
@@ -352,23 +353,16 @@ def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Dep
         deployer.deploy(user_config())
 
 
-@pytest.fixture(scope="module")
-def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
-    """An iris model that raises on negative inputs (log of the features), registered as
-    models:/iris@fragile: a real model failure, not a simulated one."""
+def register_iris_model(cluster: Cluster, model: Any, alias: str) -> str:
+    """Fit ``model`` on iris, log it and register it as models:/iris@ALIAS; its version."""
     import mlflow
-    import numpy as np
     from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
 
     from tune.datasets import load_dataset
     from tune.registry import register_version
     from tune.tracking import connect, ensure_experiment
 
     data = load_dataset("iris")
-    model = make_pipeline(FunctionTransformer(np.log), LogisticRegression(max_iter=500))
     model.fit(data.features, data.target)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
@@ -376,7 +370,7 @@ def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
         # mlflow.set_registry_uri() writes it to os.environ: undone on exit
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         client = connect(cluster.locations)
-        experiment = ensure_experiment(client, "fragile", cluster.locations)
+        experiment = ensure_experiment(client, f"iris-{alias}", cluster.locations)
         with mlflow.start_run(experiment_id=experiment) as run:
             info = mlflow.sklearn.log_model(
                 model,
@@ -384,8 +378,21 @@ def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
                 signature=infer_signature(data.features, model.predict(data.features)),
                 serialization_format="cloudpickle",
             )
-        version = register_version(client, "iris", info.model_uri, run.info.run_id, {}, "fragile")
+        version = register_version(client, "iris", info.model_uri, run.info.run_id, {}, alias)
     return str(version.version)
+
+
+@pytest.fixture(scope="module")
+def fragile_version(deployer: Deployer, cluster: Cluster) -> str:
+    """An iris model that raises on negative inputs (log of the features), registered as
+    models:/iris@fragile: a real model failure, not a simulated one."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = make_pipeline(FunctionTransformer(np.log), LogisticRegression(max_iter=500))
+    return register_iris_model(cluster, model, "fragile")
 
 
 def test_a_failing_model_is_a_500_counted_against_its_variant(
@@ -415,5 +422,45 @@ def test_a_failing_model_is_a_500_counted_against_its_variant(
         assert by_name["champion"]["errors"] == 0
         summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
         assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
+    finally:
+        deployer.deploy(user_config())
+
+
+def test_a_known_better_challenger_wins_over_http(deployer: Deployer, cluster: Cluster) -> None:
+    """The control always predicts one class (a third of iris right); the challenger is the
+    registered logistic regression. 300 real predictions with their true labels as
+    feedback: the report must say the challenger is better, and why."""
+    from sklearn.dummy import DummyClassifier
+
+    register_iris_model(cluster, DummyClassifier(strategy="most_frequent"), "weak")
+    from tune.datasets import load_dataset
+
+    name = f"iris-known-{uuid.uuid4().hex[:6]}"
+    weak = {"name": "weak", "model_uri": "models:/iris@weak", "weight": 50}
+    good = {"name": "good", "model_uri": "models:/iris@challenger", "weight": 50}
+    deployer.deploy(user_config(experiment=name, control="weak", variants=[weak, good]))
+    data = load_dataset("iris")
+    records = data.features.to_dict(orient="records")
+    try:
+        truth = {}
+        for i in range(300):
+            rid = f"{name}-{i}"
+            truth[rid] = data.target.iloc[i % 150]
+            assert deployer.predict(records[i % 150], {"X-Request-Id": rid}).status == 200
+        deployer.history(set(truth), shadow=False)
+        feedback = [{"request_id": rid, "label": label} for rid, label in truth.items()]
+        assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).ok
+        for _ in range(60):
+            report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+            if sum(v["feedback"] for v in report["variants"]) == 300:
+                break
+            time.sleep(0.5)
+        (comparison,) = report["comparisons"]
+        assert (comparison["control"], comparison["challenger"]) == ("weak", "good")
+        assert comparison["verdict"] == "challenger better"
+        assert comparison["always_valid_p_value"] < 0.05 and comparison["p_value"] < 0.001
+        assert comparison["difference"]["low"] > 0.4  # about 0.33 against about 0.97
+        by_name = {v["name"]: v for v in report["variants"]}
+        assert by_name["weak"]["accuracy"]["high"] < 0.45 < by_name["good"]["accuracy"]["low"]
     finally:
         deployer.deploy(user_config())
