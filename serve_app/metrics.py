@@ -32,78 +32,96 @@ MAX_CLASS_LABELS = 50  # beyond this, predicted classes are counted as "other"
 Key = tuple[str, ...]
 
 
+VARIANT = ("experiment", "variant")
+
+# name on the export (Ray adds "ray_" and, for counters, "_total"), help text, tag keys
+COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "requests": (
+        "raysplit_requests",
+        "Requests assigned to a variant, by outcome (ok or error).",
+        (*VARIANT, "model_version", "outcome"),
+    ),
+    "rows": (
+        "raysplit_predicted_rows",
+        "Rows predicted, by predicted class (classifiers) or 'value'.",
+        (*VARIANT, "predicted"),
+    ),
+    "rejected": (
+        "raysplit_rejected_requests",
+        "Requests refused before reaching a model, by HTTP status.",
+        ("experiment", "status"),
+    ),
+    "shadow": (
+        "raysplit_shadow_predictions",
+        "Shadow predictions, by agreement with the variant that answered.",
+        (*VARIANT, "agrees"),
+    ),
+    "feedback": (
+        "raysplit_feedback",
+        "Feedback received per variant; correct is true/false for classifiers and 'n/a'"
+        " for regressors.",
+        (*VARIANT, "correct"),
+    ),
+    "events": (
+        "raysplit_events",
+        "Events leaving the replica's buffer, by fate (written or dropped).",
+        ("fate",),
+    ),
+}
+GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "queue": (
+        "raysplit_event_queue_depth",
+        "Events waiting in this replica's buffer for the event store.",
+        (),
+    ),
+    "quality": (
+        "raysplit_online_quality",
+        "Online accuracy (classifiers) or MAE (regressors) from feedback, with its 95%"
+        " interval bounds.",
+        (*VARIANT, "metric", "bound"),
+    ),
+    "srm": (
+        "raysplit_srm_p_value",
+        "Sample-ratio-mismatch p-value of assignments against the weights.",
+        ("experiment",),
+    ),
+    "always_valid": (
+        "raysplit_always_valid_p_value",
+        "Always-valid p-value of each challenger against the control.",
+        VARIANT,
+    ),
+    "psi": (
+        "raysplit_drift_psi",
+        "Population stability index of recent inputs against training.",
+        (*VARIANT, "feature"),
+    ),
+}
+
+
 class ExperimentMetrics:
     """Counters per (experiment, variant, ...) accumulated locally, flushed to Ray."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self._requests = Counter(
-            "raysplit_requests",
-            description="Requests assigned to a variant, by outcome (ok or error).",
-            tag_keys=("experiment", "variant", "model_version", "outcome"),
-        )
+        self._counters = {
+            key: Counter(name, description=text, tag_keys=tags)
+            for key, (name, text, tags) in COUNTERS.items()
+        }
+        self._gauges = {
+            key: Gauge(name, description=text, tag_keys=tags)
+            for key, (name, text, tags) in GAUGES.items()
+        }
         self._latency = Histogram(
             "raysplit_model_latency_ms",
             description="Time the variant's model took to predict, in milliseconds.",
             boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("experiment", "variant"),
-        )
-        self._rows = Counter(
-            "raysplit_predicted_rows",
-            description="Rows predicted, by predicted class (classifiers) or 'value'.",
-            tag_keys=("experiment", "variant", "predicted"),
-        )
-        self._rejected = Counter(
-            "raysplit_rejected_requests",
-            description="Requests refused before reaching a model, by HTTP status.",
-            tag_keys=("experiment", "status"),
-        )
-        self._shadow = Counter(
-            "raysplit_shadow_predictions",
-            description="Shadow predictions, by agreement with the variant that answered.",
-            tag_keys=("experiment", "variant", "agrees"),
-        )
-        self._feedback = Counter(
-            "raysplit_feedback",
-            description="Feedback received per variant; correct is true/false for"
-            " classifiers and 'n/a' for regressors.",
-            tag_keys=("experiment", "variant", "correct"),
+            tag_keys=VARIANT,
         )
         self._abs_error = Histogram(
             "raysplit_feedback_abs_error",
             description="Absolute error of regressors' predictions that got feedback.",
             boundaries=ERROR_BOUNDARIES,
-            tag_keys=("experiment", "variant"),
-        )
-        self._events = Counter(
-            "raysplit_events",
-            description="Events leaving the replica's buffer, by fate (written or dropped).",
-            tag_keys=("fate",),
-        )
-        self._queue = Gauge(
-            "raysplit_event_queue_depth",
-            description="Events waiting in this replica's buffer for the event store.",
-        )
-        self._quality = Gauge(
-            "raysplit_online_quality",
-            description="Online accuracy (classifiers) or MAE (regressors) from feedback,"
-            " with its 95% interval bounds.",
-            tag_keys=("experiment", "variant", "metric", "bound"),
-        )
-        self._srm = Gauge(
-            "raysplit_srm_p_value",
-            description="Sample-ratio-mismatch p-value of assignments against the weights.",
-            tag_keys=("experiment",),
-        )
-        self._always_valid = Gauge(
-            "raysplit_always_valid_p_value",
-            description="Always-valid p-value of each challenger against the control.",
-            tag_keys=("experiment", "variant"),
-        )
-        self._psi = Gauge(
-            "raysplit_drift_psi",
-            description="Population stability index of recent inputs against training.",
-            tag_keys=("experiment", "variant", "feature"),
+            tag_keys=VARIANT,
         )
         self._pending: dict[str, Tally[Key]] = defaultdict(Tally)
         self._latencies: dict[Key, list[float]] = defaultdict(list)
@@ -153,22 +171,22 @@ class ExperimentMetrics:
     # -- periodic -----------------------------------------------------------------------
     def events(self, stats: dict[str, Any]) -> None:
         """Turn the buffer's running totals into counter increments and a gauge."""
-        self._queue.set(stats["queued"])
+        self._gauges["queue"].set(stats["queued"])
         for fate, seen in self._reported_events.items():
             if stats[fate] > seen:
-                self._events.inc(stats[fate] - seen, tags={"fate": fate})
+                self._counters["events"].inc(stats[fate] - seen, tags={"fate": fate})
                 self._reported_events[fate] = stats[fate]
 
     def report(self, report: ExperimentReport) -> None:
         """Gauges from the experiment report: quality, SRM, sequential p-values, drift."""
         experiment = report.experiment
         if report.srm_p_value is not None:
-            self._srm.set(report.srm_p_value, tags={"experiment": experiment})
+            self._gauges["srm"].set(report.srm_p_value, tags={"experiment": experiment})
         for variant in report.variants:
             quality = ("accuracy", variant.accuracy) if variant.accuracy else ("mae", variant.mae)
             if quality[1] is not None:
                 for bound in ("estimate", "low", "high"):
-                    self._quality.set(
+                    self._gauges["quality"].set(
                         getattr(quality[1], bound),
                         tags={
                             "experiment": experiment,
@@ -178,13 +196,13 @@ class ExperimentMetrics:
                         },
                     )
             for feature, drift in (variant.drift or {}).items():
-                self._psi.set(
+                self._gauges["psi"].set(
                     drift.psi,
                     tags={"experiment": experiment, "variant": variant.name, "feature": feature},
                 )
         for comparison in report.comparisons:
             # 1 (no evidence yet) until both arms have enough scored requests to look
-            self._always_valid.set(
+            self._gauges["always_valid"].set(
                 1.0 if comparison.always_valid_p_value is None else comparison.always_valid_p_value,
                 tags={"experiment": experiment, "variant": comparison.challenger},
             )
@@ -194,15 +212,10 @@ class ExperimentMetrics:
         pending, self._pending = self._pending, defaultdict(Tally)
         latencies, self._latencies = self._latencies, defaultdict(list)
         abs_errors, self._abs_errors = self._abs_errors, defaultdict(list)
-        for name, metric, keys in (
-            ("requests", self._requests, ("experiment", "variant", "model_version", "outcome")),
-            ("rows", self._rows, ("experiment", "variant", "predicted")),
-            ("rejected", self._rejected, ("experiment", "status")),
-            ("shadow", self._shadow, ("experiment", "variant", "agrees")),
-            ("feedback", self._feedback, ("experiment", "variant", "correct")),
-        ):
-            for values, count in pending[name].items():
-                metric.inc(count, tags=dict(zip(keys, values, strict=True)))
+        for key, counts in pending.items():
+            counter, tag_keys = self._counters[key], COUNTERS[key][2]
+            for values, count in counts.items():
+                counter.inc(count, tags=dict(zip(tag_keys, values, strict=True)))
         for histogram, observed in ((self._latency, latencies), (self._abs_error, abs_errors)):
             for (experiment, variant), values in observed.items():
                 tags = {"experiment": experiment, "variant": variant}
