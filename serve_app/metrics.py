@@ -151,8 +151,7 @@ class ExperimentMetrics:
         elif len(classes) > MAX_CLASS_LABELS:
             rows[(experiment, variant, "other")] += len(predictions)
         else:
-            for label in predictions:
-                rows[(experiment, variant, str(label))] += 1
+            rows.update((experiment, variant, str(label)) for label in predictions)
 
     def rejected(self, experiment: str, status: int) -> None:
         self._pending["rejected"][(experiment, str(status))] += 1

@@ -26,6 +26,14 @@ class Latency(BaseModel):
     p95: float
     p99: float
 
+    @classmethod
+    def of(cls, values: list[float]) -> Latency | None:
+        """Percentiles of ``values`` in milliseconds; None when there are none."""
+        if not values:
+            return None
+        p50, p95, p99 = np.percentile(values, [50, 95, 99]).tolist()
+        return cls(p50=p50, p95=p95, p99=p99)
+
 
 class VariantReport(BaseModel):
     name: str
@@ -95,7 +103,6 @@ def build_report(
         shadow = bool(assigned) and all(r["shadow"] for r in assigned)
         scored = [o for o in (_outcome(r, classification) for r in mine) if o is not None]
         outcomes[name] = scored
-        latencies = np.array([r["latency_ms"] for r in mine])
         report = VariantReport(
             name=name,
             shadow=shadow,
@@ -105,17 +112,7 @@ def build_report(
             errors=len(assigned) - len(mine),
             observed_share=None if shadow or not live else len(assigned) / len(live),
             expected_share=(shares or {}).get(name),
-            latency_ms=Latency(
-                **dict(
-                    zip(
-                        ("p50", "p95", "p99"),
-                        np.percentile(latencies, [50, 95, 99]).tolist(),
-                        strict=True,
-                    )
-                )
-            )
-            if len(latencies)
-            else None,
+            latency_ms=Latency.of([r["latency_ms"] for r in mine]),
             feedback=sum(1 for r in mine if r["label"] is not None or r["value"] is not None),
         )
         if classification:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from serve_app.report import Latency
@@ -32,18 +31,13 @@ class MetricsSummary(TrafficSummary):
 
 
 def _traffic(rows: list[dict[str, Any]], window_s: float) -> TrafficSummary:
-    served = np.array([r["latency_ms"] for r in rows if r["outcome"] == "ok"])
     errors = sum(1 for r in rows if r["outcome"] != "ok")
-    latency = None
-    if len(served):
-        p50, p95, p99 = np.percentile(served, [50, 95, 99]).tolist()
-        latency = Latency(p50=p50, p95=p95, p99=p99)
     return TrafficSummary(
         requests=len(rows),
         errors=errors,
         error_rate=errors / len(rows) if rows else None,
         requests_per_s=len(rows) / window_s,
-        latency_ms=latency,
+        latency_ms=Latency.of([r["latency_ms"] for r in rows if r["outcome"] == "ok"]),
     )
 
 
