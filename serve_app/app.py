@@ -25,11 +25,12 @@ from ray import serve
 from raysplit import __version__
 from raysplit.errors import describe_validation_error
 from raysplit.settings import Locations
+from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.config import IngressConfig
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
 from serve_app.metrics import ExperimentMetrics
-from serve_app.models import LoadedModel, ModelLoadError, load, resolve
+from serve_app.models import LoadedModel, ModelLoadError, Output, load, resolve
 from serve_app.oip import infer_response, parse_infer
 from serve_app.report import ExperimentReport, build_report
 from serve_app.request_log import RequestLog
@@ -48,6 +49,7 @@ from serve_app.summary import MetricsSummary, summarize
 
 logger = logging.getLogger("ray.serve")
 MAX_HISTORY = 2000
+MAX_BATCH_JOBS = 64  # requests per model call; one call of 64 iris rows takes ~1.1 ms
 
 api = FastAPI(
     title="raysplit",
@@ -200,7 +202,7 @@ class Ingress:
         variant: str,
         model: LoadedModel,
         rows: np.ndarray,
-        output: tuple[list[Any], list[list[float]] | None] | None,
+        output: Output | None,
         latency_ms: float,
         shadow: bool,
         error: str | None = None,
@@ -244,41 +246,75 @@ class Ingress:
             await asyncio.sleep(0)  # let the live response go first
             for variant in state.config.shadows:
                 model = state.models[variant.name]
-                started = time.perf_counter()
-                try:
-                    output = model.predict(rows)
-                except Exception:  # a shadow must never hurt the live path
-                    logger.exception("shadow variant %s failed", variant.name)
+                result = await self._model_call(PredictionJob(model, rows))
+                if result.output is None:  # a shadow must never hurt the live path
+                    logger.error("shadow variant %s failed: %s", variant.name, result.error)
                     continue
-                latency = (time.perf_counter() - started) * 1000
-                self._record(state, request_id, variant.name, model, rows, output, latency, True)
-                self._metrics.shadow(state.config.experiment, variant.name, output[0] == answered)
+                self._record(
+                    state,
+                    request_id,
+                    variant.name,
+                    model,
+                    rows,
+                    result.output,
+                    result.latency_ms,
+                    True,
+                )
+                self._metrics.shadow(
+                    state.config.experiment, variant.name, result.output[0] == answered
+                )
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _predict(
+    @serve.batch(max_batch_size=MAX_BATCH_JOBS, batch_wait_timeout_s=0.0)
+    async def _batched(self, jobs: list[PredictionJob]) -> list[JobResult]:
+        """Single-row requests that arrive together share one call per model. No wait is
+        added: a batch is whatever queued while the previous call ran, so one client alone
+        gets batches of one (measured in docs/benchmarks.md)."""
+        return run_jobs(jobs)
+
+    async def _model_call(self, job: PredictionJob) -> JobResult:
+        if len(job.rows) > 1:  # a batch request is a batch already
+            return run_jobs([job])[0]
+        return await self._batched(job)
+
+    async def _predict(
         self, state: ServingState, assignment: Assignment, request_id: str, rows: np.ndarray
     ) -> tuple[LoadedModel, list, list | None]:
         model = state.models[assignment.variant]
-        started = time.perf_counter()
-        try:
-            predictions, probabilities = output = model.predict(rows)
-        except Exception as exc:  # counted against the variant, answered with a 500
-            latency = (time.perf_counter() - started) * 1000
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        result = await self._model_call(PredictionJob(model, rows))
+        if result.output is None:  # counted against the variant, answered with a 500
+            error = f"{type(result.error).__name__}: {result.error}"[:500]
             self._record(
-                state, request_id, assignment.variant, model, rows, None, latency, False, error
+                state,
+                request_id,
+                assignment.variant,
+                model,
+                rows,
+                None,
+                result.latency_ms,
+                False,
+                error,
             )
             logger.error(
                 "variant %s failed on request %s: %s", assignment.variant, request_id, error
             )
             raise PredictionFailed(
                 f"variant '{assignment.variant}' ({model.resolved.uri}) failed to predict: {error}"
-            ) from exc
-        latency = (time.perf_counter() - started) * 1000
-        self._record(state, request_id, assignment.variant, model, rows, output, latency, False)
+            )
+        self._record(
+            state,
+            request_id,
+            assignment.variant,
+            model,
+            rows,
+            result.output,
+            result.latency_ms,
+            False,
+        )
+        predictions, probabilities = result.output
         if state.config.shadows:
             self._shadow(state, request_id, rows, predictions)
         return model, predictions, probabilities
@@ -311,7 +347,9 @@ class Ingress:
                 parse_json(await request.body()), state.features, state.config.max_batch_rows
             )
             assignment = self._assign(state, request, request.headers.get("x-variant"))
-            model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
+            model, predictions, probabilities = await self._predict(
+                state, assignment, request_id, rows
+            )
         except InvalidRequest as exc:
             return self._rejected(exc.status, str(exc))
         except RoutingError as exc:
@@ -557,7 +595,9 @@ class Ingress:
             )
             request_id = infer.id or request.headers.get("x-request-id") or uuid.uuid4().hex
             assignment = self._assign(state, request, forced or request.headers.get("x-variant"))
-            model, predictions, probabilities = self._predict(state, assignment, request_id, rows)
+            model, predictions, probabilities = await self._predict(
+                state, assignment, request_id, rows
+            )
         except InvalidRequest as exc:
             return self._rejected(exc.status, str(exc), key="error")
         except RoutingError as exc:
