@@ -49,7 +49,6 @@ from serve_app.summary import MetricsSummary, summarize
 
 logger = logging.getLogger("ray.serve")
 MAX_HISTORY = 2000
-MAX_BATCH_JOBS = 64  # requests per model call; one call of 64 iris rows takes ~1.1 ms
 
 api = FastAPI(
     title="raysplit",
@@ -108,6 +107,7 @@ class Ingress:
             self._fail(describe_validation_error(exc, "user_config"))
         except (ModelLoadError, IncompatibleVariants) as exc:
             self._fail(str(exc))
+        self._batched.set_max_batch_size(config.batch_requests)
         self._state = state
         self._last_reconfigure = {"status": "ok", "at": time.time()}
         self._start_alias_refresh()
@@ -268,7 +268,7 @@ class Ingress:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    @serve.batch(max_batch_size=MAX_BATCH_JOBS, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)  # size: user_config
     async def _batched(self, jobs: list[PredictionJob]) -> list[JobResult]:
         """Single-row requests that arrive together share one call per model. No wait is
         added: a batch is whatever queued while the previous call ran, so one client alone

@@ -64,6 +64,13 @@ class IngressConfig(BaseModel):
         " 0.05 accuracy, or a tenth of the control's mean absolute error)",
     )
     max_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per /predict call")
+    batch_requests: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="concurrent single-row requests answered by one model call per variant"
+        " (1: one call per request)",
+    )
     alias_refresh_s: float = Field(
         30.0,
         ge=0,

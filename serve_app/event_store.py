@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -60,10 +61,15 @@ class SchemaError(RuntimeError):
     """The database holds a schema this raysplit cannot use."""
 
 
+def _json(value: Any) -> str:
+    # the standard library's encoder took 90% of event writes for 1000-row predictions
+    return orjson.dumps(value).decode()
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for its back end: SQLite gets WAL and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, json_serializer=_json)
 
         @sa.event.listens_for(engine, "connect")
         def _wal(connection: Any, _record: Any) -> None:
@@ -73,7 +79,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=2, max_overflow=2, json_serializer=_json
+    )
 
 
 # Each step takes the schema from version N-1 to N, in one transaction with the version bump.

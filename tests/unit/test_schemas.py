@@ -16,6 +16,11 @@ def test_record_and_instances_give_rows_in_signature_order() -> None:
     np.testing.assert_array_equal(batch, [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
 
 
+def test_a_batch_may_mix_records_and_lists() -> None:
+    rows = parse_instances({"instances": [RECORD, [1, 2, 3, 4]]}, FEATURES, 10)
+    assert rows.tolist() == [[RECORD[f] for f in FEATURES], [1.0, 2.0, 3.0, 4.0]]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -37,6 +42,12 @@ def test_record_and_instances_give_rows_in_signature_order() -> None:
         ({"instances": [RECORD, "x"]}, "row 1: each instance must be an object"),
         ({"instances": RECORD}, "instances must be a list"),
         ({"instances": [RECORD], "extra": 1}, "unexpected field\\(s\\) next to instances: extra"),
+        # the one-pass batch check must hand every defect to the row-by-row messages
+        ({"instances": [RECORD, {**RECORD, "sepal_width": True}]}, "row 1: feature 'sepal_width'"),
+        ({"instances": [RECORD, {**RECORD, "sepal_width": "3"}]}, "row 1: .* got str"),
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3, None]]}, "row 1: feature 'petal_width'"),
+        ({"instances": [RECORD, {**RECORD, "petal_width": float("nan")}]}, "row 1: .* finite"),
+        ({"instances": [RECORD, {**RECORD, "petal_width": 10**400}]}, "too large for a 64-bit"),
         ([RECORD], "body must be a JSON object"),
     ],
 )
