@@ -47,9 +47,11 @@ demo: install
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
 	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"
 
-# Serving throughput and latency under wrk, scenarios side by side -> docs/benchmarks.md
+# raysplit against a FastAPI baseline and the textbook Serve composition under wrk, memory,
+# autoscaling -> docs/benchmarks.md (+ PNGs); then the training side -> docs/training_speed.md
 bench: install
 	$(BIN)/python bench/serving.py --output docs/benchmarks.md
+	$(BIN)/python bench/training_speed.py --output docs/training_speed.md
 
 # Best scores and wall time of the default search on each bundled dataset -> docs/training.md
 bench-train: install

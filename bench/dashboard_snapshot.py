@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import requests
-import yaml
+from prom import query_range, start_prometheus
 from serving import REPO, Cluster, free_port
 
 from raysplit.traffic import send
@@ -40,35 +38,6 @@ PANELS = [
     "Input drift (PSI) per feature",
     "Replicas",
 ]
-
-
-def start_prometheus(cluster: Cluster, workdir: Path) -> tuple[subprocess.Popen, str]:
-    config = yaml.safe_load((cluster.home / "prometheus" / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "2s", "evaluation_interval": "2s"}
-    config.pop("rule_files", None)
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return server, f"http://127.0.0.1:{port}"
-
-
-def query_range(url: str, expr: str, start: float, end: float) -> list[dict]:
-    response = requests.get(
-        f"{url}/api/v1/query_range",
-        params={"query": expr, "start": start, "end": end, "step": "5s"},
-        timeout=30,
-    )
-    response.raise_for_status()
-    return response.json()["data"]["result"]
 
 
 def legend(template: str, labels: dict[str, str]) -> str:
@@ -117,7 +86,7 @@ def main() -> None:
     experiment = "iris-dashboard"
     try:
         cluster.start()
-        server, url = start_prometheus(cluster, workdir)
+        server, url = start_prometheus(cluster.home, workdir, free_port())
         cluster.deploy({"experiment": experiment, "report_interval_s": 5})
         start = time.time()
         batch = 0

@@ -1,10 +1,14 @@
-"""Serving benchmark: the production deployment under wrk, scenarios compared in one run.
+"""Serving benchmark: raysplit against the two things users would otherwise run, in one run.
 
-Starts its own cluster with `raysplit up` (the flags a user gets: HAProxy fast path,
-throughput-optimised Serve) in a throw-away RAYSPLIT_HOME, registers a champion and a
-challenger with `raysplit tune`, deploys `serve_config.yaml` with Ray's own CLI, and drives
-it with wrk. Each scenario runs ``--repeats`` times, interleaved with the others so slow
-drift of a noisy machine hits all of them alike; the table gives medians and min-max.
+1. A cluster of raysplit's own with the flags a user gets from `raysplit up` (HAProxy
+   fast path, throughput-optimised Serve), models registered by `raysplit tune`, and the
+   shipped `serve_config.yaml` deployed with Ray's CLI; beside it the single-process
+   FastAPI + uvicorn baseline (bench/baselines/fastapi_server.py) on the same model.
+   Scenarios of both are interleaved round by round, so a noisy machine hits them alike.
+2. Memory per ingress replica with 1, 2 and 4 variants, and an autoscaling step load
+   (1 -> 64 -> 1 connections) read back from Ray's metrics through a real Prometheus.
+3. The same cluster restarted on Ray's default proxy, with the textbook composition
+   (bench/baselines/textbook_serve.py) and raysplit side by side.
 
     python bench/serving.py --output docs/benchmarks.md
 """
@@ -14,44 +18,49 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import psutil
+import requests
 import yaml
+from load import BATCH_ROWS, FEEDBACK_IDS, IRIS_RECORD, Run, write_scripts, wrk
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-RECORD = '{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}'
-WRK_SCRIPT = f"""
-wrk.method = "POST"
-wrk.body = '{RECORD}'
-wrk.headers["Content-Type"] = "application/json"
-"""
-
-
-@dataclass
-class Run:
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+SWEEP = [1, 4, 16, 32, 64]
+FASTAPI, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
+    "FastAPI baseline",
+    "raysplit",
+    "textbook Serve",
+    "raysplit, default proxy",
+)
+STEP_LOAD = [(1, 40), (64, 90), (1, 90)]  # (connections, seconds)
+STEP_AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 4,
+    "target_ongoing_requests": 8,
+    "upscale_delay_s": 5,
+    "downscale_delay_s": 20,
+}
 
 
 @dataclass
 class Scenario:
+    system: str
     name: str
-    user_config: dict
+    script: str
     connections: int
+    path: str = "/predict"
+    rows: int = 1
+    user_config: dict = field(default_factory=dict)  # raysplit only: deployed before the run
     runs: list[Run] = field(default_factory=list)
 
     def median(self, attribute: str) -> float:
@@ -68,41 +77,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _millis(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(url: str, script: Path, connections: int, seconds: int) -> Run:
-    """One wrk run; latency from its --latency distribution, errors = non-2xx + socket."""
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{min(2, connections)}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"{url}/predict",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if socket:
-        errors += sum(int(n) for n in socket.groups())
-    return Run(
-        requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        p50_ms=_millis(percentiles["50"]),
-        p99_ms=_millis(percentiles["99"]),
-        errors=errors,
-    )
 
 
 class Cluster:
@@ -131,135 +105,294 @@ class Cluster:
     def run(self, *command: str) -> None:
         subprocess.run(command, env=self.env, check=True, capture_output=True, cwd=REPO)
 
-    def start(self) -> None:
+    def tune(self, alias: str, *options: str) -> None:
         config = str(REPO / "tune" / "configs" / "iris.yaml")
-        self.run(str(BIN / "raysplit"), "tune", "--config", config, "--alias", "champion")
-        self.run(
-            *(str(BIN / "raysplit"), "tune", "--config", config, "--families", "knn"),
-            *("--num-samples", "4", "--alias", "challenger"),
-        )
+        self.run(str(BIN / "raysplit"), "tune", "--config", config, "--alias", alias, *options)
+
+    def start(self, extra_models: bool = False) -> None:
+        """Champion (the default search) and challenger (k-NN); with ``extra_models`` two
+        more versions, for the memory scenario's four variants."""
+        self.tune("champion")
+        self.tune("challenger", "--families", "knn", "--num-samples", "4")
+        if extra_models:
+            self.tune("forest", "--families", "random_forest", "--num-samples", "2")
+            self.tune("boosting", "--families", "hist_gradient_boosting", "--num-samples", "2")
+        self.up(fast_path=True)
+
+    def up(self, fast_path: bool) -> None:
         self.run(
             str(BIN / "raysplit"),
             "up",
             f"--port={self.ports['ray']}",
             f"--dashboard-port={self.ports['dashboard']}",
             f"--metrics-export-port={self.ports['metrics']}",
+            *([] if fast_path else ["--no-fast-path"]),
         )
 
-    def deploy(self, user_config: dict) -> None:
-        """`serve deploy` of serve_config.yaml with this cluster's port and ``user_config``."""
+    def down(self) -> None:
+        subprocess.run([str(BIN / "raysplit"), "down"], env=self.env, capture_output=True)
+
+    def deploy(
+        self,
+        user_config: dict,
+        deployment: dict | None = None,
+        extra_apps: list[dict] | None = None,
+    ) -> None:
+        """`serve deploy` of serve_config.yaml with this cluster's port, ``user_config``
+        merged into the ingress's, ``deployment`` options over the shipped ones, and any
+        further applications."""
         from raysplit.traffic import wait_ready
 
         config = copy.deepcopy(self.base)
         config["http_options"]["port"] = self.ports["http"]
-        deployment = config["applications"][0]["deployments"][0]
-        deployment["user_config"] = {**deployment["user_config"], **user_config}
+        ingress = config["applications"][0]["deployments"][0]
+        ingress["user_config"] = {**ingress["user_config"], **user_config}
+        ingress.update(deployment or {})
+        config["applications"] += extra_apps or []
         path = self.home / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config))
         self.run(str(BIN / "serve"), "deploy", str(path), "-a", self.dashboard)
         time.sleep(3)  # the controller applies it asynchronously
-        wait_ready(self.url, 120)
+        wait_ready(self.url, 180)
 
     def stop(self) -> None:
         from raysplit.cluster import temp_dir_for
 
-        subprocess.run([str(BIN / "raysplit"), "down"], env=self.env, capture_output=True)
+        self.down()
         shutil.rmtree(temp_dir_for(self.home), ignore_errors=True)  # Ray's logs of this run
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def _wrk_version() -> str:
-    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
-    return out.split()[1] if out else "?"
+class FastAPIBaseline:
+    """bench/baselines/fastapi_server.py as its own process, on the cluster's registry."""
 
-
-def render(scenarios: list[Scenario], args: argparse.Namespace, seconds: float) -> str:
-    by_name = {s.name: s for s in scenarios}
-    on, off = by_name["event store on"], by_name["event store off"]
-    ratio = on.median("requests_per_s") / off.median("requests_per_s")
-    lines = [
-        "# Serving benchmarks",
-        "",
-        "Regenerated by `make bench` (`python bench/serving.py`); every figure below comes",
-        "from one run of it on the machine described here. Ratios compare scenarios measured",
-        "in that same run, interleaved, so a noisy machine affects them alike.",
-        "",
-        "## Machine and versions",
-        "",
-        f"- {platform.platform()}, {psutil.cpu_count()} CPUs,"
-        f" {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        f"- Python {platform.python_version()}, Ray {version('ray')},"
-        f" scikit-learn {version('scikit-learn')}, MLflow {version('mlflow')}",
-        f"- wrk {_wrk_version()} as the load generator, on the same machine",
-        "",
-        "## How it was run",
-        "",
-        "- cluster: `raysplit up` (HAProxy fast path, throughput-optimised Serve), the",
-        "  shipped `serve_config.yaml` (autoscaling 1-4 ingress replicas of 0.5 CPU, champion",
-        "  90 / challenger 10), models registered by `raysplit tune` on iris",
-        f"- load: `wrk -t2 -c<connections> -d{args.duration}s --latency` POSTing one iris",
-        "  record to `/predict`",
-        f"- {args.repeats} repetitions per scenario after a {args.warmup} s warm-up,"
-        " interleaved; medians with min-max over repetitions",
-        f"- total benchmark time: {seconds:.0f} s",
-        "",
-        "## Results",
-        "",
-        "| scenario | connections | req/s (median) | req/s min-max | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s in scenarios:
-        lines.append(
-            f"| {s.name} | {s.connections} | {s.median('requests_per_s'):.0f} |"
-            f" {s.spread('requests_per_s')} | {s.median('p50_ms'):.2f} |"
-            f" {s.median('p99_ms'):.2f} | {sum(r.errors for r in s.runs)} |"
+    def __init__(self, cluster: Cluster) -> None:
+        port = free_port()
+        env = {
+            **cluster.env,
+            "MODEL_URI": "models:/iris@champion",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cluster.home / 'mlflow.db'}",  # the embedded store
+        }
+        self.process = subprocess.Popen(
+            [str(BIN / "python"), "-m", "bench.baselines.fastapi_server", f"--port={port}"],
+            env=env,
+            cwd=REPO,
         )
-    lines += [
-        "",
-        "## Event store hand-off",
-        "",
-        "With every prediction recorded (`record_events: true`, SQLite in WAL mode) the",
-        f"deployment served **{ratio:.2f}x** the throughput of the same deployment with the",
-        "store off (`record_events: false`) at 32 connections (target: at least 0.90x).",
-        "The request path only appends to an in-memory queue; a background task writes",
-        "batches of up to 500 rows in a worker thread.",
-        "",
-    ]
-    return "\n".join(lines)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                requests.post(f"{self.url}/predict", json=IRIS_RECORD, timeout=5).raise_for_status()
+                return
+            except requests.RequestException:
+                time.sleep(1)
+        raise RuntimeError("the FastAPI baseline did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def wait_answering(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url, json=IRIS_RECORD, timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def seed_feedback_targets(url: str) -> None:
+    """Predictions with known request ids, so /feedback posts refer to real events."""
+    with requests.Session() as session:
+
+        def one(i: int) -> None:
+            session.post(
+                f"{url}/predict", json=IRIS_RECORD, headers={"X-Request-Id": f"bench-{i}"}
+            ).raise_for_status()
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(FEEDBACK_IDS)))
+
+
+def measure(scenarios: list[Scenario], urls: dict[str, str], args, deploy=None) -> None:
+    """Every scenario ``args.repeats`` times, round by round, alternating the order; a
+    raysplit scenario with another ``user_config`` is deployed first."""
+    scripts = write_scripts(Path(tempfile.mkdtemp(prefix="raysplit-wrk-")))
+    current: dict | None = None
+    for repeat in range(args.repeats):
+        for scenario in scenarios if repeat % 2 == 0 else scenarios[::-1]:
+            redeploy = scenario.system == RAYSPLIT and scenario.user_config != current
+            if deploy is not None and redeploy:
+                deploy(scenario.user_config)
+                current = scenario.user_config
+            url = urls[scenario.system] + scenario.path
+            script = scripts[scenario.script]
+            wrk(url, script, scenario.connections, args.warmup)
+            run = wrk(url, script, scenario.connections, args.duration)
+            scenario.runs.append(run)
+            print(
+                f"{scenario.system} / {scenario.name} / {scenario.connections}c"
+                f" #{repeat + 1}: {run}",
+                flush=True,
+            )
+
+
+def replica_rss_mib() -> list[float]:
+    """Resident memory of every raysplit ingress replica process on this machine."""
+    sizes = []
+    for process in psutil.process_iter(["cmdline", "memory_info"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "ServeReplica:iris:Ingress" in cmdline:
+            sizes.append(process.info["memory_info"].rss / 2**20)
+    return sizes
+
+
+VARIANT_SETS = {
+    1: [{"name": "champion", "model_uri": "models:/iris@champion", "weight": 100}],
+    2: [
+        {"name": "champion", "model_uri": "models:/iris@champion", "weight": 90},
+        {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": 10},
+    ],
+    4: [
+        {"name": "champion", "model_uri": "models:/iris@champion", "weight": 70},
+        {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": 10},
+        {"name": "forest", "model_uri": "models:/iris@forest", "weight": 10},
+        {"name": "boosting", "model_uri": "models:/iris@boosting", "weight": 10},
+    ],
+}
+
+
+def measure_memory(cluster: Cluster) -> dict[int, list[float]]:
+    """RSS per ingress replica after each variant has answered 100 forced requests."""
+    memory = {}
+    for count, variants in VARIANT_SETS.items():
+        cluster.deploy({"variants": variants, "control": "champion"})
+        with requests.Session() as session:
+            for variant in variants:
+                for _ in range(100):
+                    session.post(
+                        f"{cluster.url}/predict",
+                        json=IRIS_RECORD,
+                        headers={"X-Variant": variant["name"]},
+                    ).raise_for_status()
+        time.sleep(2)
+        memory[count] = replica_rss_mib()
+        print(f"RSS with {count} variant(s): {memory[count]}", flush=True)
+    return memory
+
+
+def step_load(
+    cluster: Cluster, workdir: Path, plan: list[tuple[int, int]]
+) -> dict[str, list[tuple[float, float]]]:
+    """Replicas and p99 over time under 1 -> 64 -> 1 connections, from Ray's metrics."""
+    from prom import query_range, start_prometheus
+
+    cluster.deploy({}, {"autoscaling_config": STEP_AUTOSCALING})
+    time.sleep(STEP_AUTOSCALING["downscale_delay_s"] + 20)  # back to one replica
+    server, prometheus = start_prometheus(cluster.home, workdir, free_port())
+    scripts = write_scripts(workdir)
+    try:
+        time.sleep(10)
+        start = time.time()
+        for connections, seconds in plan:
+            wrk(f"{cluster.url}/predict", scripts["predict"], connections, seconds)
+        end = time.time() + 10
+        time.sleep(12)
+        queries = {
+            "replicas": 'sum(ray_serve_deployment_replica_healthy{deployment="Ingress"})',
+            "target": 'max(ray_serve_autoscaling_target_replicas{deployment="Ingress"})',
+            "p99": "histogram_quantile(0.99, sum by (le)"
+            ' (rate(ray_serve_http_request_latency_ms_bucket{application="iris"}[10s])))',
+            "rps": 'sum(rate(ray_serve_num_http_requests_total{application="iris"}[10s]))',
+        }
+        series = {}
+        for name, expr in queries.items():
+            result = query_range(prometheus, expr, start, end, step="2s")
+            series[name] = [
+                (float(t) - start, float(v))
+                for t, v in (result[0]["values"] if result else [])
+                if v not in ("NaN", "+Inf")
+            ]
+        return series
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds before each run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--quick", action="store_true", help="a short step load, for trying the harness out"
+    )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install wrk")
+    args.step_load = [(1, 10), (64, 20), (1, 10)] if args.quick else STEP_LOAD
+    for tool in ("wrk", "prometheus"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install {tool}")
+    from report_bench import render
+
     started = time.monotonic()
-    scenarios = [
-        Scenario("event store on", {"record_events": True}, 32),
-        Scenario("event store off", {"record_events": False}, 32),
+    sweep = [Scenario(RAYSPLIT, "single row", "predict", c) for c in SWEEP]
+    sweep += [Scenario(FASTAPI, "single row", "predict", c) for c in SWEEP]
+    phase1 = [
+        *sweep,
+        Scenario(RAYSPLIT, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
+        Scenario(FASTAPI, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
+        Scenario(RAYSPLIT, "sticky A/B users", "sticky", 32),
+        Scenario(RAYSPLIT, "feedback posts", "feedback", 32, path="/feedback"),
+        Scenario(RAYSPLIT, "event store off", "predict", 32, user_config={"record_events": False}),
+        Scenario(RAYSPLIT, "batching off", "predict", 32, user_config={"batch_requests": 1}),
     ]
+    phase2 = [
+        Scenario(TEXTBOOK, "single row", "predict", 1),
+        Scenario(TEXTBOOK, "single row", "predict", 32),
+        Scenario(DEFAULT_PROXY, "single row", "predict", 1),
+        Scenario(DEFAULT_PROXY, "single row", "predict", 32),
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix="raysplit-bench-prom-"))
     cluster = Cluster()
+    baseline = None
     try:
-        print(f"setting up a cluster in {cluster.home} (two searches, raysplit up)", flush=True)
-        cluster.start()
-        script = cluster.home / "predict.lua"
-        script.write_text(WRK_SCRIPT)
-        for repeat in range(args.repeats):
-            order = scenarios if repeat % 2 == 0 else scenarios[::-1]
-            for scenario in order:
-                cluster.deploy(scenario.user_config)
-                wrk(cluster.url, script, scenario.connections, args.warmup)
-                run = wrk(cluster.url, script, scenario.connections, args.duration)
-                scenario.runs.append(run)
-                print(f"{scenario.name} #{repeat + 1}: {run}", flush=True)
+        print(f"setting up a cluster in {cluster.home} (four searches, raysplit up)", flush=True)
+        cluster.start(extra_models=True)
+        cluster.deploy({})
+        seed_feedback_targets(cluster.url)
+        baseline = FastAPIBaseline(cluster)
+        scripts = write_scripts(workdir)
+        wrk(f"{cluster.url}/predict", scripts["predict"], 32, 30)  # let autoscaling settle
+        measure(phase1, {RAYSPLIT: cluster.url, FASTAPI: baseline.url}, args, deploy=cluster.deploy)
+        baseline.stop()
+        baseline = None
+        memory = measure_memory(cluster)
+        step = step_load(cluster, workdir, args.step_load)
+        print("restarting the cluster on Ray's default proxy", flush=True)
+        cluster.down()
+        cluster.up(fast_path=False)
+        textbook = {
+            "name": "textbook",
+            "route_prefix": "/textbook",
+            "import_path": "bench.baselines.textbook_serve:app",
+            "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
+        }
+        cluster.deploy({}, extra_apps=[textbook])
+        urls = {TEXTBOOK: f"{cluster.url}/textbook", DEFAULT_PROXY: cluster.url}
+        wait_answering(f"{cluster.url}/textbook/predict")
+        wrk(f"{cluster.url}/textbook/predict", scripts["predict"], 32, 10)
+        measure(phase2, urls, args)
     finally:
+        if baseline is not None:
+            baseline.stop()
         cluster.stop()
-    args.output.write_text(render(scenarios, args, time.monotonic() - started))
-    print(f"wrote {args.output}")
+        shutil.rmtree(workdir, ignore_errors=True)
+    render(phase1 + phase2, memory, step, args, time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class SearchOutcome:
     model_name: str
     model_version: str
     alias: str
+    search_seconds: float  # the Tune run alone, without set-up, refit and registration
+    folds_fitted: int  # over every trial; what early stopping saves shows here
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,9 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
             logger = TrialLogger(
                 locations.mlflow_tracking_uri, experiment_id, parent, spec.search.cv_folds
             )
+            search_started = time.perf_counter()
             results = _run_trials(spec, plan, split, logger, locations)
+            search_seconds = time.perf_counter() - search_started
             summaries, errors = _trial_summaries(results)
             complete = [s for s in summaries if s.folds_done == spec.search.cv_folds]
             if not complete:
@@ -272,6 +277,8 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
         model_name=model_name,
         model_version=str(version.version),
         alias=spec.registration.alias,
+        search_seconds=search_seconds,
+        folds_fitted=sum(s.folds_done for s in summaries),
     )
 
 

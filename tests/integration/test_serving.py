@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from scipy.stats import chisquare
 from serve_app.config import IngressConfig
 from serve_app.routing import Router
 from tests.conftest import Cluster, free_port
-from tests.integration.serving import RECORD, Deployer, user_config, variants
+from tests.integration.serving import RECORD, Deployer, Reply, user_config, variants
 
 pytestmark = pytest.mark.integration
 
@@ -422,6 +423,57 @@ def test_a_failing_model_is_a_500_counted_against_its_variant(
         assert by_name["champion"]["errors"] == 0
         summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
         assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
+    finally:
+        deployer.deploy(user_config())
+
+
+def test_concurrent_requests_share_model_calls_without_mixing_answers(
+    deployer: Deployer, fragile_version: str
+) -> None:
+    """200 requests from 16 connections to two variants, so the ingress stacks rows of
+    different requests into shared model calls: every answer must be the one that request
+    gets alone, and only the requests that break the fragile model fail."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    rows = [dict(zip(RECORD, map(float, iris.data[i]), strict=True)) for i in range(0, 150, 5)]
+    negative = {**RECORD, "sepal_width": -1.0}
+    fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 50}
+    deployer.deploy(user_config(variants=[*variants(50, 0)[:1], fragile]))
+    try:
+        alone = {
+            (variant, i): deployer.predict(row, {"X-Variant": variant}).body["predictions"]
+            for i, row in enumerate(rows)
+            for variant in ("champion", "fragile")
+        }
+        plan = [
+            ("fragile" if i % 2 else "champion", None if i % 7 == 0 else i % len(rows))
+            for i in range(200)
+        ]
+        local = threading.local()
+
+        def one(step: tuple[str, int | None]) -> Reply:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            variant, row = step
+            body = negative if row is None else rows[row]
+            return deployer.predict(body, {"X-Variant": variant}, local.session)
+
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(one, plan))
+        for (variant, row), reply in zip(plan, replies, strict=True):
+            if row is None and variant == "fragile":
+                assert reply.status == 500, reply.body
+                assert "failed to predict" in reply.body["detail"]
+            elif row is None:
+                assert reply.status == 200
+            else:
+                assert reply.status == 200, reply.body
+                assert reply.variant == variant
+                assert reply.body["predictions"] == alone[(variant, row)]
+        assert sum(r.status == 500 for r in replies) == sum(
+            1 for v, row in plan if v == "fragile" and row is None
+        )
     finally:
         deployer.deploy(user_config())
 
