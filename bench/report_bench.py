@@ -235,7 +235,7 @@ def render(
         "- single row: one iris record; batch: 1000 distinct records in `instances`; sticky:",
         "  a random `X-User-Id` of 10,000 per request; feedback: `POST /feedback` for 2,000",
         "  predictions made before the run",
-        "- raysplit's ingress was loaded at 32 connections for 30 s before the first round, so",
+        "- raysplit's ingress was loaded at 32 connections for 60 s before the first round, so",
         "  the autoscaler had settled; the replica count during the runs is what it chose",
         "- `wrk CPU`: cores the generator itself used (kernel accounting); it never came near",
         "  the 2 threads it had, so wrk was not the limit",

@@ -367,7 +367,7 @@ def main() -> None:
         seed_feedback_targets(cluster.url)
         baseline = FastAPIBaseline(cluster)
         scripts = write_scripts(workdir)
-        wrk(f"{cluster.url}/predict", scripts["predict"], 32, 30)  # let autoscaling settle
+        wrk(f"{cluster.url}/predict", scripts["predict"], 32, 60)  # let autoscaling settle
         measure(phase1, {RAYSPLIT: cluster.url, FASTAPI: baseline.url}, args, deploy=cluster.deploy)
         baseline.stop()
         baseline = None
