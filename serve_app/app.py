@@ -276,8 +276,13 @@ class Ingress:
         return run_jobs(jobs)
 
     async def _model_call(self, job: PredictionJob) -> JobResult:
-        if len(job.rows) > 1:  # a batch request is a batch already
-            return run_jobs([job])[0]
+        """Single rows wait for a shared call; a multi-row request is a batch already and
+        runs in a worker thread. Either way the request awaits, which is what Serve's
+        autoscaler counts as an ongoing request: a handler that never yields finishes
+        within one step of the event loop and looks idle however loaded the replica is."""
+        if len(job.rows) > 1:
+            (result,) = await asyncio.to_thread(run_jobs, [job])
+            return result
         return await self._batched(job)
 
     async def _predict(
