@@ -19,6 +19,7 @@ import argparse
 import copy
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -334,6 +335,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.step_load = [(1, 10), (64, 20), (1, 10)] if args.quick else STEP_LOAD
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the cluster on kill too
     for tool in ("wrk", "prometheus"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install {tool}")

@@ -156,7 +156,8 @@ class Ingress:
 
     async def _report_metrics(self) -> None:
         """Event-buffer figures every few seconds; the experiment report's gauges (quality,
-        SRM, sequential p-values, drift) every ``report_interval_s``."""
+        SRM, sequential p-values, drift) every ``report_interval_s``, from the one replica
+        that holds the experiment's report lease."""
         last_report = 0.0
         while True:
             await asyncio.sleep(5)
@@ -166,7 +167,12 @@ class Ingress:
                 continue
             last_report = time.monotonic()
             try:
-                self._metrics.report(await self._build_report(None))
+                store = await self._store()
+                experiment = self._state.config.experiment
+                if await asyncio.to_thread(
+                    store.claim_report, experiment, self._replica, 3 * interval
+                ):
+                    self._metrics.report(await self._build_report(None))
             except Exception as exc:  # the store may be down: the gauges just wait
                 logger.warning("experiment gauges not updated: %s", exc)
 

@@ -29,7 +29,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("events_postgres")
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # each test starts empty
-        for table in ("raysplit_predictions", "raysplit_feedback", "raysplit_schema"):
+        for table in (
+            "raysplit_predictions",
+            "raysplit_feedback",
+            "raysplit_schema",
+            "raysplit_report_lease",
+        ):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
     return url
@@ -116,13 +121,27 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 2
+    assert store.version == SCHEMA_VERSION == 3
     store.write([{**prediction("new"), "outcome": "error", "error": "ValueError: boom"}], [])
     rows = {r["request_id"]: r for r in store.experiment_rows("iris-ab")}
     assert rows["old"]["outcome"] == "ok" and rows["old"]["inputs"] == [[1, 2, 3, 4]]
     assert rows["new"]["outcome"] == "error"
     store.dispose()
     engine.dispose()
+
+
+def test_one_replica_at_a_time_holds_the_report_lease(store_url: str) -> None:
+    """The holder renews; others wait until it lapses; experiments are independent."""
+    a, b = EventStore(store_url), EventStore(store_url)  # two replicas, one database
+    assert a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1000.0)
+    assert not b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1001.0)
+    assert a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1030.0)  # renewed to 1120
+    assert not b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1119.0)
+    assert b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1121.0)  # a went quiet
+    assert not a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1122.0)
+    assert a.claim_report("other-experiment", "replica-a", ttl_s=90, now=1122.0)
+    a.dispose()
+    b.dispose()
 
 
 def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:
