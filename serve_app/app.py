@@ -32,7 +32,7 @@ from serve_app.event_store import EventStore
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, Output, load, resolve
 from serve_app.oip import infer_response, parse_infer
-from serve_app.report import ExperimentReport, build_report
+from serve_app.report import DRIFT_WINDOW, ExperimentReport, build_report
 from serve_app.request_log import RequestLog
 from serve_app.responses import JSONResponse
 from serve_app.routing import Assignment, RoutingError
@@ -457,19 +457,27 @@ class Ingress:
         store = await self._store()
         name = experiment or state.config.experiment
         current = name == state.config.experiment
-        rows = await asyncio.to_thread(store.experiment_rows, name)
-        return await asyncio.to_thread(
-            build_report,
-            name,
-            rows,
-            state.models[state.config.control_variant].classes is not None,
-            state.router.expected_shares() if current else None,
-            state.config.control_variant if current else None,
+        references = (
             {n: (m.reference, state.features) for n, m in state.models.items() if m.reference}
             if current
-            else None,
-            state.config.min_detectable_effect,
+            else {}
         )
+
+        def gather() -> ExperimentReport:
+            rows = store.experiment_rows(name)
+            recent = {v: store.recent_inputs(name, v, DRIFT_WINDOW) for v in references}
+            return build_report(
+                name,
+                rows,
+                state.models[state.config.control_variant].classes is not None,
+                state.router.expected_shares() if current else None,
+                state.config.control_variant if current else None,
+                references,
+                state.config.min_detectable_effect,
+                recent,
+            )
+
+        return await asyncio.to_thread(gather)
 
     @api.get("/experiment", summary="The live A/B report", response_model=ExperimentReport)
     async def experiment(self, experiment: str | None = None):

@@ -213,8 +213,28 @@ class EventStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def recent_inputs(self, experiment: str, variant: str, limit: int) -> list[list[float]]:
+        """The input rows of a variant's ``limit`` most recent answered predictions, for
+        drift. Kept apart from :meth:`experiment_rows`, because decoding every stored
+        input of a large experiment cost the report builder gigabytes and most of its time.
+        """
+        query = (
+            sa.select(predictions.c.inputs)
+            .where(
+                predictions.c.experiment == experiment,
+                predictions.c.variant == variant,
+                predictions.c.shadow.is_(False),
+                predictions.c.outcome == "ok",
+            )
+            .order_by(predictions.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [row for (inputs,) in conn.execute(query) for row in inputs]
+
     def experiment_rows(self, experiment: str, limit: int = 200_000) -> list[dict[str, Any]]:
-        """The experiment's most recent predictions, each with its feedback if any."""
+        """The experiment's most recent predictions, each with its feedback if any (inputs
+        are left out: see :meth:`recent_inputs`)."""
         query = (
             sa.select(
                 predictions.c.request_id,
@@ -224,7 +244,6 @@ class EventStore:
                 predictions.c.latency_ms,
                 predictions.c.outcome,
                 predictions.c.model_version,
-                predictions.c.inputs,
                 predictions.c.predictions,
                 feedback.c.label,
                 feedback.c.value,

@@ -85,12 +85,14 @@ def build_report(
     control: str | None = None,
     references: dict[str, tuple[ReferenceStats, list[str]]] | None = None,
     min_detectable_effect: float | None = None,
+    recent_inputs: dict[str, list[list[float]]] | None = None,
 ) -> ExperimentReport:
     """``rows`` in arrival order: predictions joined with their feedback.
 
     A row whose ``outcome`` is "error" was assigned to its variant but the model failed:
     it counts for the sample-ratio check (assignment is what the weights promise) and as
-    an error, never for quality or latency.
+    an error, never for quality or latency. Drift compares ``recent_inputs`` (a variant's
+    latest input rows, at most ``DRIFT_WINDOW`` predictions) with ``references``.
     """
     live = [r for r in rows if not r["shadow"]]
     names = list(shares or {}) + sorted({r["variant"] for r in rows} - set(shares or {}))
@@ -127,10 +129,10 @@ def build_report(
                 if r["request_id"] in live_answer
             ]
             report.agreement_with_live = accuracy_interval(sum(agree), len(agree))
-        elif references and name in references:
+        elif references and name in references and recent_inputs and name in recent_inputs:
             reference, features = references[name]
-            recent = [x for r in mine[-DRIFT_WINDOW:] for x in r["inputs"]]
-            report.drift = feature_drift(reference, features, np.array(recent, dtype=float))
+            recent = np.array(recent_inputs[name], dtype=float).reshape(-1, len(features))
+            report.drift = feature_drift(reference, features, recent)
         reports.append(report)
 
     srm = sample_ratio_p_value({r.name: r.assigned for r in reports if not r.shadow}, shares or {})

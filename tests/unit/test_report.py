@@ -95,12 +95,14 @@ def test_drift_shows_a_shifted_feature_only() -> None:
     rows = rows_for(rng, 600, 0.8, 0.8)
     for r in rows:
         r["inputs"] = [[r["inputs"][0][0] + 2.0, r["inputs"][0][1]]]  # shift x only
+    champion = [x for r in rows if r["variant"] == "champion" for x in r["inputs"]]
     report = build_report(
         "exp",
         rows,
         True,
         {"champion": 0.5, "challenger": 0.5},
         references={"champion": (ref, ["x", "y"])},
+        recent_inputs={"champion": champion},
     )
     drift = {v.name: v.drift for v in report.variants}["champion"]
     assert drift["x"].status == "drift" and drift["x"].ks_p_value < 1e-6
