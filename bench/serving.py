@@ -307,8 +307,8 @@ def step_load(
             "replicas": 'sum(ray_serve_deployment_replica_healthy{deployment="Ingress"})',
             "target": 'max(ray_serve_autoscaling_target_replicas{deployment="Ingress"})',
             "p99": "histogram_quantile(0.99, sum by (le)"
-            ' (rate(ray_serve_http_request_latency_ms_bucket{application="iris"}[10s])))',
-            "rps": 'sum(rate(ray_serve_num_http_requests_total{application="iris"}[10s]))',
+            ' (rate(ray_serve_http_request_latency_ms_bucket{application="iris"}[30s])))',
+            "rps": 'sum(rate(ray_serve_num_http_requests_total{application="iris"}[30s]))',
         }
         series = {}
         for name, expr in queries.items():
