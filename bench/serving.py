@@ -342,8 +342,14 @@ def main() -> None:
     from report_bench import render
 
     started = time.monotonic()
-    sweep = [Scenario(RAYSPLIT, "single row", "predict", c) for c in SWEEP]
-    sweep += [Scenario(FASTAPI, "single row", "predict", c) for c in SWEEP]
+    # one connection first, while the ingress is at the one replica the autoscaler keeps
+    # for that load; the soak below then scales it for the rest
+    idle = [
+        Scenario(RAYSPLIT, "single row", "predict", 1),
+        Scenario(FASTAPI, "single row", "predict", 1),
+    ]
+    sweep = [Scenario(RAYSPLIT, "single row", "predict", c) for c in SWEEP[1:]]
+    sweep += [Scenario(FASTAPI, "single row", "predict", c) for c in SWEEP[1:]]
     phase1 = [
         *sweep,
         Scenario(RAYSPLIT, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
@@ -369,8 +375,10 @@ def main() -> None:
         seed_feedback_targets(cluster.url)
         baseline = FastAPIBaseline(cluster)
         scripts = write_scripts(workdir)
+        urls = {RAYSPLIT: cluster.url, FASTAPI: baseline.url}
+        measure(idle, urls, args)
         wrk(f"{cluster.url}/predict", scripts["predict"], 32, 60)  # let autoscaling settle
-        measure(phase1, {RAYSPLIT: cluster.url, FASTAPI: baseline.url}, args, deploy=cluster.deploy)
+        measure(phase1, urls, args, deploy=cluster.deploy)
         baseline.stop()
         baseline = None
         memory = measure_memory(cluster)
@@ -394,7 +402,7 @@ def main() -> None:
             baseline.stop()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    render(phase1 + phase2, memory, step, args, time.monotonic() - started)
+    render(idle + phase1 + phase2, memory, step, args, time.monotonic() - started)
 
 
 if __name__ == "__main__":
