@@ -296,25 +296,9 @@ class Ingress:
     ) -> tuple[LoadedModel, list, list | None]:
         model = state.models[assignment.variant]
         result = await self._model_call(PredictionJob(model, rows))
-        if result.output is None:  # counted against the variant, answered with a 500
-            error = f"{type(result.error).__name__}: {result.error}"[:500]
-            self._record(
-                state,
-                request_id,
-                assignment.variant,
-                model,
-                rows,
-                None,
-                result.latency_ms,
-                False,
-                error,
-            )
-            logger.error(
-                "variant %s failed on request %s: %s", assignment.variant, request_id, error
-            )
-            raise PredictionFailed(
-                f"variant '{assignment.variant}' ({model.resolved.uri}) failed to predict: {error}"
-            )
+        error = (
+            None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:500]
+        )
         self._record(
             state,
             request_id,
@@ -324,7 +308,15 @@ class Ingress:
             result.output,
             result.latency_ms,
             False,
+            error,
         )
+        if error is not None:  # counted against the variant, answered with a 500
+            logger.error(
+                "variant %s failed on request %s: %s", assignment.variant, request_id, error
+            )
+            raise PredictionFailed(
+                f"variant '{assignment.variant}' ({model.resolved.uri}) failed to predict: {error}"
+            )
         predictions, probabilities = result.output
         if state.config.shadows:
             self._shadow(state, request_id, rows, predictions)
