@@ -219,10 +219,11 @@ def seed_feedback_targets(url: str) -> None:
             list(pool.map(one, range(FEEDBACK_IDS)))
 
 
-def measure(scenarios: list[Scenario], urls: dict[str, str], args, deploy=None) -> None:
+def measure(
+    scenarios: list[Scenario], urls: dict[str, str], scripts: dict[str, Path], args, deploy=None
+) -> None:
     """Every scenario ``args.repeats`` times, round by round, alternating the order; a
     raysplit scenario with another ``user_config`` is deployed first."""
-    scripts = write_scripts(Path(tempfile.mkdtemp(prefix="raysplit-wrk-")))
     current: dict | None = None
     for repeat in range(args.repeats):
         for scenario in scenarios if repeat % 2 == 0 else scenarios[::-1]:
@@ -376,9 +377,9 @@ def main() -> None:
         baseline = FastAPIBaseline(cluster)
         scripts = write_scripts(workdir)
         urls = {RAYSPLIT: cluster.url, FASTAPI: baseline.url}
-        measure(idle, urls, args)
+        measure(idle, urls, scripts, args)
         wrk(f"{cluster.url}/predict", scripts["predict"], 32, 60)  # let autoscaling settle
-        measure(phase1, urls, args, deploy=cluster.deploy)
+        measure(phase1, urls, scripts, args, deploy=cluster.deploy)
         baseline.stop()
         baseline = None
         memory = measure_memory(cluster)
@@ -396,7 +397,7 @@ def main() -> None:
         urls = {TEXTBOOK: f"{cluster.url}/textbook", DEFAULT_PROXY: cluster.url}
         wait_answering(f"{cluster.url}/textbook/predict")
         wrk(f"{cluster.url}/textbook/predict", scripts["predict"], 32, 10)
-        measure(phase2, urls, args)
+        measure(phase2, urls, scripts, args)
     finally:
         if baseline is not None:
             baseline.stop()
