@@ -513,6 +513,8 @@ def test_a_known_better_challenger_wins_over_http(deployer: Deployer, cluster: C
         assert comparison["always_valid_p_value"] < 0.05 and comparison["p_value"] < 0.001
         assert comparison["difference"]["low"] > 0.4  # about 0.33 against about 0.97
         by_name = {v["name"]: v for v in report["variants"]}
-        assert by_name["weak"]["accuracy"]["high"] < 0.45 < by_name["good"]["accuracy"]["low"]
+        # the intervals do not overlap; where the weak one lies depends on which records the
+        # random split gave it (a third of iris is the class it always predicts)
+        assert by_name["weak"]["accuracy"]["high"] < by_name["good"]["accuracy"]["low"]
     finally:
         deployer.deploy(user_config())
