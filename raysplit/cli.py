@@ -1,4 +1,4 @@
-"""The `raysplit` command line: tune, promote, rollback, info.
+"""The `raysplit` command line: tune, promote, rollback, up, down, traffic, report, keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -7,6 +7,7 @@ stderr and exit status 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -144,6 +145,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, Scope, entry_for, new_key
+
+    key = new_key()
+    entry = entry_for(key, Scope(args.scope))
+    if args.json:
+        print(json.dumps({"key": key, "entry": entry}))
+        return 0
+    print(f"API key ({args.scope} scope), shown only this once; raysplit stores only its hash:")
+    print(f"  {key}")
+    print(f"Entry for {KEYS_ENV} (comma/space separated) or a line of the {KEYS_FILE_ENV} file:")
+    print(f"  {entry}")
+    print("Clients send: Authorization: Bearer <key>  (or X-API-Key: <key>)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
@@ -222,6 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
     report.add_argument("--json", action="store_true", help="the raw JSON of GET /experiment")
     report.set_defaults(func=cmd_report)
+
+    keys = commands.add_parser("keys", help="API keys for the ingress (see docs/security.md)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_new = keys_commands.add_parser(
+        "new",
+        help="mint an API key: print it once with the hashed entry to configure",
+        description="Mint a random API key. The key is printed once; the ingress is given only"
+        " the entry (scope and sha256 of the key) through RAYSPLIT_API_KEYS or the file named"
+        " by RAYSPLIT_API_KEYS_FILE.",
+    )
+    keys_new.add_argument(
+        "--scope",
+        required=True,
+        choices=["predict", "admin"],
+        help="predict: /predict and /v2/models/*; admin: every route",
+    )
+    keys_new.add_argument("--json", action="store_true", help='print {"key": ..., "entry": ...}')
+    keys_new.set_defaults(func=cmd_keys_new)
 
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

@@ -25,10 +25,12 @@ from ray import serve
 from raysplit import __version__
 from raysplit.errors import describe_validation_error
 from raysplit.settings import Locations
+from serve_app.auth import ApiKeys, exposure_warning
 from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.config import IngressConfig
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
+from serve_app.guard import Guard, GuardSettings
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, Output, load, resolve
 from serve_app.oip import infer_response, parse_infer
@@ -57,8 +59,12 @@ api = FastAPI(
     " variants for A/B experiments.",
 )
 
-
-api.add_middleware(RequestLog)
+# Keys come from the replica's environment (RAYSPLIT_API_KEYS, RAYSPLIT_API_KEYS_FILE); a
+# malformed entry stops the replica from starting, with the reason in `serve status`.
+KEYS = ApiKeys.from_environment(os.environ)
+GUARD = GuardSettings()  # limits from the current user_config, set by reconfigure()
+api.add_middleware(Guard, keys=KEYS, settings=GUARD)
+api.add_middleware(RequestLog)  # added last, so outermost: refusals are logged too
 
 
 class PredictionFailed(RuntimeError):
@@ -108,6 +114,8 @@ class Ingress:
         except (ModelLoadError, IncompatibleVariants) as exc:
             self._fail(str(exc))
         self._batched.set_max_batch_size(config.batch_requests)
+        self._apply_limits(config)
+        first = self._state is None
         self._state = state
         self._last_reconfigure = {"status": "ok", "at": time.time()}
         self._start_alias_refresh()
@@ -116,11 +124,30 @@ class Ingress:
         if self._reporter is None or self._reporter.done():
             self._reporter = asyncio.get_running_loop().create_task(self._report_metrics())
         await self._events.flush()  # events of the old config go out before the new ones
+        if first:
+            await asyncio.to_thread(self._warn_if_exposed)
         logger.info(
             "experiment %s: %s",
             config.experiment,
             ", ".join(f"{n}={m.resolved.uri}" for n, m in models.items()),
         )
+
+    def _apply_limits(self, config: IngressConfig) -> None:
+        GUARD.max_body_bytes = config.max_body_bytes
+        GUARD.body_timeout_s = config.body_timeout_s
+        GUARD.on_reject = lambda status: self._metrics.rejected(config.experiment, status)
+        self._events.set_interval(config.event_flush_interval_s)
+
+    def _warn_if_exposed(self) -> None:
+        """Say it loudly when anyone on the network can call the API without a key."""
+        try:
+            host = serve.context._get_global_client().http_config.host
+        except Exception as exc:  # the controller is busy: no reason to fail the deploy
+            logger.warning("could not read the HTTP bind address to check exposure: %s", exc)
+            return
+        warning = exposure_warning(host, KEYS)
+        if warning:
+            logger.warning(warning)
 
     def _start_alias_refresh(self) -> None:
         if self._refresher is None or self._refresher.done():
@@ -188,7 +215,10 @@ class Ingress:
         models = {}
         for variant in config.variants:
             pinned = resolve(variant.model_uri, client)  # one registry call per variant
-            models[variant.name] = current.get(pinned.uri) or load(variant, pinned)
+            loaded = current.get(pinned.uri)
+            if loaded is None or (loaded.pickled and not config.allow_pickle):
+                loaded = load(variant, pinned, config.allow_pickle)
+            models[variant.name] = loaded
         return models
 
     def _serving(self) -> ServingState:

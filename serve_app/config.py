@@ -64,6 +64,18 @@ class IngressConfig(BaseModel):
         " 0.05 accuracy, or a tenth of the control's mean absolute error)",
     )
     max_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per /predict call")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="larger request bodies get 413 before any of them is parsed",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="a client that has not sent its whole body by then gets 408",
+    )
     batch_requests: int = Field(
         64,
         ge=1,
@@ -86,6 +98,18 @@ class IngressConfig(BaseModel):
         ge=0,
         description="how often each replica refreshes the report's Prometheus gauges"
         " (quality, SRM, sequential p-values, drift); 0 turns them off",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="load models serialised with pickle/cloudpickle; unpickling runs any code"
+        " the file names, so only for registries whose every writer you trust",
+    )
+    event_flush_interval_s: float = Field(
+        0.5,
+        ge=0.01,
+        le=3600,
+        description="how often queued events are written; what a SIGKILL can lose is what"
+        " queued in this time (reported as raysplit_events_queued)",
     )
     variants: list[VariantConfig] = Field(min_length=1)
 

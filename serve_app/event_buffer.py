@@ -8,6 +8,7 @@ backoff, and what could not be queued is counted as dropped, never silently lost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +43,8 @@ class EventBuffer:
         self.failed_flushes = 0
         self.last_error: str | None = None
         self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._closing = False
 
     # -- request path: O(1), never blocks -------------------------------------------
     def _add(self, queue: deque, row: dict[str, Any]) -> bool:
@@ -81,12 +84,27 @@ class EventBuffer:
     # -- background ---------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def set_interval(self, interval_s: float) -> None:
+        """A new flush interval takes effect now, not after the current (maybe long) wait."""
+        if interval_s != self.interval_s:
+            self.interval_s = interval_s
+            if self._wake is not None:
+                self._wake.set()
 
     async def _run(self) -> None:
         backoff = self.interval_s
-        while True:
-            await asyncio.sleep(backoff if self.last_error else self.interval_s)
+        while not self._closing:
+            # a wake-up (new interval, shutdown) cuts the wait short
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), backoff if self.last_error else self.interval_s
+                )
+            self._wake.clear()
+            if self._closing:
+                return
             if await self.flush():
                 backoff = self.interval_s
             else:
@@ -119,10 +137,12 @@ class EventBuffer:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued (graceful shutdown or reconfigure), within ``timeout_s``."""
-        if self._task is not None:
-            self._task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        self._closing = True
+        if self._task is not None:  # never cancelled mid-write: it finishes its batch
+            self._wake.set()
+            await asyncio.wait([self._task], timeout=timeout_s)
         while self.queued and loop.time() < deadline:
             if not await self.flush():
                 await asyncio.sleep(0.2)

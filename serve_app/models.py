@@ -44,6 +44,11 @@ ARGMAX_OF_PROBA = frozenset(
     }
 )
 
+# Where a registered version's files may come from: artifacts logged through the configured
+# tracking server. The registry itself accepts any ``source`` (s3://, http://, file://, seen
+# with MLflow 3.14), so a version pointing elsewhere is refused rather than fetched.
+TRUSTED_SOURCES = ("models:/m-", "runs:/", "mlflow-artifacts:/")
+
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -76,6 +81,7 @@ class LoadedModel:
     features: list[str]
     classes: list[Any] | None
     reference: ReferenceStats | None = None  # training-split statistics, for drift
+    pickled: bool = False  # loaded from a pickle: only ever reused while that is allowed
 
     @cached_property
     def _proba_decides(self) -> bool:
@@ -106,26 +112,57 @@ def resolve(uri: str, client: MlflowClient) -> ResolvedUri:
     """Pin ``models:/NAME@ALIAS`` to the version the alias names now."""
     match = _REGISTERED.match(uri)
     try:
-        if match and match["alias"]:
-            version = client.get_model_version_by_alias(match["name"], match["alias"]).version
-            return ResolvedUri(f"models:/{match['name']}/{version}", match["name"], str(version))
-        if match:
-            client.get_model_version(match["name"], match["version"])
-            return ResolvedUri(uri, match["name"], match["version"])
+        if not match:
+            return ResolvedUri(uri, uri.removeprefix("runs:/").split("/")[0], None)
+        if match["alias"]:
+            found = client.get_model_version_by_alias(match["name"], match["alias"])
+        else:
+            found = client.get_model_version(match["name"], match["version"])
     except MlflowException as exc:
         raise ModelLoadError(f"{uri}: {exc.message}") from exc
-    return ResolvedUri(uri, uri.removeprefix("runs:/").split("/")[0], None)
+    except Exception as exc:  # the tracking server is unreachable, times out, ...
+        raise ModelLoadError(f"{uri}: tracking server unavailable: {_first_line(exc)}") from exc
+    if not str(found.source).startswith(TRUSTED_SOURCES):
+        raise ModelLoadError(
+            f"{uri}: version {found.version} points at '{found.source}', outside the configured"
+            " tracking server; raysplit loads only models logged through MLflow"
+            " (models:/m-..., runs:/...)"
+        )
+    version = str(found.version)
+    return ResolvedUri(f"models:/{match['name']}/{version}", match["name"], version)
 
 
-def load(variant: VariantConfig, resolved: ResolvedUri) -> LoadedModel:
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
+def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = False) -> LoadedModel:
     """Load one variant at its pinned URI (see :func:`resolve`); every failure becomes a
-    ``ModelLoadError``."""
+    ``ModelLoadError``.
+
+    Unpickling runs whatever code the file names, so anyone who can register a model
+    version could run code in every replica. skops files (what ``raysplit tune`` logs) load
+    only the types they are told to trust; pickle files are refused unless the deployment
+    says ``allow_pickle: true``.
+    """
     try:
         local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
-        signature = Model.load(str(local / "MLmodel")).signature
+        description = Model.load(str(local / "MLmodel"))
+        flavor = description.flavors.get("sklearn")
+        if flavor is None:
+            raise ModelLoadError("not a scikit-learn model (no sklearn flavor in MLmodel)")
+        serialization = flavor.get("serialization_format", "cloudpickle")
+        if serialization != "skops" and not allow_pickle:
+            raise ModelLoadError(
+                f"it is serialised with {serialization}, and loading a pickle runs arbitrary"
+                " code; log it with serialization_format='skops' (as `raysplit tune` does),"
+                " or set allow_pickle: true in the user_config if you trust its source"
+            )
+        signature = description.signature
         estimator = mlflow.sklearn.load_model(str(local))
     except Exception as exc:  # corrupt artifacts, untrusted types, missing flavor...
-        raise ModelLoadError(f"variant '{variant.name}' ({resolved.uri}): {exc}") from exc
+        reason = str(exc) if isinstance(exc, ModelLoadError) else _first_line(exc)
+        raise ModelLoadError(f"variant '{variant.name}' ({resolved.uri}): {reason}") from exc
     if signature is None:
         raise ModelLoadError(
             f"variant '{variant.name}' ({resolved.uri}) has no signature; log it with one"
@@ -142,4 +179,5 @@ def load(variant: VariantConfig, resolved: ResolvedUri) -> LoadedModel:
         features=signature.inputs.input_names(),
         classes=classes.tolist() if proba else None,
         reference=reference,
+        pickled=serialization != "skops",
     )

@@ -64,6 +64,17 @@ class Deployer:
         replicas = self._status()["deployments"]["Ingress"]["replicas"]
         return {r["replica_id"]: r["node_id"] for r in replicas if r["state"] == "RUNNING"}
 
+    def replica_pids(self) -> dict[str, int]:
+        """Running replica id -> its worker process id, from Ray's state API."""
+        from ray.util.state import list_actors
+
+        actors = list_actors(
+            address=self.cluster.info.address,
+            filters=[("class_name", "=", f"ServeReplica:{APP}:Ingress"), ("state", "=", "ALIVE")],
+            detail=True,
+        )
+        return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors}
+
     def config_file(
         self,
         user_config: dict[str, Any],

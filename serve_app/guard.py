@@ -1,0 +1,131 @@
+"""What every request must pass before an endpoint runs: its API key and its body's size.
+
+Both are answered here, as a plain ASGI middleware, so a rejected request costs no parsing
+and no model time:
+
+- a key that is missing or unknown gets 401, a key without the route's scope 403
+  (:mod:`serve_app.auth`; nothing is checked when no keys are configured);
+- a body whose ``Content-Length`` is over ``max_body_bytes`` gets 413 before one byte of
+  it is read, and a chunked body as soon as it crosses the limit;
+- a body still arriving ``body_timeout_s`` after the request began gets 408, so a slow
+  client cannot hold one of a replica's request slots for as long as it likes.
+
+The endpoints then read the buffered body as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from serve_app.auth import ApiKeys, presented_key, required_scope
+
+Scope = dict[str, Any]
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass
+class GuardSettings:
+    """Limits the replica sets from its ``user_config`` on every ``reconfigure()``."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 10.0
+    on_reject: Callable[[int], None] | None = None  # counts refusals in the replica's metrics
+
+
+async def _answer(send: Any, status: int, message: str, extra: list | None = None) -> None:
+    body = orjson.dumps({"detail": message})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    def __init__(self, app: Any, keys: ApiKeys, settings: GuardSettings) -> None:
+        self.app = app
+        self.keys = keys
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._authorize(scope)
+        if refusal is None and scope["method"] in BODY_METHODS:
+            refusal, receive = await self._buffer_body(scope, receive)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = refusal
+        if self.settings.on_reject is not None:
+            self.settings.on_reject(status)
+        extra = [(b"www-authenticate", b'Bearer realm="raysplit"')] if status == 401 else None
+        await _answer(send, status, message, extra)
+
+    def _authorize(self, scope: Scope) -> tuple[int, str] | None:
+        if not self.keys.enabled:
+            return None
+        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        decision = self.keys.authorize(
+            presented_key(headers), required_scope(scope["method"], path)
+        )
+        return None if decision.status == 200 else (decision.status, decision.message)
+
+    async def _buffer_body(self, scope: Scope, receive: Any) -> tuple[tuple[int, str] | None, Any]:
+        """The whole body, within the size and time limits, replayed to the endpoint."""
+        limit = self.settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return (400, "Content-Length is not a number"), receive
+                if declared > limit:
+                    return (413, _too_large(declared, limit)), receive
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return (400, "client disconnected before sending its body"), receive
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return (413, _too_large(size, limit)), receive
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return (
+                408,
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+            ), receive
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:  # after the body only a disconnect can come
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return None, replay
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"request body of {size} bytes (or more) exceeds the limit of {limit} bytes;"
+        " send fewer rows per request (max_body_bytes in the deployment's user_config)"
+    )

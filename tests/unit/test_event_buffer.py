@@ -1,0 +1,88 @@
+"""The event buffer against a real SQLite event store: interval changes, shutdown flush,
+and an unreachable store that keeps every row queued."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from serve_app.event_buffer import EventBuffer
+from serve_app.event_store import EventStore
+
+
+def prediction(i: int) -> dict:
+    return {
+        "request_id": f"r{i}",
+        "variant": "a",
+        "created_at": time.time(),
+        "experiment": "buffer",
+        "model_name": "iris",
+        "model_version": "1",
+        "shadow": False,
+        "inputs": [[1.0, 2.0]],
+        "predictions": [0],
+        "probabilities": None,
+        "latency_ms": 1.0,
+        "outcome": "ok",
+        "error": None,
+    }
+
+
+def stored(url: str) -> int:
+    return len(EventStore(url).recent_predictions(10_000, None, None))
+
+
+def test_a_shorter_interval_takes_effect_without_waiting_out_the_long_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+
+    async def run() -> int:
+        buffer = EventBuffer(lambda: EventStore(url), interval_s=3600)
+        buffer.start()
+        for i in range(10):
+            buffer.add_prediction(prediction(i))
+        await asyncio.sleep(0.2)
+        assert buffer.queued == 10  # an hour's interval: nothing written yet
+        buffer.set_interval(0.05)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not buffer.queued:
+                break
+        await buffer.close()
+        return buffer.written
+
+    assert asyncio.run(run()) == 10
+    assert stored(url) == 10
+
+
+def test_close_writes_everything_queued(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+
+    async def run() -> EventBuffer:
+        buffer = EventBuffer(lambda: EventStore(url), interval_s=3600, batch_size=7)
+        buffer.start()
+        for i in range(50):
+            buffer.add_prediction(prediction(i))
+        await buffer.close()
+        return buffer
+
+    buffer = asyncio.run(run())
+    assert (buffer.queued, buffer.written, buffer.dropped) == (0, 50, 0)
+    assert stored(url) == 50
+
+
+def test_an_unreachable_store_keeps_rows_queued_and_says_why(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'events.db'}"  # cannot be opened
+
+    async def run() -> EventBuffer:
+        buffer = EventBuffer(lambda: EventStore(url), interval_s=0.01, capacity=5)
+        buffer.start()
+        for i in range(8):
+            buffer.add_prediction(prediction(i))
+        await asyncio.sleep(0.2)
+        await buffer.close(timeout_s=0.3)
+        return buffer
+
+    buffer = asyncio.run(run())
+    assert buffer.queued == 5 and buffer.dropped == 3 and buffer.written == 0
+    assert buffer.failed_flushes > 0 and "OperationalError" in buffer.last_error
