@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import mlflow.sklearn
 import numpy as np
+import skops.io
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
@@ -48,6 +49,12 @@ ARGMAX_OF_PROBA = frozenset(
 # tracking server. The registry itself accepts any ``source`` (s3://, http://, file://, seen
 # with MLflow 3.14), so a version pointing elsewhere is refused rather than fetched.
 TRUSTED_SOURCES = ("models:/m-", "runs:/", "mlflow-artifacts:/")
+# Whole: a registered model may itself be named "m-...", and a source "models:/m-x/1" (or
+# "models:/m-x@a") is stored by the registry as a download location of that other version's,
+# which can be anywhere.
+_LOGGED_MODEL_SOURCE = re.compile(r"^models:/m-[0-9a-f]+$")
+# The only types a skops file may hold without allow_pickle; tune.search logs to the same.
+TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
 
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -113,7 +120,7 @@ def resolve(uri: str, client: MlflowClient) -> ResolvedUri:
     match = _REGISTERED.match(uri)
     try:
         if not match:
-            return ResolvedUri(uri, uri.removeprefix("runs:/").split("/")[0], None)
+            return ResolvedUri(uri, uri.split(":/", 1)[-1].split("/")[0], None)
         if match["alias"]:
             found = client.get_model_version_by_alias(match["name"], match["alias"])
         else:
@@ -122,7 +129,10 @@ def resolve(uri: str, client: MlflowClient) -> ResolvedUri:
         raise ModelLoadError(f"{uri}: {exc.message}") from exc
     except Exception as exc:  # the tracking server is unreachable, times out, ...
         raise ModelLoadError(f"{uri}: tracking server unavailable: {_first_line(exc)}") from exc
-    if not str(found.source).startswith(TRUSTED_SOURCES):
+    source = str(found.source)
+    if not source.startswith(TRUSTED_SOURCES) or (
+        source.startswith("models:/") and not _LOGGED_MODEL_SOURCE.match(source)
+    ):
         raise ModelLoadError(
             f"{uri}: version {found.version} points at '{found.source}', outside the configured"
             " tracking server; raysplit loads only models logged through MLflow"
@@ -142,8 +152,8 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
 
     Unpickling runs whatever code the file names, so anyone who can register a model
     version could run code in every replica. skops files (what ``raysplit tune`` logs) load
-    only the types they are told to trust; pickle files are refused unless the deployment
-    says ``allow_pickle: true``.
+    only scikit-learn, NumPy and SciPy types (see :func:`_load_skops`); pickle files are
+    refused unless the deployment says ``allow_pickle: true``.
     """
     try:
         local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
@@ -159,7 +169,10 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
                 " or set allow_pickle: true in the user_config if you trust its source"
             )
         signature = description.signature
-        estimator = mlflow.sklearn.load_model(str(local))
+        if serialization == "skops":
+            estimator, pickled = _load_skops(local / flavor["pickled_model"], allow_pickle)
+        else:
+            estimator, pickled = mlflow.sklearn.load_model(str(local)), True
     except Exception as exc:  # corrupt artifacts, untrusted types, missing flavor...
         reason = str(exc) if isinstance(exc, ModelLoadError) else _first_line(exc)
         raise ModelLoadError(f"variant '{variant.name}' ({resolved.uri}): {reason}") from exc
@@ -179,5 +192,25 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
         features=signature.inputs.input_names(),
         classes=classes.tolist() if proba else None,
         reference=reference,
-        pickled=serialization != "skops",
+        pickled=pickled,
     )
+
+
+def _load_skops(path: Path, allow_pickle: bool) -> tuple[Any, bool]:
+    """The estimator in a skops file, and whether it needed types beyond scikit-learn/NumPy/
+    SciPy.
+
+    The types to trust are read from the file and checked here, never taken from the
+    MLmodel's ``skops_trusted_types``: that list is written by whoever logged the model, so
+    a file trusting its own types would be as unsafe as a pickle. Such a model loads only
+    with ``allow_pickle`` and is then treated like a pickle.
+    """
+    types = skops.io.get_untrusted_types(file=path)
+    foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+    if foreign and not allow_pickle:
+        raise ModelLoadError(
+            f"its skops file holds types outside scikit-learn/NumPy/SciPy: {foreign}; loading"
+            " them could run their code, so set allow_pickle: true in the user_config only if"
+            " you trust its source"
+        )
+    return skops.io.load(path, trusted=types), bool(foreign)

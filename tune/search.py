@@ -8,6 +8,7 @@ after it has been refitted, evaluated and logged.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import mlflow
 import mlflow.data
 import mlflow.sklearn
+import numpy as np
 import ray
 import skops.io
 from mlflow.models import infer_signature
@@ -35,7 +37,11 @@ from tune.spaces import candidate_from_config, flatten_trial_config, search_setu
 from tune.tracking import TrialLogger, connect, ensure_experiment
 from tune.trainable import TrialData, cross_validate
 
+# The only types a skops file may hold; serve_app.models trusts the same (TRUSTED_MODULES).
 TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
+SKOPS_CHECK_ROWS = 5  # rows the skops round trip must predict identically
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,52 @@ def _best(summaries: list[TrialSummary], folds: int, mode: str) -> TrialSummary:
     return pick(complete, key=lambda s: s.cv_mean)
 
 
-def _trusted_types(model: Any) -> list[str]:
-    """The types skops must be told to trust; only scikit-learn, NumPy and SciPy qualify."""
-    types = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
-    if foreign:
-        raise RaysplitError(f"model holds types outside scikit-learn/NumPy/SciPy: {foreign}")
-    return types
+def choose_serialization(model: Any, x_sample: Any) -> tuple[str, list[str] | None]:
+    """``("skops", types to trust)`` if skops round-trips ``model``, else ``("cloudpickle", None)``.
+
+    Loading a pickle runs whatever code the file names, so serving refuses pickle models
+    unless ``allow_pickle: true`` (see :func:`serve_app.models.load`). skops is preferred,
+    but only where it truly round-trips: the file must hold nothing but scikit-learn, NumPy
+    and SciPy types (the ones serving trusts), and the model loaded back with exactly those
+    types must answer ``predict`` (and ``predict_proba``) on the first rows of ``x_sample``
+    exactly as the original does. Anything else (a custom function in a FunctionTransformer,
+    a third-party estimator, a skops error) falls back to cloudpickle with a warning, because
+    a model that serves only with ``allow_pickle: true`` beats a search that fails after
+    all its trials, or a skops file that predicts differently.
+    """
+    rows = x_sample[:SKOPS_CHECK_ROWS]
+    try:
+        data = skops.io.dumps(model)
+        types = skops.io.get_untrusted_types(data=data)
+        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+        if foreign:
+            reason = f"it holds types outside scikit-learn/NumPy/SciPy: {foreign}"
+        else:
+            reloaded = skops.io.loads(data, trusted=types)
+            if _same_answers(model, reloaded, rows):
+                return "skops", types
+            reason = "the model skops loads back predicts differently"
+    except Exception as exc:  # skops cannot dump or load some object in the model
+        reason = f"skops failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    _log.warning(
+        "logging the model with cloudpickle, not skops, because %s; serving will refuse it"
+        " unless the deployment's user_config sets allow_pickle: true (docs/security.md)",
+        reason,
+    )
+    return "cloudpickle", None
+
+
+def _same_answers(model: Any, reloaded: Any, rows: Any) -> bool:
+    """Whether both give identical ``predict`` (and ``predict_proba``) output on ``rows``."""
+    methods = ["predict", "predict_proba"] if hasattr(model, "predict_proba") else ["predict"]
+    try:
+        for method in methods:
+            np.testing.assert_array_equal(
+                getattr(reloaded, method)(rows), getattr(model, method)(rows)
+            )
+    except AssertionError:
+        return False
+    return True
 
 
 def _run_trials(
@@ -142,7 +187,12 @@ def _run_trials(
 def _log_best_model(
     spec: TuneSpec, plan: SearchPlan, split: Split, best: TrialSummary, digest_tags: dict
 ) -> tuple[ModelInfo, dict[str, float]]:
-    """Refit on the whole training split, evaluate on the test split, log the model."""
+    """Refit on the whole training split, evaluate on the test split, log the model.
+
+    The model is logged with skops when that round-trips, else with cloudpickle (see
+    :func:`choose_serialization`); the choice is tagged on the run and recorded in the
+    model's metadata, because serving refuses cloudpickle unless ``allow_pickle: true``.
+    """
     model = plan.families[best.family].build(best.params, seed=spec.search.seed)
     model.fit(split.x_train, split.y_train)
     scores = holdout_metrics(model, split.x_test, split.y_test, plan.task)
@@ -152,6 +202,8 @@ def _log_best_model(
     stats = reference_stats(
         split.x_train, split.y_train, plan.task is Task.CLASSIFICATION, spec.dataset.seed
     )
+    serialization, trusted_types = choose_serialization(model, split.x_test)
+    mlflow.set_tag("raysplit.serialization_format", serialization)
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / REFERENCE_STATS_FILE
         stats_path.write_text(stats.model_dump_json())
@@ -161,12 +213,16 @@ def _log_best_model(
             name="model",
             signature=infer_signature(split.x_train, model.predict(split.x_train)),
             input_example=split.x_train.head(3),
-            serialization_format="skops",
-            skops_trusted_types=_trusted_types(model),
+            serialization_format=serialization,
+            skops_trusted_types=trusted_types,
             extra_files=[str(stats_path)],
-            metadata={"task": str(plan.task), **digest_tags},
-            # pinned from the running environment, without MLflow's slow inference pass
-            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+            metadata={"task": str(plan.task), "serialization_format": serialization, **digest_tags},
+            # pinned from the running environment, without MLflow's slow inference pass; each
+            # format needs its own loader installed wherever the model is loaded
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(
+                include_cloudpickle=serialization == "cloudpickle",
+                include_skops=serialization == "skops",
+            ),
         )
     return info, scores
 
@@ -249,6 +305,7 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                 "raysplit.task": str(dataset.task),
                 "raysplit.dataset": dataset.name,
                 "raysplit.dataset_digest": digests["dataset_digest_training"],
+                "raysplit.serialization_format": model_info.metadata["serialization_format"],
             }
             version = register_version(
                 client,

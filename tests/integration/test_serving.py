@@ -154,42 +154,6 @@ def test_weights_change_under_load_without_a_failed_request(deployer: Deployer) 
     assert {r.replica for r in replies} <= replicas_before
 
 
-@pytest.mark.parametrize(
-    ("uri", "error"),
-    [
-        ("models:/iris@missing", "models:/iris@missing"),
-        ("models:/no-such-model/1", "models:/no-such-model/1"),
-    ],
-)
-def test_bad_model_uri_keeps_the_old_variants_serving(
-    deployer: Deployer, uri: str, error: str
-) -> None:
-    deployer.deploy(user_config(variants=variants(50, 50)))
-    bad = user_config(
-        variants=[*variants(50, 50)[:1], {"name": "challenger", "model_uri": uri, "weight": 50}]
-    )
-    replies: list = []
-    stop = threading.Event()
-    loader = threading.Thread(
-        target=lambda: [
-            replies.extend(deployer.load(20, threads=2)) for _ in iter(stop.is_set, True)
-        ]
-    )
-    loader.start()
-    try:
-        status = deployer.deploy(bad, expect="DEPLOY_FAILED")
-    finally:
-        stop.set()
-        loader.join(timeout=120)
-    assert error in str(status), status
-    assert replies and {r.status for r in replies} == {200}
-    models = requests.get(f"{deployer.url}/models", timeout=10).json()
-    assert models["deploy"]["status"] == "DEPLOY_FAILED"
-    assert error in models["deploy"]["message"]
-    assert {v["resolved_uri"] for v in models["variants"]} == {"models:/iris/1", "models:/iris/2"}
-    deployer.deploy(user_config(variants=variants(50, 50)))  # a good deploy recovers
-
-
 MALFORMED = {
     "missing feature": ({"sepal_length": 1.0}, 422, "missing feature(s): sepal_width"),
     "extra feature": ({**RECORD, "colour": 2}, 422, "unknown feature(s): colour"),
