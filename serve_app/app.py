@@ -25,12 +25,12 @@ from ray import serve
 from raysplit import __version__
 from raysplit.errors import describe_validation_error
 from raysplit.settings import Locations
+from serve_app import guard
 from serve_app.auth import ApiKeys, exposure_warning
 from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.config import IngressConfig
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
-from serve_app.guard import Guard, GuardSettings
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, Output, load, resolve
 from serve_app.oip import infer_response, parse_infer
@@ -59,11 +59,9 @@ api = FastAPI(
     " variants for A/B experiments.",
 )
 
-# Keys come from the replica's environment (RAYSPLIT_API_KEYS, RAYSPLIT_API_KEYS_FILE); a
-# malformed entry stops the replica from starting, with the reason in `serve status`.
-KEYS = ApiKeys.from_environment(os.environ)
-GUARD = GuardSettings()  # limits from the current user_config, set by reconfigure()
-api.add_middleware(Guard, keys=KEYS, settings=GUARD)
+# Keys and limits live in serve_app.guard.SETTINGS, reached through the module: Serve ships
+# this class by value, so a name imported from there would be a copy the middleware never sees.
+api.add_middleware(guard.Guard)
 api.add_middleware(RequestLog)  # added last, so outermost: refusals are logged too
 
 
@@ -82,6 +80,9 @@ def _error(status: int, message: str, key: str = "detail") -> JSONResponse:
 @serve.ingress(api)
 class Ingress:
     def __init__(self) -> None:
+        # Keys come from this replica's environment (RAYSPLIT_API_KEYS, _FILE); a malformed
+        # entry stops the replica from starting, with the reason in `serve status`.
+        guard.SETTINGS.keys = ApiKeys.from_environment(os.environ)
         self._state: ServingState | None = None
         self._last_reconfigure: dict[str, Any] = {"status": "pending"}
         self._event_store_url = os.environ.get(
@@ -133,9 +134,9 @@ class Ingress:
         )
 
     def _apply_limits(self, config: IngressConfig) -> None:
-        GUARD.max_body_bytes = config.max_body_bytes
-        GUARD.body_timeout_s = config.body_timeout_s
-        GUARD.on_reject = lambda status: self._metrics.rejected(config.experiment, status)
+        guard.SETTINGS.max_body_bytes = config.max_body_bytes
+        guard.SETTINGS.body_timeout_s = config.body_timeout_s
+        guard.SETTINGS.on_reject = lambda status: self._metrics.rejected(config.experiment, status)
         self._events.set_interval(config.event_flush_interval_s)
 
     def _warn_if_exposed(self) -> None:
@@ -145,7 +146,7 @@ class Ingress:
         except Exception as exc:  # the controller is busy: no reason to fail the deploy
             logger.warning("could not read the HTTP bind address to check exposure: %s", exc)
             return
-        warning = exposure_warning(host, KEYS)
+        warning = exposure_warning(host, guard.SETTINGS.keys)
         if warning:
             logger.warning(warning)
 

@@ -11,13 +11,18 @@ and no model time:
   client cannot hold one of a replica's request slots for as long as it likes.
 
 The endpoints then read the buffered body as usual.
+
+The settings live in this module's :data:`SETTINGS`, looked up on every request, and not
+in the middleware's constructor arguments: ``@serve.ingress`` pickles the FastAPI app,
+middleware arguments included, where the application is built, so anything passed there
+would be the build process's (its environment has none of the replica's keys).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,9 +37,13 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 class GuardSettings:
     """Limits the replica sets from its ``user_config`` on every ``reconfigure()``."""
 
+    keys: ApiKeys = field(default_factory=ApiKeys)  # loaded by the replica from its env
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout_s: float = 10.0
     on_reject: Callable[[int], None] | None = None  # counts refusals in the replica's metrics
+
+
+SETTINGS = GuardSettings()
 
 
 async def _answer(send: Any, status: int, message: str, extra: list | None = None) -> None:
@@ -49,10 +58,12 @@ async def _answer(send: Any, status: int, message: str, extra: list | None = Non
 
 
 class Guard:
-    def __init__(self, app: Any, keys: ApiKeys, settings: GuardSettings) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.keys = keys
-        self.settings = settings
+
+    @property
+    def settings(self) -> GuardSettings:
+        return SETTINGS
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -71,12 +82,14 @@ class Guard:
         await _answer(send, status, message, extra)
 
     def _authorize(self, scope: Scope) -> tuple[int, str] | None:
-        if not self.keys.enabled:
+        keys = SETTINGS.keys
+        if not keys.enabled:
             return None
         path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        decision = self.keys.authorize(
-            presented_key(headers), required_scope(scope["method"], path)
+        route = f"{scope['method']} {path}"
+        decision = keys.authorize(
+            presented_key(headers), required_scope(scope["method"], path), route=route
         )
         return None if decision.status == 200 else (decision.status, decision.message)
 

@@ -1,0 +1,100 @@
+"""API keys on a real deployment: one key from the environment, one from a mounted secret
+file, each route answered 401/403/200 as its scope says, and no key in any log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from serve_app.auth import Scope, entry_for, new_key
+from tests.conftest import Cluster
+from tests.integration.serving import RECORD, Deployer, user_config
+
+pytestmark = pytest.mark.integration
+
+PREDICT, ADMIN = new_key(), new_key()
+
+
+@pytest.fixture(scope="module")
+def secured(deployer: Deployer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployer]:
+    """The predict key's hash in RAYSPLIT_API_KEYS, the admin key's in a secret file."""
+    secret = tmp_path_factory.mktemp("secrets") / "api-keys"
+    secret.write_text(f"# mounted secret\n{entry_for(ADMIN, Scope.ADMIN)}\n")
+    env = {
+        "RAYSPLIT_API_KEYS": entry_for(PREDICT, Scope.PREDICT),
+        "RAYSPLIT_API_KEYS_FILE": str(secret),
+    }
+    deployer.deploy(user_config(), actor_options={"runtime_env": {"env_vars": env}})
+    yield deployer
+    deployer.deploy(user_config())  # keys off again for the rest of the suite
+
+
+def call(deployer: Deployer, method: str, path: str, key: str | None, bearer: bool = True):
+    headers = {}
+    if key is not None:
+        headers = {"Authorization": f"Bearer {key}"} if bearer else {"X-API-Key": key}
+    body = None
+    if path == "/predict":
+        body = RECORD
+    elif path == "/feedback":
+        body = {"request_id": "nope", "label": 0}
+    return requests.request(method, f"{deployer.url}{path}", json=body, headers=headers, timeout=30)
+
+
+ADMIN_ROUTES = [
+    ("POST", "/feedback"),
+    ("GET", "/experiment"),
+    ("GET", "/predictions/history"),
+    ("GET", "/models"),
+    ("GET", "/metrics/summary"),
+]
+OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json")]
+
+
+def test_without_a_valid_key_every_guarded_route_is_401(secured: Deployer) -> None:
+    for method, path in [("POST", "/predict"), *ADMIN_ROUTES]:
+        for key in (None, "rsk_not-a-key", PREDICT[:-1]):
+            response = call(secured, method, path, key)
+            assert response.status_code == 401, (path, key, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "API key" in response.json()["detail"]
+
+
+def test_a_predict_key_predicts_and_is_refused_admin_routes_with_403(secured: Deployer) -> None:
+    for bearer in (True, False):
+        assert call(secured, "POST", "/predict", PREDICT, bearer).status_code == 200
+    for method, path in ADMIN_ROUTES:
+        response = call(secured, method, path, PREDICT)
+        assert response.status_code == 403, (path, response.text)
+        assert "admin" in response.json()["detail"]
+
+
+def test_the_admin_key_from_the_secret_file_opens_everything(secured: Deployer) -> None:
+    assert call(secured, "POST", "/predict", ADMIN).status_code == 200
+    for method, path in ADMIN_ROUTES:
+        assert call(secured, method, path, ADMIN).status_code == 200, path
+
+
+def test_health_and_schema_stay_open(secured: Deployer) -> None:
+    for method, path in OPEN_ROUTES:
+        assert call(secured, method, path, None).status_code == 200, path
+
+
+def test_no_key_reaches_any_log(secured: Deployer, cluster: Cluster) -> None:
+    marker = f"audit-{uuid.uuid4().hex}"
+    for key in (PREDICT, ADMIN, "rsk_wrong"):
+        requests.post(
+            f"{secured.url}/predict",
+            json=RECORD,
+            headers={"Authorization": f"Bearer {key}", "X-Request-Id": marker},
+            timeout=30,
+        )
+    logs = Path(cluster.info.temp_dir) / "session_latest" / "logs"
+    texts = [p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()]
+    assert any(marker in t for t in texts), "the requests were not logged at all"
+    for secret in (PREDICT, ADMIN, "rsk_wrong"):
+        assert not any(secret in t for t in texts), "an API key was written to a log"
