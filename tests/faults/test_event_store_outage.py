@@ -1,4 +1,5 @@
-"""The event store's PostgreSQL stopped in the middle of traffic, then started again.
+"""Event-store faults: the database stopped under traffic and started again, a graceful
+shutdown with events queued, and a SIGKILL that gives the replica no chance to write them.
 
 A private PostgreSQL server (its own data directory and port, run as the postgres user) is
 started for the test, so stopping it hurts nobody else's database.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -21,6 +24,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from serve_app.event_store import EventStore
 from tests.conftest import free_port
 from tests.integration.serving import Deployer, user_config
 
@@ -150,5 +154,72 @@ def test_predictions_survive_the_database_stopping_and_every_event_lands_after(
             requests.get(f"{deployer.url}/models", timeout=10).json()["events"] for _ in range(6)
         ]
         assert all(e["dropped"] == 0 and e["queued"] == 0 for e in events)
+    finally:
+        deployer.deploy(user_config())
+
+
+def stored_events(url: str, experiment: str) -> int:
+    EventStore(url).dispose()  # creates the tables if no replica has written yet
+    return live_events(url, experiment)
+
+
+def queued_by_replica(deployer: Deployer, replicas: int = 2) -> dict[str, int]:
+    """Each replica's queued event count, read from /models until every replica answered."""
+    seen: dict[str, int] = {}
+    session = requests.Session()
+    for _ in range(200):
+        body = session.get(f"{deployer.url}/models", timeout=10).json()
+        seen[body["replica"]] = body["events"]["queued"]
+        if len(seen) == replicas:
+            return seen
+    raise AssertionError(f"only replicas {sorted(seen)} answered /models")
+
+
+def held_in_memory(deployer: Deployer, name: str, count: int) -> dict[str, int]:
+    """Deploy with an hour between flushes and send ``count`` predictions: all stay queued."""
+    deployer.deploy(user_config(experiment=name, event_flush_interval_s=3600))
+    replies = deployer.load(count, lambda i: {"X-Request-Id": f"{name}-{i}"}, threads=4)
+    assert {r.status for r in replies} == {200}
+    queued = queued_by_replica(deployer)
+    assert sum(queued.values()) == count, queued
+    return queued
+
+
+def test_a_graceful_shutdown_writes_every_queued_event(deployer: Deployer) -> None:
+    """Replicas replaced by a deploy (Serve's graceful stop) flush their queue first."""
+    name = f"graceful-{uuid.uuid4().hex[:6]}"
+    url = deployer.cluster.locations.event_store_url
+    try:
+        held_in_memory(deployer, name, 120)
+        assert stored_events(url, name) == 0  # nothing written yet: the queue holds them
+        before = deployer.replica_ids()
+        env = {"runtime_env": {"env_vars": {"RAYSPLIT_TEST_GENERATION": name}}}
+        deployer.deploy(user_config(experiment=name), actor_options=env)  # new replicas
+        assert not before & deployer.replica_ids()
+        assert stored_events(url, name) == 120
+    finally:
+        deployer.deploy(user_config())
+
+
+def test_a_sigkill_loses_exactly_the_queued_events_it_reported(
+    deployer: Deployer, ray_address: str
+) -> None:
+    """SIGKILL gives a replica no chance to flush: what it loses is what /models (and the
+    raysplit_events_queued gauge) said it held, and nothing more."""
+    name = f"sigkill-{uuid.uuid4().hex[:6]}"
+    url = deployer.cluster.locations.event_store_url
+    try:
+        queued = held_in_memory(deployer, name, 120)
+        pids = deployer.replica_pids()
+        assert set(pids) == set(queued)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not (deployer.replica_ids() and not deployer.replica_ids() & set(pids)):
+            assert time.monotonic() < deadline, "Serve did not replace the killed replicas"
+            time.sleep(0.5)
+        lost = 120 - stored_events(url, name)
+        print(f"SIGKILL: reported queued {queued}, lost {lost}")
+        assert lost == sum(queued.values())
     finally:
         deployer.deploy(user_config())
