@@ -324,7 +324,9 @@ class Ingress:
 
     async def _predict(
         self, state: ServingState, assignment: Assignment, request_id: str, rows: np.ndarray
-    ) -> tuple[LoadedModel, list, list | None]:
+    ) -> tuple[LoadedModel, list, list | None, str | None]:
+        """Model, predictions, probabilities, and (with ``durable_events``) whether the
+        event is ``stored`` or only ``queued`` when the answer goes out."""
         model = state.models[assignment.variant]
         result = await self._model_call(PredictionJob(model, rows))
         error = (
@@ -351,7 +353,11 @@ class Ingress:
         predictions, probabilities = result.output
         if state.config.shadows:
             self._shadow(state, request_id, rows, predictions)
-        return model, predictions, probabilities
+        event = None
+        if state.config.durable_events and state.config.record_events:
+            stored = await self._events.stored(state.config.durable_timeout_s)
+            event = "stored" if stored else "queued"
+        return model, predictions, probabilities, event
 
     @api.post(
         "/predict",
@@ -381,7 +387,7 @@ class Ingress:
                 parse_json(await request.body()), state.features, state.config.max_batch_rows
             )
             assignment = self._assign(state, request, request.headers.get("x-variant"))
-            model, predictions, probabilities = await self._predict(
+            model, predictions, probabilities, event = await self._predict(
                 state, assignment, request_id, rows
             )
         except InvalidRequest as exc:
@@ -399,15 +405,20 @@ class Ingress:
         if probabilities is not None:
             body["classes"] = model.classes
             body["probabilities"] = probabilities
-        return JSONResponse(body, headers=self._answer_headers(assignment.variant, model))
+        return JSONResponse(body, headers=self._answer_headers(assignment.variant, model, event))
 
-    def _answer_headers(self, variant: str, model: LoadedModel) -> dict[str, str]:
+    def _answer_headers(
+        self, variant: str, model: LoadedModel, event: str | None
+    ) -> dict[str, str]:
         """What answered, for clients and for the request log line."""
-        return {
+        headers = {
             "X-Variant": variant,
             "X-Model-Version": str(model.resolved.version),
             "X-Raysplit-Replica": self._replica,
         }
+        if event is not None:
+            headers["X-Raysplit-Event"] = event
+        return headers
 
     def _rejected(self, status: int, message: str, key: str = "detail") -> JSONResponse:
         """Refused before any model ran: never assigned, so no event, only a count."""
@@ -637,7 +648,7 @@ class Ingress:
             )
             request_id = infer.id or request.headers.get("x-request-id") or uuid.uuid4().hex
             assignment = self._assign(state, request, forced or request.headers.get("x-variant"))
-            model, predictions, probabilities = await self._predict(
+            model, predictions, probabilities, event = await self._predict(
                 state, assignment, request_id, rows
             )
         except InvalidRequest as exc:
@@ -655,7 +666,7 @@ class Ingress:
                 predictions,
                 probabilities,
             ),
-            headers=self._answer_headers(assignment.variant, model),
+            headers=self._answer_headers(assignment.variant, model, event),
         )
 
     async def __del__(self) -> None:

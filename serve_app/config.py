@@ -99,6 +99,15 @@ class IngressConfig(BaseModel):
         description="how often each replica refreshes the report's Prometheus gauges"
         " (quality, SRM, sequential p-values, drift); 0 turns them off",
     )
+    durable_events: bool = Field(
+        False,
+        description="answer a prediction only once its event is in the database (group"
+        " commit, up to durable_timeout_s); the X-Raysplit-Event header says stored or queued."
+        " Off: events are written within event_flush_interval_s of the answer",
+    )
+    durable_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="longest a durable answer waits for the database"
+    )
     allow_pickle: bool = Field(
         False,
         description="load models serialised with pickle/cloudpickle; unpickling runs any code"

@@ -45,6 +45,11 @@ class EventBuffer:
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._closing = False
+        # predictions enqueued / written, in order: the queue is FIFO (a failed batch goes
+        # back in front), so prediction n is in the database once written >= n
+        self._enqueued = 0
+        self._written_predictions = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
 
     # -- request path: O(1), never blocks -------------------------------------------
     def _add(self, queue: deque, row: dict[str, Any]) -> bool:
@@ -55,7 +60,28 @@ class EventBuffer:
         return True
 
     def add_prediction(self, row: dict[str, Any]) -> bool:
-        return self._add(self._predictions, row)
+        added = self._add(self._predictions, row)
+        self._enqueued += added
+        return added
+
+    async def stored(self, timeout_s: float) -> bool:
+        """Wait until every prediction queued so far is in the database (``durable_events``).
+
+        Group commit: the flusher writes as soon as anyone waits, and everything that queued
+        meanwhile goes in the same write. ``False`` after ``timeout_s`` (the database is slow
+        or down): the caller answers anyway and says the event is only queued.
+        """
+        target = self._enqueued
+        if self._written_predictions >= target:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        if self._wake is not None:
+            self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            return False
 
     def add_feedback(self, row: dict[str, Any]) -> bool:
         return self._add(self._feedback, row)
@@ -97,11 +123,12 @@ class EventBuffer:
     async def _run(self) -> None:
         backoff = self.interval_s
         while not self._closing:
-            # a wake-up (new interval, shutdown) cuts the wait short
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), backoff if self.last_error else self.interval_s
-                )
+            if self.last_error or not self._waiters:  # nobody waits for a write: batch up
+                # a wake-up (a waiter, a new interval, shutdown) cuts the wait short
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), backoff if self.last_error else self.interval_s
+                    )
             self._wake.clear()
             if self._closing:
                 return
@@ -132,6 +159,11 @@ class EventBuffer:
             logger.warning("event store write failed (%d queued): %s", self.queued, self.last_error)
             return False
         self.written += len(predictions) + len(feedback)
+        self._written_predictions += len(predictions)
+        while self._waiters and self._waiters[0][0] <= self._written_predictions:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(True)
         self.last_error = None
         return True
 

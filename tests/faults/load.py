@@ -19,6 +19,7 @@ class Sample:
     status: int  # 0: no HTTP answer (connection refused/reset, client timeout)
     request_id: str
     replica: str | None
+    event: str | None = None  # X-Raysplit-Event: stored or queued (durable_events)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class BackgroundLoad:
                     response.status_code,
                     request_id,
                     response.headers.get("x-raysplit-replica"),
+                    response.headers.get("x-raysplit-event"),
                 )
             except requests.RequestException:
                 sample = Sample(sent, 0, request_id, None)

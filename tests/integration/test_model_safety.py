@@ -69,6 +69,12 @@ def register(
             registered_model_name=name,
             serialization_format=serialization,
             skops_trusted_types=trusted if serialization == "skops" else None,
+            # as `raysplit tune` does: without it MLflow infers them by loading the model in a
+            # subprocess, seconds per model
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(
+                include_cloudpickle=serialization == "cloudpickle",
+                include_skops=serialization == "skops",
+            ),
         )
 
 

@@ -86,3 +86,33 @@ def test_an_unreachable_store_keeps_rows_queued_and_says_why(tmp_path: Path) -> 
     buffer = asyncio.run(run())
     assert buffer.queued == 5 and buffer.dropped == 3 and buffer.written == 0
     assert buffer.failed_flushes > 0 and "OperationalError" in buffer.last_error
+
+
+def test_a_durable_wait_returns_once_the_rows_are_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+
+    async def run() -> tuple[bool, int]:
+        buffer = EventBuffer(lambda: EventStore(url), interval_s=3600)
+        buffer.start()
+        for i in range(3):
+            buffer.add_prediction(prediction(i))
+        waited = await asyncio.gather(*(buffer.stored(timeout_s=30) for _ in range(3)))
+        written = stored(url)  # before close(): the waits alone got the rows written
+        await buffer.close()
+        return all(waited), written
+
+    assert asyncio.run(run()) == (True, 3)
+
+
+def test_a_durable_wait_gives_up_when_the_store_is_down(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'events.db'}"
+
+    async def run() -> tuple[bool, int]:
+        buffer = EventBuffer(lambda: EventStore(url), interval_s=3600)
+        buffer.start()
+        buffer.add_prediction(prediction(0))
+        waited = await buffer.stored(timeout_s=0.3)
+        await buffer.close(timeout_s=0.1)
+        return waited, buffer.queued
+
+    assert asyncio.run(run()) == (False, 1)
