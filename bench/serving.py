@@ -358,6 +358,7 @@ def main() -> None:
         Scenario(RAYSPLIT, "sticky A/B users", "sticky", 32),
         Scenario(RAYSPLIT, "feedback posts", "feedback", 32, path="/feedback"),
         Scenario(RAYSPLIT, "event store off", "predict", 32, user_config={"record_events": False}),
+        Scenario(RAYSPLIT, "durable events", "predict", 32, user_config={"durable_events": True}),
         Scenario(RAYSPLIT, "batching off", "predict", 32, user_config={"batch_requests": 1}),
     ]
     phase2 = [

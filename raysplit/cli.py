@@ -97,7 +97,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  RAYSPLIT_HOME={locations.home}")
     print(f"  MLFLOW_TRACKING_URI={locations.mlflow_tracking_uri}")
     if info.fast_path:
-        print("HAProxy fast path on: Serve's HTTP port binds all interfaces (0.0.0.0).")
+        print(
+            "HAProxy fast path on: the ingress binds http_options.host from serve_config.yaml;"
+            " HAProxy's stats and metrics ports bind all interfaces (0.0.0.0)."
+        )
     print("Token authentication is on. For Ray's CLI in your shell:")
     print(f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info.address}")
     print(f"  serve deploy serve_config.yaml -a {info.dashboard_url}")

@@ -47,7 +47,7 @@ ARGMAX_OF_PROBA = frozenset(
 
 # Where a registered version's files may come from: artifacts logged through the configured
 # tracking server. The registry itself accepts any ``source`` (s3://, http://, file://, seen
-# with MLflow 3.14), so a version pointing elsewhere is refused rather than fetched.
+# with MLflow 3.17), so a version pointing elsewhere is refused rather than fetched.
 TRUSTED_SOURCES = ("models:/m-", "runs:/", "mlflow-artifacts:/")
 # Whole: a registered model may itself be named "m-...", and a source "models:/m-x/1" (or
 # "models:/m-x@a") is stored by the registry as a download location of that other version's,

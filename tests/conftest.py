@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,23 +151,23 @@ def events_postgres() -> Iterator[str]:
     yield from _fresh_postgres("events")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(
-    postgres_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A real `mlflow server` on PostgreSQL with proxied artifact storage."""
-    artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
+@contextmanager
+def running_mlflow_server(
+    backend_store_uri: str, workdir: Path
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow server` with proxied artifact storage under ``workdir``: its URL and
+    process (a test may stop it early to make it unreachable)."""
     port = free_port()
-    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
+    log = open(workdir / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [
             str(BIN / "mlflow"),
             "server",
             "--backend-store-uri",
-            postgres_database,
+            backend_store_uri,
             "--serve-artifacts",  # clients upload through the server, as on a cluster
             "--artifacts-destination",
-            str(artifacts),
+            str(workdir / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -183,14 +184,24 @@ def mlflow_server(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{url}/health", process)
-        yield url
+        yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(
+    postgres_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The suite's shared `mlflow server`, on PostgreSQL."""
+    with running_mlflow_server(postgres_database, tmp_path_factory.mktemp("mlflow")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ replicas keep the experiment they had, and not one request fails during the atte
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import requests
 from mlflow import MlflowClient
 
 from raysplit.settings import Locations
-from tests.conftest import BIN, Cluster, _wait_http, free_port
+from tests.conftest import Cluster, running_mlflow_server
 from tests.faults.load import BackgroundLoad
 from tests.faults.registry import corrupt, register
 from tests.integration.serving import Deployer, user_config, variants
@@ -94,38 +93,8 @@ def test_a_bad_variant_is_refused_and_the_running_ones_keep_serving(
 @pytest.fixture
 def private_mlflow(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """An `mlflow server` of this test's own, so it can be stopped without hurting others."""
-    port = free_port()
-    log = open(tmp_path / "mlflow.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{url}/health", process)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
-        log.close()
+    with running_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) as server:
+        yield server
 
 
 def test_an_unreachable_tracking_server_refuses_the_deploy_and_serving_continues(

@@ -321,6 +321,7 @@ def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Dep
 def register_iris_model(cluster: Cluster, model: Any, alias: str) -> str:
     """Fit ``model`` on iris, log it and register it as models:/iris@ALIAS; its version."""
     import mlflow
+    import skops.io
     from mlflow.models import infer_signature
 
     from tune.datasets import load_dataset
@@ -341,7 +342,8 @@ def register_iris_model(cluster: Cluster, model: Any, alias: str) -> str:
                 model,
                 name="model",
                 signature=infer_signature(data.features, model.predict(data.features)),
-                serialization_format="cloudpickle",
+                serialization_format="skops",  # serving refuses pickles (allow_pickle: false)
+                skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
             )
         version = register_version(client, "iris", info.model_uri, run.info.run_id, {}, alias)
     return str(version.version)
