@@ -123,7 +123,9 @@ class EventBuffer:
     async def _run(self) -> None:
         backoff = self.interval_s
         while not self._closing:
-            if self.last_error or not self._waiters:  # nobody waits for a write: batch up
+            # wait unless someone waits for rows that are queued: with nothing queued (rows
+            # in flight in another flush) going round again would spin without yielding
+            if self.last_error or not (self._waiters and self.queued):
                 # a wake-up (a waiter, a new interval, shutdown) cuts the wait short
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(

@@ -46,8 +46,10 @@ class GuardSettings:
 SETTINGS = GuardSettings()
 
 
-async def _answer(send: Any, status: int, message: str, extra: list | None = None) -> None:
-    body = orjson.dumps({"detail": message})
+async def _answer(
+    send: Any, status: int, message: str, key: str, extra: list | None = None
+) -> None:
+    body = orjson.dumps({key: message})
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -79,7 +81,9 @@ class Guard:
         if self.settings.on_reject is not None:
             self.settings.on_reject(status)
         extra = [(b"www-authenticate", b'Bearer realm="raysplit"')] if status == 401 else None
-        await _answer(send, status, message, extra)
+        # the Open Inference Protocol names its error field "error"; the rest of the API "detail"
+        key = "error" if scope["path"].startswith("/v2/") else "detail"
+        await _answer(send, status, message, key, extra)
 
     def _authorize(self, scope: Scope) -> tuple[int, str] | None:
         keys = SETTINGS.keys

@@ -98,3 +98,16 @@ def test_no_key_reaches_any_log(secured: Deployer, cluster: Cluster) -> None:
     assert any(marker in t for t in texts), "the requests were not logged at all"
     for secret in (PREDICT, ADMIN, "rsk_wrong"):
         assert not any(secret in t for t in texts), "an API key was written to a log"
+
+
+def test_oip_routes_need_a_predict_key_and_answer_in_the_protocols_error_field(
+    secured: Deployer,
+) -> None:
+    body = {"inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP64", "data": [5.1]}]}
+    refused = requests.post(f"{secured.url}/v2/models/iris/infer", json=body, timeout=30)
+    assert refused.status_code == 401
+    assert "API key" in refused.json()["error"]
+    metadata = requests.get(
+        f"{secured.url}/v2/models/iris", headers={"X-API-Key": PREDICT}, timeout=30
+    )
+    assert metadata.status_code == 200 and metadata.json()["name"] == "iris"

@@ -57,6 +57,11 @@ def test_observed_split_matches_the_weights(deployer: Deployer) -> None:
 def test_same_user_same_variant_on_every_replica(deployer: Deployer) -> None:
     config = user_config(variants=variants(50, 50))
     deployer.deploy(config)
+    # HAProxy learns of replicas after Serve reports RUNNING: wait (bounded) until both answer
+    for _ in range(60):
+        if len({r.replica for r in deployer.load(40)}) == 2:
+            break
+        time.sleep(0.5)
     users = [f"user-{i}" for i in range(40)]
     replies = deployer.load(400, headers=lambda i: {"X-User-Id": users[i % 40]})
     seen: dict[str, set[str]] = {}
