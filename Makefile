@@ -44,7 +44,7 @@ demo: install
 	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
 	@echo "Variants:    curl http://127.0.0.1:8000/models    API docs: http://127.0.0.1:8000/docs"
 	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
-	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.core.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
 	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"
 
 # raysplit against a FastAPI baseline and the textbook Serve composition under wrk, memory,

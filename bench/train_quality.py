@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tune.config import TuneSpec
 from tune.search import run_search
 

@@ -44,7 +44,7 @@ import psutil
 import ray
 from mlflow import MlflowClient
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tune.config import load_spec
 from tune.search import run_search
 

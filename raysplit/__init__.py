@@ -1,3 +1,5 @@
 """raysplit: ship scikit-learn models on Ray and find out, with evidence, which version wins."""
 
-__version__ = "0.1.0"
+from raysplit.core import __version__
+
+__all__ = ["__version__"]

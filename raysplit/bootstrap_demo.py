@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysplit.cli import main as raysplit
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 
 
 def has_alias(client: MlflowClient, name: str, alias: str) -> bool:

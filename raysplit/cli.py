@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from raysplit.cluster import TOKEN_PATH
-from raysplit.errors import RaysplitError
-from raysplit.settings import (
+from raysplit.core.errors import RaysplitError
+from raysplit.core.settings import (
     DEFAULT_DASHBOARD_PORT,
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_RAY_PORT,

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
+from raysplit.core.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_PORT, Locations
 from raysplit.observability import write_prometheus_config
-from raysplit.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_PORT, Locations
 
 STATE_FILE = "cluster.json"
 MAX_TEMP_DIR = 24

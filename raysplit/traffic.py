@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 
 
 def wait_ready(url: str, timeout: float) -> None:

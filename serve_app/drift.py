@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel
 from scipy import stats
 
-from tune.reference_stats import ReferenceStats
+from raysplit.core.reference_stats import ReferenceStats
 
 PSI_MODERATE = 0.1
 PSI_DRIFT = 0.25

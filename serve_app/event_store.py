@@ -8,13 +8,15 @@ an older raysplit refuses a newer one instead of corrupting it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+
+from raysplit.core.events import MAX_REQUEST_ID, Event, FeedbackEvent, PredictionEvent
 
 SCHEMA_VERSION = 3
 
@@ -30,7 +32,7 @@ predictions = sa.Table(
     "raysplit_predictions",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("request_id", sa.String(MAX_REQUEST_ID), nullable=False),
     sa.Column("variant", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("experiment", sa.String(128), nullable=False),
@@ -51,7 +53,7 @@ predictions = sa.Table(
 feedback = sa.Table(
     "raysplit_feedback",
     metadata,
-    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("request_id", sa.String(MAX_REQUEST_ID), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("label", sa.JSON),
     sa.Column("value", sa.Float),
@@ -77,6 +79,9 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_BEGIN = "raysplit_sqlite_begin"
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for its back end: SQLite gets WAL and a busy timeout."""
     if url.startswith("sqlite"):
@@ -84,10 +89,17 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _wal(connection: Any, _record: Any) -> None:
+            # SQLAlchemy emits BEGIN itself (below), so a transaction can ask for a write
+            # lock up front: pysqlite's own deferred BEGIN cannot.
+            connection.isolation_level = None
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: sa.Connection) -> None:
+            connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN, "BEGIN"))
 
         return engine
     return sa.create_engine(
@@ -105,9 +117,27 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 
+def _migration_lock(conn: sa.Connection) -> None:
+    """Hold the schema against other replicas until this transaction ends.
+
+    Replicas that start together on an older database would otherwise each read the old
+    version and run the same ``ALTER TABLE``; all but one then fail. PostgreSQL takes a
+    transaction-scoped advisory lock; SQLite's ``BEGIN IMMEDIATE`` (see :func:`make_engine`)
+    took the database's write lock when the transaction began.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+
+# A fixed key of raysplit's own in PostgreSQL's advisory-lock space ("raysplit" in ASCII).
+_MIGRATION_LOCK = 0x7261797370_6C6974
+
+
 def migrate(engine: Engine) -> int:
-    """Create or upgrade the schema; return its version."""
-    with engine.begin() as conn:
+    """Create or upgrade the schema, once even when many replicas start together; return
+    its version."""
+    with engine.connect().execution_options(**{_BEGIN: "BEGIN IMMEDIATE"}) as conn, conn.begin():
+        _migration_lock(conn)
         fresh = not sa.inspect(conn).has_table(schema_info.name)
         metadata.create_all(conn, checkfirst=True)
         found = conn.execute(sa.select(schema_info.c.version)).scalar()
@@ -138,15 +168,36 @@ class EventStore:
         self.engine = make_engine(url)
         self.version = migrate(self.engine)
 
-    def write(
-        self, prediction_rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]]
-    ) -> None:
-        """Write one batch in one transaction; repeats (same request id) are ignored."""
+    def write(self, events: Sequence[Event]) -> set[str]:
+        """Write one batch in one transaction; repeats (same request id) are ignored.
+
+        Returns the request ids whose feedback was new: a client that posts the same
+        feedback twice (or to two replicas) must be counted once, as the store keeps it.
+        """
+        prediction_rows = [e.row() for e in events if isinstance(e, PredictionEvent)]
+        feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
+        new_feedback: set[str] = set()
         with self.engine.begin() as conn:
             if prediction_rows:
                 conn.execute(_insert_ignoring_duplicates(self.engine, predictions), prediction_rows)
             if feedback_rows:
-                conn.execute(_insert_ignoring_duplicates(self.engine, feedback), feedback_rows)
+                inserted = conn.execute(
+                    _insert_ignoring_duplicates(self.engine, feedback).returning(
+                        feedback.c.request_id
+                    ),
+                    feedback_rows,
+                )
+                new_feedback.update(inserted.scalars())
+        return new_feedback
+
+    def reachable(self) -> bool:
+        """Whether the database answers at all: tells a refused row from an outage."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     def claim_report(
         self, experiment: str, holder: str, ttl_s: float, now: float | None = None

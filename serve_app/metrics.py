@@ -4,33 +4,28 @@ They sit next to Ray's own ``ray_serve_*`` series on every node's metrics export
 are named ``ray_raysplit_*`` there (Ray prefixes custom metrics). Ray adds the
 ``application``, ``deployment`` and ``replica`` tags itself.
 
-The request path only bumps plain dictionaries; a background task hands the totals to
-Ray every ``interval_s`` so a Prometheus scrape costs the predictions nothing. Label values
-are bounded: experiment, variant and model version come from the deployed config, class
-labels from the model (capped), features from the signature. Request and user ids never
-become label values.
+The request path only bumps plain dictionaries (:class:`serve_app.metric_tally.MetricTally`,
+free of Ray); a background task hands the totals to Ray every ``interval_s``, so a
+Prometheus scrape costs the predictions nothing. Label values are bounded: experiment,
+variant and model version come from the deployed config, class labels from the model
+(capped), features from the signature. Request and user ids never become label values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter as Tally
-from collections import defaultdict
-from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from serve_app.event_buffer import EventStats
+from serve_app.metric_tally import MetricTally
 from serve_app.report import ExperimentReport
 
 logger = logging.getLogger("ray.serve")
 
 LATENCY_BOUNDARIES_MS = [0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500]
 ERROR_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100]
-MAX_CLASS_LABELS = 50  # beyond this, predicted classes are counted as "other"
-
-Key = tuple[str, ...]
-
 
 VARIANT = ("experiment", "variant")
 
@@ -64,7 +59,8 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "events": (
         "raysplit_events",
-        "Events leaving the replica's buffer, by fate (written or dropped).",
+        "Events leaving the replica's buffer, by fate (written, dropped, or refused by"
+        " the database and set aside).",
         ("fate",),
     ),
 }
@@ -123,58 +119,19 @@ class ExperimentMetrics:
             boundaries=ERROR_BOUNDARIES,
             tag_keys=VARIANT,
         )
-        self._pending: dict[str, Tally[Key]] = defaultdict(Tally)
-        self._latencies: dict[Key, list[float]] = defaultdict(list)
-        self._abs_errors: dict[Key, list[float]] = defaultdict(list)
-        self._reported_events = {"written": 0, "dropped": 0}
+        self.tally = MetricTally()
+        self._reported_events = {"written": 0, "dropped": 0, "refused": 0}
         self._task: asyncio.Task | None = None
 
-    # -- request path: dictionary updates only --------------------------------------
-    def prediction(
-        self,
-        experiment: str,
-        variant: str,
-        version: str | None,
-        latency_ms: float,
-        predictions: list[Any] | None,
-        classes: list[Any] | None,
-    ) -> None:
-        """One request a variant answered (``predictions``) or failed on (None)."""
-        outcome = "error" if predictions is None else "ok"
-        self._pending["requests"][(experiment, variant, str(version), outcome)] += 1
-        if predictions is None:
-            return
-        self._latencies[(experiment, variant)].append(latency_ms)
-        rows = self._pending["rows"]
-        if classes is None:
-            rows[(experiment, variant, "value")] += len(predictions)
-        elif len(classes) > MAX_CLASS_LABELS:
-            rows[(experiment, variant, "other")] += len(predictions)
-        else:
-            rows.update((experiment, variant, str(label)) for label in predictions)
-
-    def rejected(self, experiment: str, status: int) -> None:
-        self._pending["rejected"][(experiment, str(status))] += 1
-
-    def shadow(self, experiment: str, variant: str, agrees: bool) -> None:
-        self._pending["shadow"][(experiment, variant, str(agrees).lower())] += 1
-
-    def feedback(
-        self, experiment: str, variant: str, correct: bool | None, abs_error: float | None
-    ) -> None:
-        flag = "n/a" if correct is None else str(correct).lower()
-        self._pending["feedback"][(experiment, variant, flag)] += 1
-        if abs_error is not None:
-            self._abs_errors[(experiment, variant)].append(abs_error)
-
     # -- periodic -----------------------------------------------------------------------
-    def events(self, stats: dict[str, Any]) -> None:
+    def events(self, stats: EventStats) -> None:
         """Turn the buffer's running totals into counter increments and a gauge."""
-        self._gauges["queue"].set(stats["queued"])
+        self._gauges["queue"].set(stats.queued)
         for fate, seen in self._reported_events.items():
-            if stats[fate] > seen:
-                self._counters["events"].inc(stats[fate] - seen, tags={"fate": fate})
-                self._reported_events[fate] = stats[fate]
+            total = getattr(stats, fate)
+            if total > seen:
+                self._counters["events"].inc(total - seen, tags={"fate": fate})
+                self._reported_events[fate] = total
 
     def report(self, report: ExperimentReport) -> None:
         """Gauges from the experiment report: quality, SRM, sequential p-values, drift."""
@@ -208,14 +165,15 @@ class ExperimentMetrics:
 
     def flush(self) -> None:
         """Hand what accumulated since the last flush to Ray's metrics agent."""
-        pending, self._pending = self._pending, defaultdict(Tally)
-        latencies, self._latencies = self._latencies, defaultdict(list)
-        abs_errors, self._abs_errors = self._abs_errors, defaultdict(list)
-        for key, counts in pending.items():
+        taken = self.tally.take()
+        for key, counts in taken.counts.items():
             counter, tag_keys = self._counters[key], COUNTERS[key][2]
             for values, count in counts.items():
                 counter.inc(count, tags=dict(zip(tag_keys, values, strict=True)))
-        for histogram, observed in ((self._latency, latencies), (self._abs_error, abs_errors)):
+        for histogram, observed in (
+            (self._latency, taken.latencies),
+            (self._abs_error, taken.abs_errors),
+        ):
             for (experiment, variant), values in observed.items():
                 tags = {"experiment": experiment, "variant": variant}
                 for value in values:

@@ -22,8 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from raysplit.core.reference_stats import REFERENCE_STATS_FILE, ReferenceStats
+from raysplit.core.trust import untrusted
 from serve_app.config import VariantConfig
-from tune.reference_stats import REFERENCE_STATS_FILE, ReferenceStats
 
 # Models are fitted on DataFrames and served on validated arrays in signature order.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -53,8 +54,6 @@ TRUSTED_SOURCES = ("models:/m-", "runs:/", "mlflow-artifacts:/")
 # "models:/m-x@a") is stored by the registry as a download location of that other version's,
 # which can be anywhere.
 _LOGGED_MODEL_SOURCE = re.compile(r"^models:/m-[0-9a-f]+$")
-# The only types a skops file may hold without allow_pickle; tune.search logs to the same.
-TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
 
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -206,7 +205,7 @@ def _load_skops(path: Path, allow_pickle: bool) -> tuple[Any, bool]:
     with ``allow_pickle`` and is then treated like a pickle.
     """
     types = skops.io.get_untrusted_types(file=path)
-    foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+    foreign = untrusted(types)
     if foreign and not allow_pickle:
         raise ModelLoadError(
             f"its skops file holds types outside scikit-learn/NumPy/SciPy: {foreign}; loading"

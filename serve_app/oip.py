@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from serve_app.schemas import InvalidRequest
+from serve_app.errors import InvalidRequest
 
 NUMERIC = {
     "BOOL",

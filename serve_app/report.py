@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from raysplit.core.reference_stats import ReferenceStats
 from serve_app.drift import FeatureDrift, feature_drift
 from serve_app.statistics import (
     Comparison,
@@ -16,7 +17,6 @@ from serve_app.statistics import (
     mean_interval,
     sample_ratio_p_value,
 )
-from tune.reference_stats import ReferenceStats
 
 DRIFT_WINDOW = 1000
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from itertools import accumulate
 
 from serve_app.config import IngressConfig
+from serve_app.errors import OverrideDisabled, RoutingError
 
 BUCKETS = 10_000
 
@@ -23,10 +24,6 @@ class Reason(StrEnum):
     FORCED = "forced"
     STICKY = "sticky"
     RANDOM = "random"
-
-
-class RoutingError(ValueError):
-    """A request asked for a variant it may not have; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class Router:
         """``draw`` is a uniform number in [0, 1) used only for random assignment."""
         if forced:
             if not self.config.allow_override:
-                raise RoutingError("X-Variant overrides are disabled for this experiment")
+                raise OverrideDisabled("X-Variant overrides are disabled for this experiment")
             if forced not in self._live:
                 raise RoutingError(
                     f"X-Variant '{forced}' is not a live variant; live: {sorted(self._live)}"

@@ -8,21 +8,24 @@ pydantic models below document the API in OpenAPI and type the responses.
 from __future__ import annotations
 
 import math
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from raysplit.errors import describe_validation_error
-
-
-class InvalidRequest(ValueError):
-    """The body cannot be predicted on; ``str()`` names the problem for the client."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
+from raysplit.core.errors import describe_validation_error
+from raysplit.core.events import InvalidRequestId, check_request_id
+from serve_app.errors import InvalidRequest
 
 
 class ModelRef(BaseModel):
@@ -54,9 +57,14 @@ class FeedbackItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: str
     label: str | int | bool | None = None
     value: float | None = Field(None, allow_inf_nan=False)
+
+    @field_validator("request_id")
+    @classmethod
+    def _storable(cls, request_id: str) -> str:
+        return check_request_id(request_id)
 
     @model_validator(mode="after")
     def _one_of(self) -> FeedbackItem:
@@ -84,6 +92,17 @@ def parse_feedback(payload: Any) -> list[FeedbackItem]:
             where = f"feedback[{index}]" if batch else "feedback"
             raise InvalidRequest(describe_validation_error(exc, where)) from exc
     return items
+
+
+def request_id_of(given: str | None, generate: Callable[[], str] = lambda: uuid.uuid4().hex) -> str:
+    """The client's request id (``X-Request-Id`` or an OIP ``id``) if it can key an event,
+    else a 400 naming the problem; a fresh one when none was given."""
+    if given is None or given == "":
+        return generate()
+    try:
+        return check_request_id(given)
+    except InvalidRequestId as exc:
+        raise InvalidRequest(str(exc), 400) from exc
 
 
 def parse_json(body: bytes) -> Any:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from raysplit.cluster import ClusterInfo, down, up
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 
 if TYPE_CHECKING:  # serving.py imports this module
     from tests.integration.serving import Deployer

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raysplit.errors import RaysplitError, describe_validation_error
+from raysplit.core.errors import RaysplitError, describe_validation_error
 from tune.datasets import Task
 from tune.families import FAMILIES, FAMILY_NAMES, Family, families_for
 from tune.scoring import DEFAULT_METRIC, METRICS, Metric

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 
 MAX_CLASSES = 20  # an integer target with more distinct values than this is taken as regression
 

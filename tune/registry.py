@@ -13,7 +13,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 
 HISTORY_TAG = "raysplit.alias_history.{alias}"
 

@@ -26,19 +26,18 @@ from mlflow.models.model import ModelInfo
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from raysplit.errors import RaysplitError
-from raysplit.settings import Locations
+from raysplit.core.errors import RaysplitError
+from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
+from raysplit.core.settings import Locations
+from raysplit.core.trust import untrusted
 from tune.config import SearchPlan, TuneSpec, resolve_plan
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.evaluation import diagnostic_figure, holdout_metrics
-from tune.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from tune.registry import register_version
 from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
 from tune.tracking import TrialLogger, connect, ensure_experiment
 from tune.trainable import TrialData, cross_validate
 
-# The only types a skops file may hold; serve_app.models trusts the same (TRUSTED_MODULES).
-TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
 SKOPS_CHECK_ROWS = 5  # rows the skops round trip must predict identically
 
 _log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ def choose_serialization(model: Any, x_sample: Any) -> tuple[str, list[str] | No
     try:
         data = skops.io.dumps(model)
         types = skops.io.get_untrusted_types(data=data)
-        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+        foreign = untrusted(types)
         if foreign:
             reason = f"it holds types outside scikit-learn/NumPy/SciPy: {foreign}"
         else:

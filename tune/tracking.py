@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from raysplit.errors import RaysplitError
-from raysplit.settings import Locations
+from raysplit.core.errors import RaysplitError
+from raysplit.core.settings import Locations
 from tune.spaces import candidate_from_config, flatten_trial_config
 
 PARENT_TAG = "mlflow.parentRunId"

@@ -12,7 +12,7 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_iris, load_wine
 from sklearn.linear_model import LogisticRegression
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tune.tracking import connect, ensure_experiment
 
 DATASETS = {"iris": load_iris, "wine": load_wine}

@@ -16,7 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tests.conftest import Cluster, running_mlflow_server
 from tests.faults.load import BackgroundLoad
 from tests.faults.registry import corrupt, register

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.cluster import serving_environment
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tests.conftest import BIN, Cluster
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from raysplit.cli import main
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tests.conftest import REPO, free_port
 from tune.registry import register_version
 from tune.tracking import connect

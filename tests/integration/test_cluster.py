@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from raysplit.cluster import TOKEN_PATH, read_state, up
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 from tests.conftest import Cluster, free_port
 
 pytestmark = pytest.mark.integration

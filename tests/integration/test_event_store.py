@@ -18,6 +18,7 @@ from serve_app.event_store import (
     schema_info,
 )
 from tests.conftest import free_port
+from tests.events import feedback, prediction
 
 pytestmark = pytest.mark.integration
 
@@ -40,27 +41,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def prediction(request_id: str, variant: str = "champion", shadow: bool = False) -> dict:
-    return {
-        "request_id": request_id,
-        "variant": variant,
-        "created_at": time.time(),
-        "experiment": "iris-ab",
-        "model_name": "iris",
-        "model_version": "1",
-        "shadow": shadow,
-        "inputs": [[5.1, 3.5, 1.4, 0.2]],
-        "predictions": ["setosa"],
-        "probabilities": [[0.9, 0.1, 0.0]],
-        "latency_ms": 0.4,
-    }
-
-
 def test_writes_are_idempotent_per_request(store_url: str) -> None:
     store = EventStore(store_url)
     live, shadow = prediction("r1"), prediction("r1", "shadow-hgb", shadow=True)
-    store.write([live, shadow], [{"request_id": "r1", "created_at": 1.0, "label": "setosa"}])
-    store.write([live], [{"request_id": "r1", "created_at": 2.0, "label": "virginica"}])
+    assert store.write([live, shadow, feedback("r1", "setosa")]) == {"r1"}
+    assert store.write([live, feedback("r1", "virginica", at=2.0)]) == set()  # a repeat
     rows = store.recent_predictions(10)
     assert sorted((r["variant"], r["shadow"]) for r in rows) == [
         ("champion", False),
@@ -122,7 +107,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
     assert store.version == SCHEMA_VERSION == 3
-    store.write([{**prediction("new"), "outcome": "error", "error": "ValueError: boom"}], [])
+    store.write([prediction("new", outcome="error", error="ValueError: boom")])
     rows = {r["request_id"]: r for r in store.experiment_rows("iris-ab")}
     assert rows["old"]["outcome"] == "ok"
     assert store.recent_inputs("iris-ab", "champion", 10) == [[1, 2, 3, 4]]  # "new" failed
@@ -152,10 +137,12 @@ def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:
     buffer = EventBuffer(lambda: EventStore(target["url"]), capacity=50)
 
     async def scenario() -> None:
+        buffer.start()
         for i in range(40):
             assert buffer.add_prediction(prediction(f"q{i}"))
-        assert not await buffer.flush()
-        assert buffer.queued == 40 and buffer.failed_flushes == 1
+        while not buffer.failed_flushes:
+            await asyncio.sleep(0.05)
+        assert buffer.queued == 40
         assert "OperationalError" in buffer.last_error
         for i in range(40, 60):  # over capacity: counted, not lost silently
             buffer.add_prediction(prediction(f"q{i}"))

@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from serve_app.config import VariantConfig
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from tune.tracking import connect, ensure_experiment

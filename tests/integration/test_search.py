@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 from tune.config import TuneSpec
 from tune.search import SearchOutcome, run_search
 

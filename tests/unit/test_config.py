@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 from tune.config import Distribution, SearchConfig, load_spec, parse_override, resolve_plan
 from tune.datasets import Task
 from tune.spaces import candidate_from_config, grid_candidates

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysplit.errors import RaysplitError
+from raysplit.core.errors import RaysplitError
 from tune.datasets import (
     BUNDLED,
     Task,

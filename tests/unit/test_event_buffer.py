@@ -4,29 +4,16 @@ and an unreachable store that keeps every row queued."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
+from raysplit.core.events import PredictionEvent
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
+from tests.events import prediction as event
 
 
-def prediction(i: int) -> dict:
-    return {
-        "request_id": f"r{i}",
-        "variant": "a",
-        "created_at": time.time(),
-        "experiment": "buffer",
-        "model_name": "iris",
-        "model_version": "1",
-        "shadow": False,
-        "inputs": [[1.0, 2.0]],
-        "predictions": [0],
-        "probabilities": None,
-        "latency_ms": 1.0,
-        "outcome": "ok",
-        "error": None,
-    }
+def prediction(i: int) -> PredictionEvent:
+    return event(f"r{i}", experiment="buffer")
 
 
 def stored(url: str) -> int:
@@ -94,9 +81,8 @@ def test_a_durable_wait_returns_once_the_rows_are_written(tmp_path: Path) -> Non
     async def run() -> tuple[bool, int]:
         buffer = EventBuffer(lambda: EventStore(url), interval_s=3600)
         buffer.start()
-        for i in range(3):
-            buffer.add_prediction(prediction(i))
-        waited = await asyncio.gather(*(buffer.stored(timeout_s=30) for _ in range(3)))
+        tickets = [buffer.add_prediction(prediction(i)) for i in range(3)]
+        waited = await asyncio.gather(*(buffer.stored(t, timeout_s=30) for t in tickets))
         written = stored(url)  # before close(): the waits alone got the rows written
         await buffer.close()
         return all(waited), written
@@ -110,8 +96,7 @@ def test_a_durable_wait_gives_up_when_the_store_is_down(tmp_path: Path) -> None:
     async def run() -> tuple[bool, int]:
         buffer = EventBuffer(lambda: EventStore(url), interval_s=3600)
         buffer.start()
-        buffer.add_prediction(prediction(0))
-        waited = await buffer.stored(timeout_s=0.3)
+        waited = await buffer.stored(buffer.add_prediction(prediction(0)), timeout_s=0.3)
         await buffer.close(timeout_s=0.1)
         return waited, buffer.queued
 

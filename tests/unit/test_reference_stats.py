@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from tune.reference_stats import SAMPLE_SIZE, ReferenceStats, reference_stats
+from raysplit.core.reference_stats import SAMPLE_SIZE, ReferenceStats, reference_stats
 
 
 def test_reference_stats_round_trip_and_bins() -> None:

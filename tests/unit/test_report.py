@@ -1,9 +1,9 @@
 import numpy as np
 
+from raysplit.core.reference_stats import reference_stats
 from serve_app.drift import psi
 from serve_app.report import build_report
 from serve_app.statistics import Verdict
-from tune.reference_stats import reference_stats
 
 
 def rows_for(rng: np.random.Generator, n: int, p_champion: float, p_challenger: float) -> list:

@@ -4,7 +4,8 @@ import pytest
 from scipy.stats import chisquare
 
 from serve_app.config import IngressConfig
-from serve_app.routing import Reason, Router, RoutingError, bucket
+from serve_app.errors import RoutingError
+from serve_app.routing import Reason, Router, bucket
 
 
 def router(weights: tuple[float, ...], **extra) -> Router:

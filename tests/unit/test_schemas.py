@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from serve_app.errors import InvalidRequest
 from serve_app.oip import infer_response, parse_infer
-from serve_app.schemas import InvalidRequest, parse_instances, parse_json
+from serve_app.schemas import parse_instances, parse_json
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -142,7 +143,9 @@ def test_feedback_single_and_batch() -> None:
             [{"request_id": "r1", "label": "a"}, {"label": "a"}],
             r"feedback\[1\]: request_id: Field required",
         ),
-        ({"request_id": "", "label": "a"}, "request_id: String should have at least 1 character"),
+        ({"request_id": "", "label": "a"}, "request_id: request id is empty"),
+        ({"request_id": "r" * 129, "label": "a"}, "129 characters long; the limit is 128"),
+        ({"request_id": "r\x00", "label": "a"}, "holds a non-printable character"),
         ({"request_id": "r1", "label": "a", "extra": 1}, "extra: Extra inputs are not permitted"),
         ([], "feedback list is empty"),
     ],

@@ -15,8 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from serve_app import models
-from tune import search
+from raysplit.core import trust
 from tune.search import choose_serialization
 
 
@@ -86,7 +85,7 @@ def test_a_model_that_predicts_differently_after_skops_falls_back(
     x, y = iris
     model = Forgetful().fit(x, y)
     # pretend the class is trusted, so only the prediction check can catch it
-    monkeypatch.setattr(search, "TRUSTED_MODULES", (*search.TRUSTED_MODULES, __name__))
+    monkeypatch.setattr(trust, "TRUSTED_MODULES", (*trust.TRUSTED_MODULES, __name__))
     with caplog.at_level(logging.WARNING, logger="tune.search"):
         assert choose_serialization(model, x) == ("cloudpickle", None)
     assert "predicts differently" in caplog.records[0].getMessage()
@@ -99,11 +98,7 @@ def test_a_model_skops_cannot_load_back_falls_back(iris, caplog, monkeypatch) ->
         pass
 
     model = Local(max_iter=500).fit(x, y)
-    monkeypatch.setattr(search, "TRUSTED_MODULES", (*search.TRUSTED_MODULES, __name__))
+    monkeypatch.setattr(trust, "TRUSTED_MODULES", (*trust.TRUSTED_MODULES, __name__))
     with caplog.at_level(logging.WARNING, logger="tune.search"):
         assert choose_serialization(model, x) == ("cloudpickle", None)
     assert "because skops failed: " in caplog.records[0].getMessage()
-
-
-def test_serving_trusts_the_same_modules_tune_logs() -> None:
-    assert models.TRUSTED_MODULES == search.TRUSTED_MODULES

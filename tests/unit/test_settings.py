@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from raysplit.settings import Locations
+from raysplit.core.settings import Locations
 
 
 def test_embedded_defaults_are_absolute_under_home(home: Path) -> None:

@@ -19,7 +19,7 @@ DEFAULT_METRICS_EXPORT_PORT = 8085
 
 def _checkout_root() -> Path | None:
     """The source checkout this package runs from, if it runs from one (editable install)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 

@@ -1,0 +1,25 @@
+"""The ingress's FastAPI application: middleware, error handling and OpenAPI metadata.
+
+Routes are methods of the route classes in :mod:`serve_app.routes`, which the ingress
+deployment (:mod:`serve_app.app`) inherits; Ray Serve binds them to the replica.
+"""
+
+from fastapi import FastAPI
+
+from raysplit.core import __version__
+from serve_app import guard, http_errors
+from serve_app.request_log import RequestLog
+
+api = FastAPI(
+    title="raysplit",
+    version=__version__,
+    description="Predictions from MLflow-registered scikit-learn models, split between"
+    " variants for A/B experiments.",
+)
+
+# Keys and limits live in serve_app.guard.SETTINGS, reached through the module: Serve ships
+# the ingress class by value, so a name imported from there would be a copy the middleware
+# never sees.
+api.add_middleware(guard.Guard)
+api.add_middleware(RequestLog)  # added last, so outermost: refusals are logged too
+http_errors.install(api)

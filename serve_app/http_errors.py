@@ -1,0 +1,32 @@
+"""The one place serving errors become HTTP responses.
+
+Prediction routes answer errors as ``{"detail": ...}`` like FastAPI; the Open Inference
+Protocol routes (``/v2/...``) answer ``{"error": ...}`` as that protocol specifies.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+
+from serve_app import guard
+from serve_app.errors import ServingError
+from serve_app.responses import JSONResponse
+
+OIP_PREFIX = "/v2/"
+
+
+def error_response(request: Request, status: int, message: str) -> JSONResponse:
+    key = "error" if request.url.path.startswith(OIP_PREFIX) else "detail"
+    return JSONResponse({key: message}, status_code=status)
+
+
+async def serving_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServingError)
+    # through the module: Serve ships the ingress by value (see serve_app.guard)
+    if exc.before_model and guard.SETTINGS.on_reject is not None:
+        guard.SETTINGS.on_reject(exc.status)
+    return error_response(request, exc.status, str(exc))
+
+
+def install(api: FastAPI) -> None:
+    api.add_exception_handler(ServingError, serving_error)

@@ -1,0 +1,37 @@
+"""Prediction and feedback events for the event-store and writer tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from raysplit.core.events import FeedbackEvent, Judgement, PredictionEvent
+
+
+def prediction(
+    request_id: str,
+    variant: str = "champion",
+    shadow: bool = False,
+    experiment: str = "iris-ab",
+    **fields: Any,
+) -> PredictionEvent:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "experiment": experiment,
+        "variant": variant,
+        "model_name": "iris",
+        "model_version": "1",
+        "shadow": shadow,
+        "inputs": [[5.1, 3.5, 1.4, 0.2]],
+        "predictions": ["setosa"],
+        "probabilities": [[0.9, 0.1, 0.0]],
+        "latency_ms": 0.4,
+        "created_at": time.time(),
+    }
+    return PredictionEvent(**{**values, **fields})
+
+
+def feedback(
+    request_id: str, label: Any = "setosa", judgement: Judgement | None = None, at: float = 1.0
+) -> FeedbackEvent:
+    return FeedbackEvent(request_id=request_id, created_at=at, label=label, judgement=judgement)
