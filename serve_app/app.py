@@ -35,48 +35,49 @@ from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.config import IngressConfig
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
-from serve_app.experiment_view import experiment_report
 from serve_app.loops import AliasWatcher, EventGauges, ReportPublisher
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.predictor import Predictor
-from serve_app.report import ExperimentReport
-from serve_app.routes.experiment import ExperimentRoutes
-from serve_app.routes.health import HealthRoutes
-from serve_app.routes.oip import OipRoutes
-from serve_app.routes.predict import PredictRoutes
+from serve_app.routes import experiment, health, oip, predict
+from serve_app.routes.base import Replica, current_replica
 from serve_app.state import IncompatibleVariants, ServingState
 
 logger = logging.getLogger("ray.serve")
+
+
+for routes in (predict, experiment, oip, health):
+    api.include_router(routes.router)
+api.dependency_overrides[current_replica] = lambda: serve.get_replica_context().servable_object
 
 
 # Replica counts and autoscaling live in serve_config.yaml only: a code default here
 # would silently win over `num_replicas` given there.
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 @serve.ingress(api)
-class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
+class Ingress(Replica):
     def __init__(self) -> None:
         # Keys come from this replica's environment (RAYSPLIT_API_KEYS, _FILE); a malformed
         # entry stops the replica from starting, with the reason in `serve status`.
         guard.SETTINGS.keys = ApiKeys.from_environment(os.environ)
-        self._state = None
-        self._last_reconfigure = {"status": "pending"}
-        self._event_store_url = os.environ.get(
+        self.state = None
+        self.last_reconfigure = {"status": "pending"}
+        self.event_store_url = os.environ.get(
             "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
         )
         self._metrics = ExperimentMetrics()
-        self._events = EventBuffer(
-            lambda: EventStore(self._event_store_url), on_feedback=self._metrics.tally.feedback
+        self.events = EventBuffer(
+            lambda: EventStore(self.event_store_url), on_feedback=self._metrics.tally.feedback
         )
-        self._predictor = Predictor(self._model_call, self._events, self._metrics.tally)
+        self.predictor = Predictor(self._model_call, self.events, self._metrics.tally)
         context = serve.get_replica_context()
-        self._replica = context.replica_id.unique_id
+        self.replica_id = context.replica_id.unique_id
         self._app = context.app_name
         self._loops = (
-            AliasWatcher(lambda: self._state, self._load_state_models, self._swap),
-            EventGauges(self._events, self._metrics),
+            AliasWatcher(lambda: self.state, self._load_state_models, self._swap),
+            EventGauges(self.events, self._metrics),
             ReportPublisher(
-                lambda: self._state, self.store, self._current_report, self._metrics, self._replica
+                lambda: self.state, self.store, self.report, self._metrics, self.replica_id
             ),
         )
 
@@ -98,12 +99,12 @@ class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
             self._fail(str(exc))
         self._batched.set_max_batch_size(config.batch_requests)
         self._apply_limits(config)
-        first = self._state is None
+        first = self.state is None
         # no flush here: the queue is FIFO with one writer, so the old config's events are
         # written before the new one's anyway, and a write from here would race the writer
-        self._events.start()
-        self._state = state
-        self._last_reconfigure = {"status": "ok", "at": time.time()}
+        self.events.start()
+        self.state = state
+        self.last_reconfigure = {"status": "ok", "at": time.time()}
         self._metrics.start()
         for loop in self._loops:
             loop.start()
@@ -121,7 +122,7 @@ class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
         guard.SETTINGS.on_reject = lambda status: self._metrics.tally.rejected(
             config.experiment, status
         )
-        self._events.set_interval(config.event_flush_interval_s)
+        self.events.set_interval(config.event_flush_interval_s)
 
     def _warn_if_exposed(self) -> None:
         """Say it loudly when anyone on the network can call the API without a key."""
@@ -135,14 +136,14 @@ class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
             logger.warning(warning)
 
     def _fail(self, message: str) -> None:
-        self._last_reconfigure = {"status": "failed", "error": message, "at": time.time()}
+        self.last_reconfigure = {"status": "failed", "error": message, "at": time.time()}
         logger.error("reconfigure rejected, still serving the previous config: %s", message)
         raise ValueError(message) from None
 
     def _load_models(self, config: IngressConfig) -> dict[str, LoadedModel]:
         """Load each variant, reusing a loaded model whose pinned version is unchanged."""
         client = MlflowClient()
-        current = {m.resolved.uri: m for m in (self._state.models.values() if self._state else [])}
+        current = {m.resolved.uri: m for m in (self.state.models.values() if self.state else [])}
         models = {}
         for variant in config.variants:
             pinned = resolve(variant.model_uri, client)  # one registry call per variant
@@ -157,15 +158,10 @@ class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
 
     def _swap(self, seen: ServingState, new: ServingState) -> bool:
         """Swap in what the alias watcher built, unless a reconfigure came in between."""
-        if self._state is not seen:
+        if self.state is not seen:
             return False
-        self._state = new
+        self.state = new
         return True
-
-    async def _current_report(self) -> ExperimentReport:
-        state = self.serving()
-        store = await self.store()
-        return await asyncio.to_thread(experiment_report, store, state, state.config.experiment)
 
     def deploy_status(self) -> dict[str, str]:
         """Serve's own view of the last deploy. A replica whose reconfigure() failed is
@@ -198,8 +194,8 @@ class Ingress(PredictRoutes, ExperimentRoutes, OipRoutes, HealthRoutes):
         """Graceful shutdown: write what is queued before the replica goes."""
         for loop in self._loops:
             await loop.stop()
-        await self._predictor.settle()
-        await self._events.close()
+        await self.predictor.settle()
+        await self.events.close()
 
 
 app = Ingress.bind()

@@ -1,47 +1,65 @@
-"""What every route group may use of the replica that serves it."""
+"""What every route may use of the replica that serves it, and how it gets it.
+
+Routes are module-level functions that receive the replica through a FastAPI dependency,
+which the deployment (:mod:`serve_app.app`) points at the replica serving the request.
+They are not methods of the deployment class: Serve rewrites a method route's signature
+in the driver and ships the class by value, and a method inherited from an importable
+module reaches the replica without that rewrite.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Depends
 
 from serve_app.errors import NotReady
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
+from serve_app.experiment_view import experiment_report
 from serve_app.predictor import Prediction, Predictor
+from serve_app.report import ExperimentReport
 from serve_app.state import ServingState
 
 
 class Replica:
     """The parts the ingress deployment (:class:`serve_app.app.Ingress`) sets up."""
 
-    _state: ServingState | None
-    _predictor: Predictor
-    _events: EventBuffer
-    _event_store_url: str
-    _replica: str
-    _last_reconfigure: dict[str, Any]
+    state: ServingState | None
+    predictor: Predictor
+    events: EventBuffer
+    event_store_url: str
+    replica_id: str
+    last_reconfigure: dict[str, Any]
 
     def serving(self) -> ServingState:
-        if self._state is None:
+        if self.state is None:
             raise NotReady("no experiment is configured yet")
-        return self._state
+        return self.state
 
     async def store(self) -> EventStore:
         """The event store, connected on first use; a 503 while it cannot be reached."""
-        if self._events.store is None:
+        if self.events.store is None:
             try:
-                self._events.store = await asyncio.to_thread(EventStore, self._event_store_url)
+                self.events.store = await asyncio.to_thread(EventStore, self.event_store_url)
             except Exception as exc:
                 raise NotReady(f"event store unavailable: {type(exc).__name__}") from exc
-        return self._events.store
+        return self.events.store
+
+    async def report(self, experiment: str | None = None) -> ExperimentReport:
+        """The report of ``experiment`` (default: the one served now), from the store."""
+        state = self.serving()
+        store = await self.store()
+        name = experiment or state.config.experiment
+        return await asyncio.to_thread(experiment_report, store, state, name)
 
     def answer_headers(self, prediction: Prediction) -> dict[str, str]:
         """What answered, for clients and for the request log line."""
         headers = {
             "X-Variant": prediction.assignment.variant,
             "X-Model-Version": str(prediction.model.resolved.version),
-            "X-Raysplit-Replica": self._replica,
+            "X-Raysplit-Replica": self.replica_id,
         }
         if prediction.event is not None:
             headers["X-Raysplit-Event"] = prediction.event
@@ -50,3 +68,11 @@ class Replica:
     def deploy_status(self) -> dict[str, str]:
         """Serve's own view of the last deploy (the deployment knows how to ask)."""
         raise NotImplementedError
+
+
+def current_replica() -> Replica:
+    """The replica serving this request: :mod:`serve_app.app` overrides this dependency."""
+    raise RuntimeError("no replica is bound; serve_app.app overrides current_replica")
+
+
+ReplicaDep = Annotated[Replica, Depends(current_replica)]

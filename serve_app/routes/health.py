@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from serve_app.api import api
-from serve_app.routes.base import Replica
+from fastapi import APIRouter
+
+from serve_app.routes.base import ReplicaDep
+
+router = APIRouter()
 
 
-class HealthRoutes(Replica):
-    @api.get("/healthz", summary="The replica process is up")
-    async def healthz(self):
-        return {"status": "ok"}
+@router.get("/healthz", summary="The replica process is up")
+async def healthz():
+    return {"status": "ok"}
 
-    @api.get("/readyz", summary="An experiment is loaded and can answer")
-    async def readyz(self):
-        return {"status": "ready", "experiment": self.serving().config.experiment}
+
+@router.get("/readyz", summary="An experiment is loaded and can answer")
+async def readyz(replica: ReplicaDep):
+    return {"status": "ready", "experiment": replica.serving().config.experiment}

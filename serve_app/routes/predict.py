@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 
-from serve_app.api import api
 from serve_app.responses import JSONResponse
-from serve_app.routes.base import Replica
+from serve_app.routes.base import ReplicaDep
 from serve_app.schemas import (
     PredictRequestDoc,
     PredictResponse,
@@ -32,33 +31,35 @@ PREDICT_BODY = {
 }
 
 
-class PredictRoutes(Replica):
-    @api.post(
-        "/predict",
-        response_model=PredictResponse,
-        openapi_extra=PREDICT_BODY,
-        summary="Predict with the variant the traffic split assigns",
+router = APIRouter()
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    openapi_extra=PREDICT_BODY,
+    summary="Predict with the variant the traffic split assigns",
+)
+async def predict(replica: ReplicaDep, request: Request):
+    request_id = request_id_of(request.headers.get("x-request-id"))
+    state = replica.serving()
+    rows = parse_instances(
+        parse_json(await request.body()), state.features, state.config.max_batch_rows
     )
-    async def predict(self, request: Request):
-        request_id = request_id_of(request.headers.get("x-request-id"))
-        state = self.serving()
-        rows = parse_instances(
-            parse_json(await request.body()), state.features, state.config.max_batch_rows
-        )
-        answer = await self._predictor.predict(
-            state,
-            rows,
-            request_id,
-            request.headers.get(state.config.sticky_key),
-            request.headers.get("x-variant"),
-        )
-        body = {
-            "request_id": request_id,
-            "variant": answer.assignment.variant,
-            "model": {"name": answer.model.resolved.name, "version": answer.model.resolved.version},
-            "predictions": answer.predictions,
-        }
-        if answer.probabilities is not None:
-            body["classes"] = answer.model.classes
-            body["probabilities"] = answer.probabilities
-        return JSONResponse(body, headers=self.answer_headers(answer))
+    answer = await replica.predictor.predict(
+        state,
+        rows,
+        request_id,
+        request.headers.get(state.config.sticky_key),
+        request.headers.get("x-variant"),
+    )
+    body = {
+        "request_id": request_id,
+        "variant": answer.assignment.variant,
+        "model": {"name": answer.model.resolved.name, "version": answer.model.resolved.version},
+        "predictions": answer.predictions,
+    }
+    if answer.probabilities is not None:
+        body["classes"] = answer.model.classes
+        body["probabilities"] = answer.probabilities
+    return JSONResponse(body, headers=replica.answer_headers(answer))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from raysplit.core.events import Judgement
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import (
     SCHEMA_VERSION,
@@ -17,6 +19,7 @@ from serve_app.event_store import (
     predictions,
     schema_info,
 )
+from serve_app.metric_tally import MetricTally
 from tests.conftest import free_port
 from tests.events import feedback, prediction
 
@@ -154,3 +157,121 @@ def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:
     assert (buffer.queued, buffer.written) == (0, 50)
     with buffer.store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar() == 50
+
+
+def poison(dialect: str) -> list:
+    """Events this database refuses while it takes every other row: PostgreSQL holds no
+    request id over 128 characters and no NUL byte; SQLite keeps NOT NULL."""
+    if dialect == "postgresql":
+        return [prediction("x" * 200), prediction("nul\x00byte")]
+    return [prediction("no-model", model_name=None)]
+
+
+def count_rows(store: EventStore) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar()
+
+
+def test_a_refused_row_is_set_aside_and_every_other_row_is_written(store_url: str) -> None:
+    """One row the database refuses used to send its whole batch back to the front, forever,
+    while every later event queued behind it until the buffer dropped them."""
+    store = EventStore(store_url)
+    bad = poison(store.engine.dialect.name)
+    buffer = EventBuffer(lambda: store, interval_s=0.01, batch_size=50)
+
+    async def scenario() -> list[bool]:
+        buffer.start()
+        tickets = [buffer.add_prediction(prediction(f"a{i}")) for i in range(20)]
+        refused = [buffer.add_prediction(event) for event in bad]
+        tickets += [buffer.add_prediction(prediction(f"b{i}")) for i in range(20)]
+        waited = await asyncio.gather(*(buffer.stored(t, 30) for t in tickets + refused))
+        later = buffer.add_prediction(prediction("later"))  # the pipeline still flows
+        waited.append(await buffer.stored(later, 30))
+        await buffer.close()
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert waited == [True] * 40 + [False] * len(bad) + [True]
+    assert count_rows(store) == 41
+    stats = buffer.stats()
+    assert (stats.written, stats.refused, stats.queued, stats.dropped) == (41, len(bad), 0, 0)
+    assert [r.request_id for r in stats.refused_recent] == [e.request_id for e in bad]
+    assert all(r.kind == "prediction" and r.reason for r in stats.refused_recent)
+    assert stats.failed_flushes == 0  # a refused row is not an outage
+    store.dispose()
+
+
+def test_durable_waiters_do_not_cut_the_outage_backoff_short() -> None:
+    """During an outage every durable request used to wake the writer: one reconnect per
+    request instead of a doubling backoff."""
+    down_url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    buffer = EventBuffer(lambda: EventStore(down_url), interval_s=0.05, max_backoff_s=10)
+
+    async def scenario() -> list[bool]:
+        buffer.start()
+        waits = []
+        for i in range(100):  # a request every 20 ms for two seconds
+            ticket = buffer.add_prediction(prediction(f"r{i}"))
+            waits.append(asyncio.create_task(buffer.stored(ticket, 0.2)))
+            await asyncio.sleep(0.02)
+        answers = await asyncio.gather(*waits)
+        await buffer.close(timeout_s=0.1)
+        return answers
+
+    assert not any(asyncio.run(scenario()))
+    # attempts at 0.05, then backoff 0.1, 0.2, 0.4, 0.8, ...: at most 6 within ~2 s
+    assert 1 <= buffer.failed_flushes <= 6
+    assert buffer.queued == 100 and buffer.dropped == 0
+
+
+def test_feedback_is_counted_once_however_often_it_is_posted(store_url: str) -> None:
+    """The Prometheus feedback counters count what the store keeps: a client retrying, or
+    posting to two replicas, must not make the online accuracy drift from the report's."""
+    store = EventStore(store_url)
+    tally = MetricTally()
+    judged = Judgement("iris-ab", "champion", correct=True, abs_error=None)
+    buffers = [
+        EventBuffer(lambda: store, interval_s=0.01, on_feedback=tally.feedback) for _ in range(2)
+    ]
+
+    async def scenario() -> None:
+        for buffer in buffers:  # two replicas
+            buffer.start()
+            buffer.add_prediction(prediction("r1"))
+            for _ in range(3):  # the same feedback, three times, to each replica
+                buffer.add_feedback(feedback("r1", judgement=judged))
+                await asyncio.sleep(0.05)  # separate batches as well as one
+            buffer.add_feedback(feedback("r1", judgement=judged))
+            await buffer.close()
+
+    asyncio.run(scenario())
+    assert tally.counts["feedback"] == {("iris-ab", "champion", "true"): 1}
+    store.dispose()
+
+
+def _open_store(url: str, start: float) -> int:
+    time.sleep(max(0.0, start - time.time()))  # all processes open the store together
+    store = EventStore(url)
+    store.dispose()
+    return store.version
+
+
+def test_replicas_starting_together_migrate_an_old_database_once(store_url: str) -> None:
+    """Each replica used to read the old version and run the same ALTER TABLE; all but one
+    failed. The migration now holds a lock (advisory on PostgreSQL, BEGIN IMMEDIATE on
+    SQLite)."""
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        serial = "SERIAL" if engine.dialect.name == "postgresql" else "INTEGER"
+        for statement in V1_TABLES:
+            conn.execute(sa.text(statement.replace("{serial}", serial)))
+    engine.dispose()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        start = time.time() + 3.0  # after every worker has imported raysplit
+        versions = pool.starmap(_open_store, [(store_url, start)] * 6)
+    assert versions == [SCHEMA_VERSION] * 6
+    store = EventStore(store_url)
+    rows = {r["request_id"]: r for r in store.experiment_rows("iris-ab")}
+    assert rows["old"]["outcome"] == "ok"
+    store.dispose()
