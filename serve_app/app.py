@@ -103,6 +103,7 @@ class Ingress(Replica):
         # no flush here: the queue is FIFO with one writer, so the old config's events are
         # written before the new one's anyway, and a write from here would race the writer
         self.events.start()
+        self.events.add_allocation(state.allocation)
         self.state = state
         self.last_reconfigure = {"status": "ok", "at": time.time()}
         self._metrics.start()

@@ -27,7 +27,13 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from raysplit.core.events import Event, FeedbackEvent, Judgement, PredictionEvent
+from raysplit.core.events import (
+    AllocationEvent,
+    Event,
+    FeedbackEvent,
+    Judgement,
+    PredictionEvent,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -109,6 +115,10 @@ def write_isolating(store: Store, entries: list[_Entry]) -> WriteOutcome:
     return outcome
 
 
+def _request_id(event: Event) -> str:
+    return getattr(event, "request_id", "")
+
+
 class EventBuffer:
     def __init__(
         self,
@@ -159,6 +169,13 @@ class EventBuffer:
 
     def add_feedback(self, event: FeedbackEvent) -> bool:
         return self._add(event) is not None
+
+    def add_allocation(self, event: AllocationEvent) -> None:
+        """Record the allocation a new config serves; never dropped (one per reconfigure),
+        and queued before the events assigned under it."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._queue.append(_Entry(seq, event))
 
     async def stored(self, ticket: int | None, timeout_s: float) -> bool:
         """Wait until the event behind ``ticket`` is in the database (``durable_events``).
@@ -308,16 +325,18 @@ class EventBuffer:
 
     def _set_aside(self, entry: _Entry, reason: str) -> None:
         event = entry.event
-        kind = "prediction" if isinstance(event, PredictionEvent) else "feedback"
+        kind = {PredictionEvent: "prediction", FeedbackEvent: "feedback"}.get(
+            type(event), "allocation"
+        )
         self.refused += 1
         self._refused_seqs.append(entry.seq)
         self._refused_recent.append(
-            RefusedEvent(kind=kind, request_id=event.request_id[:200], reason=reason)
+            RefusedEvent(kind=kind, request_id=_request_id(event)[:200], reason=reason)
         )
         logger.error(
             "event store refused a %s event (request id %r), set aside: %s",
             kind,
-            event.request_id[:200],
+            _request_id(event)[:200],
             reason,
         )
 

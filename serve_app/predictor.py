@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from raysplit.core.events import MAX_ERROR, PredictionEvent
+from raysplit.core.events import MAX_ERROR, AssignmentKind, PredictionEvent, unit_hash
 from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.errors import PredictionFailed
 from serve_app.event_buffer import EventBuffer
@@ -85,7 +85,12 @@ class Predictor:
         error = None
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"[:MAX_ERROR]
-        ticket = self._record(state, request_id, assignment.variant, model, rows, result, error)
+        unit = None
+        if assignment.kind is AssignmentKind.STICKY and sticky_key:
+            unit = unit_hash(sticky_key, state.config.experiment, state.config.salt)
+        ticket = self._record(
+            state, request_id, assignment.variant, model, rows, result, error, assignment.kind, unit
+        )
         if error is not None:  # counted against the variant, answered with a 500
             logger.error(
                 "variant %s failed on request %s: %s", assignment.variant, request_id, error
@@ -111,11 +116,13 @@ class Predictor:
         rows: np.ndarray,
         result: JobResult,
         error: str | None,
-        shadow: bool = False,
+        kind: AssignmentKind,
+        unit: str | None = None,
     ) -> int | None:
         """Count the answer and queue its event; the database write happens off the
         request path. Returns the event's ticket (``None``: not recorded or dropped)."""
         predictions, probabilities = result.output if result.output else (None, None)
+        shadow = kind is AssignmentKind.SHADOW
         if not shadow:
             self._tally.prediction(
                 state.config.experiment,
@@ -142,6 +149,9 @@ class Predictor:
                 created_at=self._clock(),
                 outcome="ok" if error is None else "error",
                 error=error,
+                assignment=kind,
+                allocation=state.allocation.key,
+                unit_hash=unit,
             )
         )
 
@@ -158,7 +168,16 @@ class Predictor:
                 if result.output is None:  # a shadow must never hurt the live path
                     logger.error("shadow variant %s failed: %s", variant.name, result.error)
                     continue
-                self._record(state, request_id, variant.name, model, rows, result, None, True)
+                self._record(
+                    state,
+                    request_id,
+                    variant.name,
+                    model,
+                    rows,
+                    result,
+                    None,
+                    AssignmentKind.SHADOW,
+                )
                 self._tally.shadow(
                     state.config.experiment, variant.name, result.output[0] == answered
                 )

@@ -11,25 +11,19 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_right
 from dataclasses import dataclass
-from enum import StrEnum
 from itertools import accumulate
 
+from raysplit.core.events import AssignmentKind
 from serve_app.config import IngressConfig
 from serve_app.errors import OverrideDisabled, RoutingError
 
 BUCKETS = 10_000
 
 
-class Reason(StrEnum):
-    FORCED = "forced"
-    STICKY = "sticky"
-    RANDOM = "random"
-
-
 @dataclass(frozen=True)
 class Assignment:
     variant: str
-    reason: Reason
+    kind: AssignmentKind
 
 
 def bucket(key: str, salt: str) -> int:
@@ -60,11 +54,18 @@ class Router:
                 raise RoutingError(
                     f"X-Variant '{forced}' is not a live variant; live: {sorted(self._live)}"
                 )
-            return Assignment(forced, Reason.FORCED)
+            return Assignment(forced, AssignmentKind.FORCED)
         if sticky_key:
             index = bisect_right(self._bucket_bounds, bucket(sticky_key, self.config.salt))
-            return Assignment(self._names[index], Reason.STICKY)
-        return Assignment(self._names[bisect_right(self._fractions, draw)], Reason.RANDOM)
+            return Assignment(self._names[index], AssignmentKind.STICKY)
+        return Assignment(self._names[bisect_right(self._fractions, draw)], AssignmentKind.SPLIT)
+
+    def allocation_key(self) -> str:
+        """Names the allocation: live variants, their weights and the salt. A new key is a
+        new epoch, within which assignment does not depend on time."""
+        shares = self.expected_shares()
+        text = "\x00".join([self.config.salt, *(f"{n}={shares[n]:.9f}" for n in sorted(shares))])
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def expected_shares(self) -> dict[str, float]:
         """Each live variant's configured share of traffic (zero-weight variants at 0)."""

@@ -7,9 +7,11 @@ new experiment, never a mix, and a failed build leaves the old one serving.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
+from raysplit.core.events import AllocationEvent
 from serve_app.config import IngressConfig
 from serve_app.models import LoadedModel
 from serve_app.routing import Router
@@ -41,6 +43,16 @@ class ServingState:
                     " the same kind of model (classifier vs regressor)"
                 )
         return cls(config, Router(config), models, control.features)
+
+    @cached_property
+    def allocation(self) -> AllocationEvent:
+        """The allocation this state serves, as the event that records it."""
+        return AllocationEvent(
+            experiment=self.config.experiment,
+            key=self.router.allocation_key(),
+            shares=self.router.expected_shares(),
+            created_at=time.time(),
+        )
 
     @cached_property
     def model_names(self) -> frozenset[str]:

@@ -8,7 +8,10 @@ would only add cost to the hot path. Their fields are the event store's columns.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, Literal
 
 # Limits the event store's columns hold; the ingress refuses ids beyond them at entry.
@@ -40,6 +43,24 @@ def check_request_id(request_id: str) -> str:
     return request_id
 
 
+class AssignmentKind(StrEnum):
+    """How a request reached its variant; the experiment report compares only ``split``
+    and ``sticky`` traffic, the only kinds the weights decide."""
+
+    SPLIT = "split"  # a uniform draw against the weights
+    STICKY = "sticky"  # the hash of the user's key against the weights
+    FORCED = "forced"  # X-Variant (or an OIP variant name): reported on its own line
+    SHADOW = "shadow"  # a copy to a shadow variant
+
+
+def unit_hash(key: str, experiment: str, salt: str) -> str:
+    """What the store keeps of a sticky user's key: a salted hash, never the key itself,
+    enough to count distinct users per variant."""
+    digest = hashlib.blake2b(key.encode(), digest_size=12, salt=b"raysplit-unit")
+    digest.update(f"\x00{experiment}\x00{salt}".encode())
+    return digest.hexdigest()
+
+
 @dataclass(slots=True, frozen=True)
 class PredictionEvent:
     """One variant's answer (or failure) for one request; shadow answers included."""
@@ -57,10 +78,28 @@ class PredictionEvent:
     created_at: float
     outcome: Literal["ok", "error"] = "ok"
     error: str | None = None
+    assignment: AssignmentKind = AssignmentKind.SPLIT
+    allocation: str = ""  # the allocation's key (see AllocationEvent); "" before v4
+    unit_hash: str | None = None  # sticky requests only
 
     def row(self) -> dict[str, Any]:
         # not dataclasses.asdict: it deep-copies the inputs of every row
-        return {name: getattr(self, name) for name in _PREDICTION_COLUMNS}
+        row = {name: getattr(self, name) for name in _PREDICTION_COLUMNS}
+        row["predicted"], row["predicted_value"] = scored_prediction(self.predictions)
+        return row
+
+
+def scored_prediction(predictions: list[Any]) -> tuple[str | None, float | None]:
+    """What feedback is compared with, as columns the database can compare: the single
+    prediction as text (classes) and as a number (regression). A multi-row prediction has
+    one label for many rows and is never scored."""
+    if len(predictions) != 1:
+        return None, None
+    value = predictions[0]
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        number = float(value)
+    return str(value), number
 
 
 _PREDICTION_COLUMNS = tuple(f.name for f in fields(PredictionEvent))
@@ -93,8 +132,28 @@ class FeedbackEvent:
             "request_id": self.request_id,
             "created_at": self.created_at,
             "label": self.label,
+            "label_text": None if self.label is None else str(self.label),
             "value": self.value,
         }
 
 
-Event = PredictionEvent | FeedbackEvent
+@dataclass(slots=True, frozen=True)
+class AllocationEvent:
+    """A replica started serving an allocation (live variants, weights, salt): the store
+    keeps the first time any replica did, and numbers the experiment's epochs from it."""
+
+    experiment: str
+    key: str
+    shares: dict[str, float]
+    created_at: float
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "key": self.key,
+            "shares": self.shares,
+            "started_at": self.created_at,
+        }
+
+
+Event = PredictionEvent | FeedbackEvent | AllocationEvent

@@ -102,14 +102,18 @@ V1_TABLES = [
 
 def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
     """A database written by the first release keeps its rows and gains the outcome
-    columns: its predictions count as served."""
+    columns (its predictions count as served) and v4's: split traffic of epoch 0 (the ""
+    allocation), with the single prediction filled in for scoring."""
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:
         serial = "SERIAL" if engine.dialect.name == "postgresql" else "INTEGER"
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 3
+    assert store.version == SCHEMA_VERSION == 4
+    with store.engine.connect() as conn:
+        old = conn.execute(sa.select(predictions).where(predictions.c.request_id == "old")).one()
+    assert (old.assignment, old.allocation, old.predicted) == ("split", "", "setosa")
     store.write([prediction("new", outcome="error", error="ValueError: boom")])
     rows = {r["request_id"]: r for r in store.experiment_rows("iris-ab")}
     assert rows["old"]["outcome"] == "ok"

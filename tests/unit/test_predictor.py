@@ -145,7 +145,7 @@ def test_a_failing_model_is_a_500_recorded_against_its_variant(tmp_path: Path) -
 
     async def run() -> None:
         pipeline.events.start()
-        with pytest.raises(PredictionFailed, match="variant 'broken'.*this model is broken") as e:
+        with pytest.raises(PredictionFailed, match=r"variant 'broken'.*this model is broken") as e:
             await pipeline.predictor.predict(served, ROW, "b", None, None)
         assert e.value.status == 500 and not e.value.before_model
         await pipeline.done()

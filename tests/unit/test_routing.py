@@ -3,9 +3,10 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
+from raysplit.core.events import AssignmentKind
 from serve_app.config import IngressConfig
 from serve_app.errors import RoutingError
-from serve_app.routing import Reason, Router, bucket
+from serve_app.routing import Router, bucket
 
 
 def router(weights: tuple[float, ...], **extra) -> Router:
@@ -29,7 +30,7 @@ def test_random_assignment_follows_weights() -> None:
     draws = [i / 10_000 for i in range(10_000)]
     counts = Counter(r.assign(None, None, d).variant for d in draws)
     assert counts == {"v0": 7000, "v1": 3000}
-    assert {r.assign(None, None, d).reason for d in draws[:3]} == {Reason.RANDOM}
+    assert {r.assign(None, None, d).kind for d in draws[:3]} == {AssignmentKind.SPLIT}
 
 
 def test_sticky_users_split_by_weight_and_never_to_shadows() -> None:
@@ -60,7 +61,7 @@ def test_zero_weight_variant_gets_no_traffic_but_can_be_forced() -> None:
 
 def test_forcing_rules() -> None:
     r = router((1, 1))
-    assert r.assign("alice", "v1", 0.0).reason is Reason.FORCED
+    assert r.assign("alice", "v1", 0.0).kind is AssignmentKind.FORCED
     with pytest.raises(RoutingError, match="X-Variant 'shadow' is not a live variant"):
         r.assign(None, "shadow", 0.0)
     with pytest.raises(RoutingError, match="overrides are disabled"):

@@ -1,0 +1,115 @@
+"""The report's aggregates, computed by real SQLite and PostgreSQL: counts and sums per
+variant, epoch, assignment kind and time bucket, distinct sticky users, shadow pairs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
+from serve_app.event_store import EventStore
+from serve_app.experiment_queries import ExperimentQueries
+from tests.events import feedback, prediction
+from tests.integration.test_event_store import store_url  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+SPLIT, STICKY, FORCED, SHADOW = (
+    AssignmentKind.SPLIT,
+    AssignmentKind.STICKY,
+    AssignmentKind.FORCED,
+    AssignmentKind.SHADOW,
+)
+
+
+def test_aggregates_count_what_was_stored(store_url: str) -> None:  # noqa: F811
+    store = EventStore(store_url)
+    first = AllocationEvent("iris-ab", "k1", {"champion": 0.9, "challenger": 0.1}, 100.0)
+    second = AllocationEvent("iris-ab", "k2", {"champion": 0.5, "challenger": 0.5}, 200.0)
+    events: list = [second, first]  # written out of order: epochs follow started_at
+
+    def add(rid, variant, kind, at, allocation, predicted="setosa", **extra):
+        events.append(
+            prediction(
+                rid,
+                variant,
+                shadow=kind is SHADOW,
+                assignment=kind,
+                allocation=allocation,
+                created_at=at,
+                predictions=[predicted],
+                latency_ms=math.e,
+                **extra,
+            )
+        )
+
+    add("a", "champion", SPLIT, 110.0, "k1")
+    add("b", "champion", SPLIT, 170.0, "k1", predicted="virginica")  # wrong
+    add("c", "challenger", STICKY, 120.0, "k1", unit_hash="u1")
+    add("d", "challenger", STICKY, 130.0, "k1", unit_hash="u1")  # same user
+    add("e", "challenger", STICKY, 140.0, "k1", unit_hash="u2")
+    add("f", "challenger", FORCED, 210.0, "k2")
+    add("g", "champion", SPLIT, 220.0, "k2", outcome="error", error="boom")
+    add("a", "shadow-hgb", SHADOW, 110.0, "k1")
+    add("b", "shadow-hgb", SHADOW, 170.0, "k1")  # right where the live one was wrong
+    add("old", "champion", SPLIT, 50.0, "")  # written before v4: epoch 0
+    events += [feedback(r, "setosa") for r in ("a", "b", "c", "f", "g")]
+    store.write(events)
+
+    queries = ExperimentQueries(store.engine, "iris-ab", classification=True, bucket_s=60.0)
+    result = queries.aggregates(control="champion")
+    assert [(e.epoch, e.shares["champion"]) for e in result.epochs] == [(1, 0.9), (2, 0.5)]
+    cells = {(c.variant, c.epoch, c.assignment, c.bucket): c for c in result.cells}
+    assert set(cells) == {
+        ("champion", 1, SPLIT, 1),
+        ("champion", 1, SPLIT, 2),
+        ("challenger", 1, STICKY, 2),
+        ("challenger", 2, FORCED, 3),
+        ("champion", 2, SPLIT, 3),
+        ("shadow-hgb", 1, SHADOW, 1),
+        ("shadow-hgb", 1, SHADOW, 2),
+        ("champion", 0, SPLIT, 0),
+    }
+    a, b = cells["champion", 1, SPLIT, 1], cells["champion", 1, SPLIT, 2]
+    assert (a.requests, a.labelled, a.correct) == (1, 1, 1)
+    assert (b.requests, b.labelled, b.correct) == (1, 1, 0)
+    sticky = cells["challenger", 1, STICKY, 2]
+    assert (sticky.requests, sticky.labelled, sticky.correct) == (3, 1, 1)
+    assert sticky.log_latency_sum == pytest.approx(3.0)  # ln(e) per answered request
+    assert sticky.log_latency_sq == pytest.approx(3.0)
+    failed = cells["champion", 2, SPLIT, 3]
+    assert (failed.requests, failed.errors, failed.labelled) == (1, 1, 0)
+    assert [(u.variant, u.epoch, u.units) for u in result.units] == [("challenger", 1, 2)]
+    paired = {(p.shadow, p.bucket): p for p in result.paired}
+    assert (paired["shadow-hgb", 1].pairs, paired["shadow-hgb", 1].both_correct) == (1, 1)
+    assert (paired["shadow-hgb", 2].pairs, paired["shadow-hgb", 2].shadow_only) == (1, 1)
+    assert len(result.label_delay_s) == 5
+    facts = queries.variant_facts()
+    assert facts["shadow-hgb"].agreement == (1, 2)
+    assert facts["champion"].model_versions == ["1"]
+    assert facts["champion"].recent_latency_ms == pytest.approx([math.e] * 3)
+    store.dispose()
+
+
+def test_regression_sums_absolute_errors(store_url: str) -> None:  # noqa: F811
+    store = EventStore(store_url)
+    store.write(
+        [
+            prediction("r1", predictions=[10.0], created_at=0.0),
+            prediction("r2", predictions=[20.0], created_at=1.0),
+            prediction("r3", predictions=[1.0, 2.0], created_at=2.0),  # a batch: not scored
+        ]
+    )
+    store.write(
+        [
+            FeedbackEvent(request_id=r, created_at=5.0, value=v)
+            for r, v in (("r1", 13.0), ("r2", 18.0), ("r3", 0.0))
+        ]
+    )
+    result = ExperimentQueries(store.engine, "iris-ab", False, 3600.0).aggregates("champion")
+    (cell,) = result.cells
+    assert (cell.requests, cell.labelled) == (3, 2)
+    assert cell.abs_error_sum == pytest.approx(5.0)
+    assert cell.abs_error_sq == pytest.approx(13.0)
+    store.dispose()
