@@ -3,12 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Debian packages a target needs (.ci/system-deps lists them): installed when missing, with
+# apt-get as root or through sudo; otherwise make stops at once naming them.
+SYSTEM_DEPS = PYTHON=$(PYTHON) bash .ci/system-deps
 
-.PHONY: install demo test lint format bench bench-train clean
+.PHONY: install demo test lint format bench bench-train clean system-deps-test \
+	system-deps-demo system-deps-bench
 
 install: $(INSTALLED)
 
+# one check for every package the target needs, before anything slow starts
+system-deps-test system-deps-demo system-deps-bench:
+	@$(SYSTEM_DEPS) install $(@:system-deps-%=%)
+
 $(INSTALLED): pyproject.toml
+	@$(SYSTEM_DEPS) install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -22,17 +31,17 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: system-deps-test lint
 	$(BIN)/pytest
 
 DASHBOARD ?= http://127.0.0.1:8265
 
 # Two searches on iris (a broad one becomes the champion, a k-NN-only one the challenger),
 # a local Ray head, serve_config.yaml deployed with Ray's own CLI, sample traffic.
-demo: install
+demo: system-deps-demo install
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --alias champion
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --families knn --num-samples 8 --alias challenger
-	-$(BIN)/raysplit down 2>/dev/null
+	$(BIN)/raysplit down
 	$(BIN)/raysplit up
 	RAY_AUTH_MODE=token $(BIN)/serve deploy serve_config.yaml -a $(DASHBOARD)
 	$(BIN)/raysplit traffic --requests 300 --users 50 --feedback
@@ -49,7 +58,7 @@ demo: install
 
 # raysplit against a FastAPI baseline and the textbook Serve composition under wrk, memory,
 # autoscaling -> docs/benchmarks.md (+ PNGs); then the training side -> docs/training_speed.md
-bench: install
+bench: system-deps-bench install
 	$(BIN)/python bench/serving.py --output docs/benchmarks.md
 	$(BIN)/python bench/training_speed.py --output docs/training_speed.md
 

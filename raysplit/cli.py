@@ -23,6 +23,8 @@ from raysplit.core.settings import (
     Locations,
 )
 
+API_KEY_ENV = "RAYSPLIT_API_KEY"  # the client's key; the ingress's hashes: RAYSPLIT_API_KEYS
+
 # flag -> dotted config key; every other field is reachable as KEY=VALUE
 TUNE_FLAGS: dict[str, str] = {
     "dataset": "dataset.name",
@@ -114,31 +116,40 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from raysplit.cluster import down
 
-    stopped = down(Locations.resolve())
-    print(f"stopped the raysplit Ray cluster ({stopped} processes)")
+    locations = Locations.resolve()
+    stopped = down(locations)
+    if stopped:
+        print(f"stopped the raysplit Ray cluster ({stopped} processes)")
+    else:
+        print(f"no raysplit cluster is running for {locations.home}; nothing to stop")
     return 0
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from raysplit.traffic import send, wait_ready
+    from raysplit.traffic import auth_headers, send, wait_ready
 
     url = args.url or Locations.resolve().ingress_url
     wait_ready(url, args.wait)
-    print("\n".join(send(url, args.dataset, args.requests, args.users, args.feedback)))
+    headers = auth_headers(args.api_key)
+    print("\n".join(send(url, args.dataset, args.requests, args.users, args.feedback, headers)))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import requests
 
+    from raysplit.traffic import auth_headers, refusal
+
     url = args.url or Locations.resolve().ingress_url
     params = {"experiment": args.experiment} if args.experiment else None
     try:
-        response = requests.get(f"{url}/experiment", params=params, timeout=60)
+        response = requests.get(
+            f"{url}/experiment", params=params, headers=auth_headers(args.api_key), timeout=60
+        )
     except requests.RequestException as exc:
         raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
     if not response.ok:
-        raise RaysplitError(f"{url}/experiment answered {response.status_code}: {response.text}")
+        raise refusal(response)
     if args.json:
         print(response.text)
         return 0
@@ -167,6 +178,16 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
+
+
+def add_api_key(parser: argparse.ArgumentParser, scope: str) -> None:
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        metavar="KEY",
+        help=f"API key for an ingress with keys on ({scope}), sent as Authorization: Bearer."
+        f" Default: ${API_KEY_ENV}, which unlike the flag stays out of the process list",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
-    down = commands.add_parser("down", help="stop the Ray head `raysplit up` started")
+    down = commands.add_parser(
+        "down",
+        help="stop the Ray head `raysplit up` started (a no-op if none is running)",
+        description="Stop the processes of the Ray cluster `raysplit up` started for this"
+        " RAYSPLIT_HOME, and no others. With none running it says so and exits 0, so it is"
+        " safe to run before `raysplit up`.",
+    )
     down.set_defaults(func=cmd_down)
 
     traffic = commands.add_parser("traffic", help="send sample predictions, show the split")
@@ -235,12 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument(
         "--feedback", action="store_true", help="then send each row's true label as feedback"
     )
+    add_api_key(traffic, "predict scope; admin with --feedback")
     traffic.set_defaults(func=cmd_traffic)
 
     report = commands.add_parser("report", help="print the A/B experiment report")
     report.add_argument("--experiment", help="experiment name (default: the deployed one)")
     report.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
     report.add_argument("--json", action="store_true", help="the raw JSON of GET /experiment")
+    add_api_key(report, "admin scope")
     report.set_defaults(func=cmd_report)
 
     keys = commands.add_parser("keys", help="API keys for the ingress (see docs/security.md)")

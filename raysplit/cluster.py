@@ -185,7 +185,8 @@ def _processes(temp_dir: Path) -> list[psutil.Process]:
 
 
 def down(locations: Locations, timeout: float = 20.0) -> int:
-    """Stop the processes of the cluster `up` started for this data directory.
+    """Stop the processes of the cluster `up` started for this data directory; return how
+    many there were (0: none was running, which is not an error, so `down` is safe to repeat).
 
     The temp dir follows from the data directory, so this works even if cluster.json is gone.
     """
@@ -194,7 +195,7 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
     processes = _processes(temp_dir)
     if not processes:
         _state_path(locations).unlink(missing_ok=True)
-        raise RaysplitError(f"no raysplit cluster is running for {locations.home}")
+        return 0
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()

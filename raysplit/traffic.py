@@ -15,6 +15,27 @@ import requests
 from raysplit.core.errors import RaysplitError
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header the ingress reads an API key from (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def refusal(response: requests.Response) -> RaysplitError:
+    """One line for an answer that is not 2xx: URL, status, the ingress's reason, and for
+    401/403 which key to send."""
+    try:
+        body = response.json()
+        detail = body.get("detail") or body.get("error") or response.text
+    except (ValueError, AttributeError):
+        detail = response.text
+    detail = " ".join(str(detail).split())[:300]
+    where = response.url.split("?")[0]
+    hint = "; pass --api-key or set RAYSPLIT_API_KEY" if response.status_code == 401 else ""
+    return RaysplitError(
+        f"{where} answered {response.status_code} {response.reason}: {detail}{hint}"
+    )
+
+
 def wait_ready(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -28,30 +49,46 @@ def wait_ready(url: str, timeout: float) -> None:
 
 
 def send(
-    url: str, dataset: str, count: int, users: int, feedback: bool = False, threads: int = 4
+    url: str,
+    dataset: str,
+    count: int,
+    users: int,
+    feedback: bool = False,
+    auth: dict[str, str] | None = None,
+    threads: int = 4,
 ) -> list[str]:
     """Send ``count`` predictions (every other one with one of ``users`` user ids) and,
-    with ``feedback``, the dataset's true label for each one afterwards."""
+    with ``feedback``, the dataset's true label for each one afterwards.
+
+    ``auth`` (:func:`auth_headers`) goes with every request. A refused key (401/403) ends
+    the command with the ingress's reason instead of a count of failures."""
     from tune.datasets import load_dataset
 
     data = load_dataset(dataset)
     records = data.features.to_dict(orient="records")
     truth: dict[str, object] = {}
+    refused: list[requests.Response] = []
 
     def one(i: int) -> tuple[int, str, str | None]:
         request_id = f"demo-{uuid.uuid4().hex}"
         truth[request_id] = data.target.iloc[i % len(records)]
-        headers = {"X-Request-Id": request_id}
+        headers = {**(auth or {}), "X-Request-Id": request_id}
         user = f"user-{i % users}" if users and i % 2 == 0 else None
         if user:
             headers["X-User-Id"] = user
         response = requests.post(
             f"{url}/predict", json=records[i % len(records)], headers=headers, timeout=30
         )
+        if response.status_code in (401, 403):
+            refused.append(response)
         return response.status_code, response.headers.get("x-variant", "-"), user
 
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(one, range(count)))
+    results = [one(0)] if count else []  # alone first: a refused key stops here
+    if not refused:
+        with ThreadPoolExecutor(threads) as pool:
+            results += pool.map(one, range(1, count))
+    if refused:
+        raise refusal(refused[0])
     failed = [r for r in results if r[0] != 200]
     counts = Counter(variant for status, variant, _ in results if status == 200)
     sticky: dict[str, set[str]] = {}
@@ -68,8 +105,10 @@ def send(
     if feedback:
         key = "label" if data.task == "classification" else "value"
         items = [{"request_id": rid, key: _plain(value)} for rid, value in truth.items()]
-        answer = requests.post(f"{url}/feedback", json=items, timeout=60).json()
-        lines.append(f"  feedback: {answer.get('accepted')} labels sent")
+        response = requests.post(f"{url}/feedback", json=items, headers=auth, timeout=60)
+        if not response.ok:
+            raise refusal(response)
+        lines.append(f"  feedback: {response.json().get('accepted')} labels sent")
     return lines
 
 

@@ -24,6 +24,7 @@ import skops.io
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from ray import tune
+from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raysplit.core.errors import RaysplitError
@@ -140,6 +141,25 @@ def _same_answers(model: Any, reloaded: Any, rows: Any) -> bool:
     return True
 
 
+class _ProgressTable(TuneTerminalReporter):
+    """Tune's progress table (every 30 s and at the end) without a config box and a result
+    box per trial: the trials are in MLflow, and two small searches printed ~800 lines.
+
+    Ray 2.60 has no setting for this: at verbosity 1 its reporter prints both boxes for
+    every trial. So Tune runs at verbosity 0 (its own reporter stays silent, except for
+    trial errors, which it always prints) and this reporter, passed first among the
+    callbacks, is the one Tune uses for the experiment header and the table. The base class
+    lives in ``ray.tune.experimental.output`` (Ray's output engine; pyproject pins 2.60).
+    """
+
+    _start_end_verbosity = AirVerbosity.VERBOSE  # per-trial boxes only at verbosity 2
+
+    def on_trial_error(self, *args: Any, **kwargs: Any) -> None:
+        """Printed by Tune's own (silent) reporter already."""
+
+    on_trial_recover = on_trial_error
+
+
 def _run_trials(
     spec: TuneSpec, plan: SearchPlan, split: Split, logger: TrialLogger, locations: Locations
 ) -> tune.ResultGrid:
@@ -177,7 +197,11 @@ def _run_trials(
         run_config=tune.RunConfig(
             name=f"{logger.parent_run_id}",
             storage_path=str(locations.tune_storage_path),
-            callbacks=[logger],
+            callbacks=[
+                _ProgressTable(AirVerbosity.DEFAULT, metric="cv_mean", mode=plan.metric.mode),
+                logger,
+            ],
+            verbose=0,
         ),
     )
     return tuner.fit()

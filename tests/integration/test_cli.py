@@ -127,6 +127,15 @@ def test_info_prints_resolved_locations_as_json(home: Path) -> None:
     assert info.mlflow_tracking_uri == f"sqlite:///{home}/mlflow.db"
 
 
+def test_down_with_nothing_running_is_a_no_op(home: Path) -> None:
+    result = run_cli("down", env={"RAYSPLIT_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"no raysplit cluster is running for {home}; nothing to stop"
+    ]
+    assert result.stderr == ""
+
+
 def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Path) -> None:
     """The README's search, through the real console script, joining the session's cluster."""
     result = run_cli(
@@ -139,6 +148,10 @@ def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered: models:/iris-default/1 (alias @challenger" in result.stdout
+    # Tune's progress table and the outcome, not a config and a result box per trial
+    assert "Trial status: 20 TERMINATED" in result.stdout
+    assert "started with configuration" not in result.stdout
+    assert " result " not in result.stdout, "a per-trial result box was printed"
     uri = Locations.resolve().mlflow_tracking_uri  # explicit: other tests set MLflow's globals
     client = MlflowClient(uri, uri)
     version = client.get_model_version_by_alias("iris-default", "challenger")

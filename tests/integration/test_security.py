@@ -3,6 +3,9 @@ file, each route answered 401/403/200 as its scope says, and no key in any log."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 import requests
 
 from serve_app.auth import Scope, entry_for, new_key
-from tests.conftest import Cluster
+from tests.conftest import REPO, Cluster
 from tests.integration.serving import RECORD, Deployer, user_config
 
 pytestmark = pytest.mark.integration
@@ -111,3 +114,52 @@ def test_oip_routes_need_a_predict_key_and_answer_in_the_protocols_error_field(
         f"{secured.url}/v2/models/iris", headers={"X-API-Key": PREDICT}, timeout=30
     )
     assert metadata.status_code == 200 and metadata.json()["name"] == "iris"
+
+
+def raysplit(*args: str, api_key_env: str | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it; RAYSPLIT_API_KEY only if given."""
+    env = {k: v for k, v in os.environ.items() if k != "RAYSPLIT_API_KEY"}
+    if api_key_env is not None:
+        env["RAYSPLIT_API_KEY"] = api_key_env
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "raysplit"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_report_and_traffic_send_the_key_from_the_flag_or_the_environment(
+    secured: Deployer,
+) -> None:
+    url = secured.url
+    traffic = ("traffic", "--url", url, "--requests", "8", "--users", "2", "--feedback")
+    report = ("report", "--url", url)
+
+    for args, path in ((traffic, "/predict"), (report, "/experiment")):
+        refused = raysplit(*args)
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.splitlines() == [
+            f"raysplit: error: {url}{path} answered 401 Unauthorized: missing or invalid API"
+            " key: send Authorization: Bearer <key> or X-API-Key: <key>; pass --api-key or"
+            " set RAYSPLIT_API_KEY"
+        ]
+    # feedback needs the admin scope: a predict key gets its predictions, then a 403
+    partial = raysplit(*traffic, "--api-key", PREDICT)
+    assert partial.returncode == 2
+    assert partial.stderr.splitlines() == [
+        f"raysplit: error: {url}/feedback answered 403 Forbidden: this API key has scope"
+        " 'predict'; POST /feedback needs 'admin'"
+    ]
+
+    # the flag wins over a wrong key in the environment
+    for key_args, key_env in (("--api-key", ADMIN), "rsk_wrong"), ((), ADMIN):
+        sent = raysplit(*traffic, *key_args, api_key_env=key_env)
+        assert sent.returncode == 0, sent.stderr
+        assert f"sent 8 predictions to {url}/predict: 8 ok, 0 failed" in sent.stdout
+        assert "feedback: 8 labels sent" in sent.stdout
+        shown = raysplit(*report, *key_args, api_key_env=key_env)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith("experiment iris-ab (classification): ")
