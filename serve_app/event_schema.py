@@ -55,6 +55,7 @@ predictions = sa.Table(
     sa.Column("predicted_value", sa.Float),
     sa.UniqueConstraint("request_id", "variant", name="uq_prediction_request_variant"),
     sa.Index("ix_predictions_experiment_created", "experiment", "created_at"),
+    sa.Index("ix_predictions_experiment_shadow", "experiment", "shadow"),  # v4: paired shadows
 )
 
 feedback = sa.Table(
@@ -65,6 +66,41 @@ feedback = sa.Table(
     sa.Column("label", sa.JSON),
     sa.Column("value", sa.Float),
     sa.Column("label_text", sa.String(256)),  # v4: the label as predictions' `predicted`
+    sa.Index("ix_feedback_created", "created_at"),  # v4: the recent label delays
+)
+
+# v4: the report's counts and sums, kept up to date by every write (serve_app.event_rollup)
+# so the report reads one row per variant, allocation, assignment, version and minute
+# instead of every prediction
+BUCKET_S = 60.0
+
+cells = sa.Table(
+    "raysplit_cells",
+    metadata,
+    sa.Column("experiment", sa.String(128), primary_key=True),
+    sa.Column("variant", sa.String(64), primary_key=True),
+    sa.Column("allocation", sa.String(32), primary_key=True),
+    sa.Column("assignment", sa.String(8), primary_key=True),
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),  # floor(created_at / BUCKET_S)
+    sa.Column("requests", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("log_latency_sum", sa.Float, nullable=False, server_default="0"),
+    sa.Column("log_latency_sq", sa.Float, nullable=False, server_default="0"),
+    sa.Column("labelled", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("correct", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("abs_error_sum", sa.Float, nullable=False, server_default="0"),
+    sa.Column("abs_error_sq", sa.Float, nullable=False, server_default="0"),
+)
+
+# v4: each sticky unit (a salted hash of the user's key) a variant served in an allocation
+units = sa.Table(
+    "raysplit_units",
+    metadata,
+    sa.Column("experiment", sa.String(128), primary_key=True),
+    sa.Column("allocation", sa.String(32), primary_key=True),
+    sa.Column("variant", sa.String(64), primary_key=True),
+    sa.Column("unit_hash", sa.String(32), primary_key=True),
 )
 
 # v4: each allocation (live variants, weights, salt) an experiment served, from the first
@@ -100,7 +136,7 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-_BEGIN = "raysplit_sqlite_begin"
+BEGIN_OPTION = "raysplit_sqlite_begin"
 
 
 def make_engine(url: str) -> Engine:
@@ -125,7 +161,9 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _begin(connection: sa.Connection) -> None:
-            connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN, "BEGIN"))
+            connection.exec_driver_sql(
+                connection.get_execution_options().get(BEGIN_OPTION, "BEGIN")
+            )
 
         return engine
     return sa.create_engine(
@@ -148,6 +186,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE raysplit_predictions ADD COLUMN predicted VARCHAR(256)",
         "ALTER TABLE raysplit_predictions ADD COLUMN predicted_value FLOAT",
         "ALTER TABLE raysplit_feedback ADD COLUMN label_text VARCHAR(256)",
+        "CREATE INDEX IF NOT EXISTS ix_predictions_experiment_shadow"
+        " ON raysplit_predictions (experiment, shadow)",
+        "CREATE INDEX IF NOT EXISTS ix_feedback_created ON raysplit_feedback (created_at)",
     ],
 }
 
@@ -174,7 +215,10 @@ _MIGRATION_LOCK = 0x7261797370_6C6974
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema, once even when many replicas start together; return
     its version."""
-    with engine.connect().execution_options(**{_BEGIN: "BEGIN IMMEDIATE"}) as conn, conn.begin():
+    with (
+        engine.connect().execution_options(**{BEGIN_OPTION: "BEGIN IMMEDIATE"}) as conn,
+        conn.begin(),
+    ):
         _migration_lock(conn)
         fresh = not sa.inspect(conn).has_table(schema_info.name)
         metadata.create_all(conn, checkfirst=True)
@@ -192,6 +236,7 @@ def migrate(engine: Engine) -> int:
                     conn.execute(sa.text(statement))
             if version == 4:
                 _backfill_scored_columns(conn)
+                _backfill_rollup(conn)
             conn.execute(schema_info.update().values(version=version))
         return SCHEMA_VERSION
 
@@ -206,6 +251,70 @@ def _adds_existing_column(conn: sa.Connection, statement: str) -> bool:
         return False
     table, column = match.groups()
     return column in {c["name"] for c in sa.inspect(conn).get_columns(table)}
+
+
+CELL_COLUMNS = [
+    "experiment",
+    "variant",
+    "allocation",
+    "assignment",
+    "model_version",
+    "bucket",
+    "requests",
+    "errors",
+    "log_latency_sum",
+    "log_latency_sq",
+    "labelled",
+    "correct",
+    "abs_error_sum",
+    "abs_error_sq",
+]
+
+
+def _backfill_rollup(conn: sa.Connection) -> None:
+    """The cells of every row written before v4, in one aggregate query."""
+    conn.execute(cells.insert().from_select(CELL_COLUMNS, cells_from_rows()))
+
+
+def cells_from_rows() -> sa.Select:
+    """``raysplit_cells`` computed from every stored row: what the rollup must equal."""
+    p, f = predictions, feedback
+    ok = p.c.outcome == "ok"
+    latency = sa.case((p.c.latency_ms > 0.001, p.c.latency_ms), else_=0.001)
+    log_latency = sa.func.ln(latency)
+    by_label = sa.and_(p.c.predicted.is_not(None), f.c.label_text.is_not(None))
+    by_value = sa.and_(p.c.predicted_value.is_not(None), f.c.value.is_not(None))
+    scored = sa.and_(ok, sa.or_(by_label, by_value))
+    abs_error = sa.func.abs(p.c.predicted_value - f.c.value)
+
+    def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    def total(condition: sa.ColumnElement[bool], value: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.func.sum(sa.case((condition, value), else_=0.0))
+
+    bucket = sa.cast(sa.func.floor(p.c.created_at / BUCKET_S), sa.Integer)
+    version = sa.func.coalesce(p.c.model_version, "")
+    return (
+        sa.select(
+            p.c.experiment,
+            p.c.variant,
+            p.c.allocation,
+            p.c.assignment,
+            version,
+            bucket,
+            sa.func.count(),
+            count(p.c.outcome == "error"),
+            total(ok, log_latency),
+            total(ok, log_latency * log_latency),
+            count(scored),
+            count(sa.and_(ok, by_label, p.c.predicted == f.c.label_text)),
+            total(sa.and_(ok, by_value), abs_error),
+            total(sa.and_(ok, by_value), abs_error * abs_error),
+        )
+        .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
+        .group_by(p.c.experiment, p.c.variant, p.c.allocation, p.c.assignment, version, bucket)
+    )
 
 
 def _backfill_scored_columns(conn: sa.Connection) -> None:

@@ -16,7 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
+from serve_app.event_rollup import Rollup
 from serve_app.event_schema import (
+    BEGIN_OPTION,
     SCHEMA_VERSION,
     SchemaError,
     allocations,
@@ -29,6 +31,40 @@ from serve_app.event_schema import (
 )
 
 __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema_info"]
+
+
+# Event writers take this transaction-scoped advisory lock on PostgreSQL (see event_rollup).
+WRITE_LOCK = 0x7261797370_6C6975
+
+
+def _stored_labels(
+    conn: sa.Connection, ids: set[str]
+) -> dict[str, tuple[str | None, float | None]]:
+    if not ids:
+        return {}
+    query = sa.select(feedback.c.request_id, feedback.c.label_text, feedback.c.value).where(
+        feedback.c.request_id.in_(ids)
+    )
+    return {r.request_id: (r.label_text, r.value) for r in conn.execute(query)}
+
+
+def _stored_predictions(conn: sa.Connection, ids: set[str]) -> list[Any]:
+    if not ids:
+        return []
+    p = predictions
+    query = sa.select(
+        p.c.request_id,
+        p.c.experiment,
+        p.c.variant,
+        p.c.allocation,
+        p.c.assignment,
+        p.c.model_version,
+        p.c.created_at,
+        p.c.outcome,
+        p.c.predicted,
+        p.c.predicted_value,
+    ).where(p.c.request_id.in_(ids))
+    return list(conn.execute(query))
 
 
 def _insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
@@ -45,7 +81,8 @@ class EventStore:
         self.version = migrate(self.engine)
 
     def write(self, events: Sequence[Event]) -> set[str]:
-        """Write one batch in one transaction; repeats (same request id) are ignored.
+        """Write one batch in one transaction, with the report's counts it changes (see
+        :mod:`serve_app.event_rollup`); repeats (same request id) are ignored.
 
         Returns the request ids whose feedback was new: a client that posts the same
         feedback twice (or to two replicas) must be counted once, as the store keeps it.
@@ -54,11 +91,27 @@ class EventStore:
         feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
         new_feedback: set[str] = set()
-        with self.engine.begin() as conn:
+        rollup = Rollup()
+        options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
+        with self.engine.connect().execution_options(**options) as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
             if allocation_rows:  # the first replica to serve an allocation dates it
                 conn.execute(_insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
             if prediction_rows:
-                conn.execute(_insert_ignoring_duplicates(self.engine, predictions), prediction_rows)
+                inserted = conn.execute(
+                    _insert_ignoring_duplicates(self.engine, predictions).returning(
+                        predictions.c.request_id, predictions.c.variant
+                    ),
+                    prediction_rows,
+                )
+                new = set(map(tuple, inserted))
+                rows = []
+                for row in prediction_rows:  # a repeat within the batch counts once
+                    if (key := (row["request_id"], row["variant"])) in new:
+                        new.discard(key)
+                        rows.append(row)
+                rollup.add_predictions(rows, _stored_labels(conn, {r["request_id"] for r in rows}))
             if feedback_rows:
                 inserted = conn.execute(
                     _insert_ignoring_duplicates(self.engine, feedback).returning(
@@ -67,6 +120,13 @@ class EventStore:
                     feedback_rows,
                 )
                 new_feedback.update(inserted.scalars())
+                labels = {
+                    r["request_id"]: (r["label_text"], r["value"])
+                    for r in feedback_rows
+                    if r["request_id"] in new_feedback
+                }
+                rollup.add_labels(_stored_predictions(conn, set(labels)), labels)
+            rollup.apply(conn)
         return new_feedback
 
     def reachable(self) -> bool:

@@ -1,25 +1,23 @@
-"""The experiment report's inputs, aggregated by the database.
+"""The experiment report's inputs, read from the event store's rollup.
 
-One ``GROUP BY`` over the experiment's predictions (joined with their feedback) gives
-counts and sums per variant, allocation, assignment kind and time bucket; the statistics
-work on those (:mod:`serve_app.aggregates`). Nothing here loads every row: the first
-version did, took 1.05 s at 10^5 stored predictions and stopped counting at 200,000.
-What needs rows (latency percentiles, label delays, drift) reads a bounded recent sample.
+Counts and sums per variant, allocation, assignment kind and minute come from the rows
+every write keeps current (:mod:`serve_app.event_rollup`), so reading them grows with the
+number of minutes, not of predictions; the statistics work on those
+(:mod:`serve_app.aggregates`). The first version loaded every row: 1.05 s at 10^5 stored
+predictions, and it stopped counting at 200,000. What needs rows reads a bounded recent
+sample (latency percentiles, label delays, drift) or only the shadow rows (paired scores).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 
 from raysplit.core.events import AssignmentKind
 from serve_app.aggregates import Cell, Epoch, EpochUnits, ExperimentAggregates, PairedCell
-from serve_app.event_schema import allocations, feedback, predictions
+from serve_app.event_schema import BUCKET_S, allocations, cells, feedback, predictions, units
 
 RECENT_SAMPLE = 2000  # rows per variant for latency percentiles, and label delays
-MIN_LATENCY_MS = 0.001  # log latency of anything faster is taken at this floor
 
 
 class VariantFacts(BaseModel):
@@ -34,12 +32,6 @@ def _bucket(column: sa.ColumnElement, bucket_s: float) -> sa.ColumnElement:
     return sa.func.floor(column / bucket_s)
 
 
-def _labelled(p: Any, f: Any, classification: bool) -> sa.ColumnElement[bool]:
-    if classification:
-        return sa.and_(p.c.predicted.is_not(None), f.c.label_text.is_not(None))
-    return sa.and_(p.c.predicted_value.is_not(None), f.c.value.is_not(None))
-
-
 def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
     return sa.func.sum(sa.case((condition, 1), else_=0))
 
@@ -51,11 +43,11 @@ def _sum(condition: sa.ColumnElement[bool], value: sa.ColumnElement) -> sa.Colum
 class ExperimentQueries:
     """The report's reads of one experiment, against one engine."""
 
-    def __init__(self, engine: sa.Engine, experiment: str, classification: bool, bucket_s: float):
+    def __init__(self, engine: sa.Engine, experiment: str, classification: bool):
         self.engine = engine
         self.experiment = experiment
         self.classification = classification
-        self.bucket_s = bucket_s
+        self.bucket_s = BUCKET_S
 
     def aggregates(self, control: str | None) -> ExperimentAggregates:
         with self.engine.connect() as conn:
@@ -92,60 +84,45 @@ class ExperimentQueries:
         return numbers.setdefault(key, max(numbers.values()) + 1)
 
     def _cells(self, conn: sa.Connection, numbers: dict[str, int]) -> list[Cell]:
-        p, f = predictions, feedback
-        ok = p.c.outcome == "ok"
-        scored = sa.and_(ok, _labelled(p, f, self.classification))
-        latency = sa.case((p.c.latency_ms > MIN_LATENCY_MS, p.c.latency_ms), else_=MIN_LATENCY_MS)
-        log_latency = sa.func.ln(latency)
-        abs_error = sa.func.abs(p.c.predicted_value - f.c.value)
-        bucket = _bucket(p.c.created_at, self.bucket_s).label("bucket")
+        """The rollup's rows of this experiment, summed over model versions."""
+        c = cells
+        counters = [
+            "requests",
+            "errors",
+            "log_latency_sum",
+            "log_latency_sq",
+            "labelled",
+            "correct",
+            "abs_error_sum",
+            "abs_error_sq",
+        ]
         query = (
             sa.select(
-                p.c.variant,
-                p.c.allocation,
-                p.c.assignment,
-                bucket,
-                sa.func.count().label("requests"),
-                _count(p.c.outcome == "error").label("errors"),
-                _sum(ok, log_latency).label("log_latency_sum"),
-                _sum(ok, log_latency * log_latency).label("log_latency_sq"),
-                _count(scored).label("labelled"),
-                _count(sa.and_(scored, p.c.predicted == f.c.label_text)).label("correct"),
-                _sum(sa.and_(scored, f.c.value.is_not(None)), abs_error).label("abs_sum"),
-                _sum(sa.and_(scored, f.c.value.is_not(None)), abs_error * abs_error).label(
-                    "abs_sq"
-                ),
+                c.c.variant,
+                c.c.allocation,
+                c.c.assignment,
+                c.c.bucket,
+                *(sa.func.sum(c.c[name]).label(name) for name in counters),
             )
-            .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
-            .where(p.c.experiment == self.experiment)
-            .group_by(p.c.variant, p.c.allocation, p.c.assignment, bucket)
+            .where(c.c.experiment == self.experiment)
+            .group_by(c.c.variant, c.c.allocation, c.c.assignment, c.c.bucket)
         )
         return [
             Cell(
                 variant=row.variant,
                 epoch=self._epoch(numbers, row.allocation),
                 assignment=AssignmentKind(row.assignment),
-                bucket=int(row.bucket),
-                requests=row.requests,
-                errors=row.errors or 0,
-                log_latency_sum=row.log_latency_sum or 0.0,
-                log_latency_sq=row.log_latency_sq or 0.0,
-                labelled=row.labelled or 0,
-                correct=row.correct or 0,
-                abs_error_sum=row.abs_sum or 0.0,
-                abs_error_sq=row.abs_sq or 0.0,
+                bucket=row.bucket,
+                **{name: getattr(row, name) for name in counters},
             )
             for row in conn.execute(query)
         ]
 
     def _units(self, conn: sa.Connection, numbers: dict[str, int]) -> list[EpochUnits]:
-        p = predictions
         query = (
-            sa.select(
-                p.c.variant, p.c.allocation, sa.func.count(sa.distinct(p.c.unit_hash)).label("n")
-            )
-            .where(p.c.experiment == self.experiment, p.c.assignment == AssignmentKind.STICKY)
-            .group_by(p.c.variant, p.c.allocation)
+            sa.select(units.c.variant, units.c.allocation, sa.func.count().label("n"))
+            .where(units.c.experiment == self.experiment)
+            .group_by(units.c.variant, units.c.allocation)
         )
         return [
             EpochUnits(variant=r.variant, epoch=self._epoch(numbers, r.allocation), units=r.n)
@@ -231,8 +208,8 @@ class ExperimentQueries:
         with self.engine.connect() as conn:
             versions: dict[str, set[str]] = {}
             for variant, version in conn.execute(
-                sa.select(p.c.variant, p.c.model_version)
-                .where(p.c.experiment == self.experiment)
+                sa.select(cells.c.variant, cells.c.model_version)
+                .where(cells.c.experiment == self.experiment)
                 .distinct()
             ):
                 versions.setdefault(variant, set()).add(str(version))

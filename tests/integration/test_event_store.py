@@ -33,13 +33,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("events_postgres")
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # each test starts empty
-        for table in (
-            "raysplit_predictions",
-            "raysplit_feedback",
-            "raysplit_schema",
-            "raysplit_report_lease",
-        ):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        for table in sa.inspect(conn).get_table_names():
+            if table.startswith("raysplit_"):
+                conn.execute(sa.text(f"DROP TABLE {table}"))
     engine.dispose()
     return url
 

@@ -1,0 +1,149 @@
+"""The report's counts and sums, kept current by every event write.
+
+Reading every prediction made the report grow with the experiment: 3.4 s for 10^6 rows on
+PostgreSQL here even as one hash-join ``GROUP BY``. So each write adds what it changes to
+``raysplit_cells`` (one row per experiment, variant, allocation, assignment, model version
+and minute) in the same transaction, and the report reads only those rows.
+
+A label scores its prediction once, whichever of the two is written second: new
+predictions are matched with feedback already stored *before* this batch's feedback is
+inserted, and new feedback with every prediction stored after. Writers take a lock for
+the transaction (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so two
+replicas writing a prediction and its feedback at the same moment cannot both miss the
+other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from serve_app.event_schema import BUCKET_S, cells, units
+
+MIN_LATENCY_MS = 0.001  # the log latency of anything faster is taken at this floor
+CellKey = tuple[
+    str, str, str, str, str, int
+]  # experiment, variant, allocation, kind, version, bucket
+
+
+@dataclass
+class Delta:
+    requests: int = 0
+    errors: int = 0
+    log_latency_sum: float = 0.0
+    log_latency_sq: float = 0.0
+    labelled: int = 0
+    correct: int = 0
+    abs_error_sum: float = 0.0
+    abs_error_sq: float = 0.0
+
+
+def cell_key(row: Any) -> CellKey:
+    """``row``: anything with a prediction's columns (an event's row dict or a DB row)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    return (
+        get("experiment"),
+        get("variant"),
+        get("allocation") or "",
+        str(get("assignment")),
+        str(get("model_version") or ""),
+        math.floor(get("created_at") / BUCKET_S),
+    )
+
+
+def score(delta: Delta, prediction: Any, label_text: str | None, value: float | None) -> None:
+    """Add one label's score to the cell of the answered prediction it labels."""
+    get = prediction.get if isinstance(prediction, dict) else lambda n: getattr(prediction, n)
+    if get("outcome") != "ok":
+        return
+    predicted, predicted_value = get("predicted"), get("predicted_value")
+    if label_text is not None and predicted is not None:
+        delta.labelled += 1
+        delta.correct += int(predicted == label_text)
+    elif value is not None and predicted_value is not None:
+        error = abs(predicted_value - value)
+        delta.labelled += 1
+        delta.abs_error_sum += error
+        delta.abs_error_sq += error * error
+
+
+def served(delta: Delta, prediction: dict[str, Any]) -> None:
+    """Add one newly stored prediction's request, error or latency to its cell."""
+    delta.requests += 1
+    if prediction["outcome"] != "ok":
+        delta.errors += 1
+        return
+    log_latency = math.log(max(prediction["latency_ms"], MIN_LATENCY_MS))
+    delta.log_latency_sum += log_latency
+    delta.log_latency_sq += log_latency * log_latency
+
+
+KEY_COLUMNS = [c.name for c in cells.primary_key]
+
+
+class Rollup:
+    """The deltas of one write transaction, applied at its end."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[CellKey, Delta] = defaultdict(Delta)
+        self.units: set[tuple[str, str, str, str]] = set()
+
+    def add_predictions(
+        self, rows: Iterable[dict[str, Any]], labels: dict[str, tuple[str | None, float | None]]
+    ) -> None:
+        """Newly stored predictions, with the labels already stored for their requests."""
+        for row in rows:
+            delta = self.deltas[cell_key(row)]
+            served(delta, row)
+            if row["request_id"] in labels:
+                score(delta, row, *labels[row["request_id"]])
+            if row["assignment"] == "sticky" and row["unit_hash"]:
+                self.units.add(
+                    (row["experiment"], row["allocation"], row["variant"], row["unit_hash"])
+                )
+
+    def add_labels(self, found: Iterable[Any], labels: dict[str, tuple[str | None, float | None]]):
+        """Newly stored feedback, with every stored prediction of its request."""
+        for prediction in found:
+            score(self.deltas[cell_key(prediction)], prediction, *labels[prediction.request_id])
+
+    def apply(self, conn: sa.Connection) -> None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        if self.deltas:
+            rows = [
+                dict(
+                    zip(
+                        ("experiment", "variant", "allocation", "assignment", "model_version"),
+                        key[:5],
+                        strict=True,
+                    ),
+                    bucket=key[5],
+                    **vars(delta),
+                )
+                for key, delta in self.deltas.items()
+            ]
+            insert = dialect.insert(cells)
+            adds = {
+                name: cells.c[name] + insert.excluded[name]
+                for name in vars(Delta())  # every counter, none of the key columns
+            }
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[c.name for c in cells.primary_key], set_=adds
+                ),
+                rows,
+            )
+        if self.units:
+            conn.execute(
+                dialect.insert(units).on_conflict_do_nothing(),
+                [
+                    dict(zip(("experiment", "allocation", "variant", "unit_hash"), u, strict=True))
+                    for u in self.units
+                ],
+            )
