@@ -57,10 +57,12 @@ demo: system-deps-demo install
 	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"
 
 # raysplit against a FastAPI baseline and the textbook Serve composition under wrk, memory,
-# autoscaling -> docs/benchmarks.md (+ PNGs); then the training side -> docs/training_speed.md
+# autoscaling -> docs/benchmarks.md (+ PNGs); the training side -> docs/training_speed.md; the
+# experiment report against stored predictions -> docs/report_scaling.md
 bench: system-deps-bench install
 	$(BIN)/python bench/serving.py --output docs/benchmarks.md
 	$(BIN)/python bench/training_speed.py --output docs/training_speed.md
+	$(BIN)/python bench/experiment_report.py --output docs/report_scaling.md
 
 # Best scores and wall time of the default search on each bundled dataset -> docs/training.md
 bench-train: install

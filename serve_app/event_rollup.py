@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serve_app.event_schema import BUCKET_S, cells, units
+from serve_app.event_schema import BUCKET_S, cells, feedback, pairs, predictions, units
 
 MIN_LATENCY_MS = 0.001  # the log latency of anything faster is taken at this floor
 CellKey = tuple[
@@ -147,3 +147,144 @@ class Rollup:
                     for u in self.units
                 ],
             )
+
+
+RANDOMISED = ("split", "sticky")
+PairKey = tuple[str, str, str, int]  # experiment, shadow, live allocation, live bucket
+PAIR_COUNTERS = (
+    "compared",
+    "agreed",
+    "labelled",
+    "both_correct",
+    "live_only",
+    "shadow_only",
+    "neither",
+    "valued",
+    "diff_sum",
+    "diff_sq",
+)
+
+
+@dataclass
+class PairState:
+    """What the store holds for one request: its live answer, its shadows, its label."""
+
+    live: Any = None
+    shadows: dict[str, Any] | None = None
+    label: tuple[str | None, float | None] | None = None
+
+    def complete(self) -> tuple[set[str], set[str]]:
+        """The shadows that can be compared with the live answer, and those of them whose
+        comparison is also labelled."""
+        live = self.live
+        if live is None or live.outcome != "ok" or live.predicted is None:
+            return set(), set()
+        if live.assignment not in RANDOMISED:  # forced answers are never compared
+            return set(), set()
+        compared = {
+            name
+            for name, s in (self.shadows or {}).items()
+            if s.outcome == "ok" and s.predicted is not None
+        }
+        if self.label is None:
+            return compared, set()
+        text, value = self.label
+        labelled = {
+            name
+            for name in compared
+            if text is not None
+            or (
+                value is not None
+                and live.predicted_value is not None
+                and self.shadows[name].predicted_value is not None
+            )
+        }
+        return compared, labelled
+
+
+def pair_states(conn: sa.Connection, ids: set[str]) -> dict[str, PairState]:
+    """The stored state of each request in ``ids``, for the pair rollup."""
+    if not ids:
+        return {}
+    p, f = predictions, feedback
+    states: dict[str, PairState] = defaultdict(PairState)
+    rows = conn.execute(
+        sa.select(
+            p.c.request_id,
+            p.c.experiment,
+            p.c.variant,
+            p.c.shadow,
+            p.c.assignment,
+            p.c.allocation,
+            p.c.created_at,
+            p.c.outcome,
+            p.c.predicted,
+            p.c.predicted_value,
+        ).where(p.c.request_id.in_(ids))
+    )
+    for row in rows:
+        state = states[row.request_id]
+        if row.shadow:
+            state.shadows = {**(state.shadows or {}), row.variant: row}
+        else:
+            state.live = row
+    labels = conn.execute(
+        sa.select(f.c.request_id, f.c.label_text, f.c.value).where(f.c.request_id.in_(ids))
+    )
+    for rid, text, value in labels:
+        states[rid].label = (text, value)
+    return states
+
+
+def pair_deltas(
+    before: dict[str, PairState], after: dict[str, PairState]
+) -> dict[PairKey, dict[str, float]]:
+    """What one write adds to the pair rollup: every (request, shadow) comparison, and
+    every labelled one, that is complete now and was not before the write."""
+    deltas: dict[PairKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PAIR_COUNTERS, 0))
+    for rid, state in after.items():
+        compared, labelled = state.complete()
+        old_compared, old_labelled = before.get(rid, PairState()).complete()
+        live = state.live
+        for name in compared - old_compared | labelled - old_labelled:
+            shadow = state.shadows[name]
+            key = (live.experiment, name, live.allocation, math.floor(live.created_at / BUCKET_S))
+            delta = deltas[key]
+            if name not in old_compared:
+                delta["compared"] += 1
+                delta["agreed"] += int(shadow.predicted == live.predicted)
+            if name in labelled and name not in old_labelled:
+                text, value = state.label
+                if text is not None:
+                    live_right, shadow_right = live.predicted == text, shadow.predicted == text
+                    delta["labelled"] += 1
+                    column = {
+                        (True, True): "both_correct",
+                        (True, False): "live_only",
+                        (False, True): "shadow_only",
+                        (False, False): "neither",
+                    }[(live_right, shadow_right)]
+                    delta[column] += 1
+                else:
+                    diff = abs(shadow.predicted_value - value) - abs(live.predicted_value - value)
+                    delta["valued"] += 1
+                    delta["diff_sum"] += diff
+                    delta["diff_sq"] += diff * diff
+    return deltas
+
+
+def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) -> None:
+    if not deltas:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(pairs)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[c.name for c in pairs.primary_key],
+            set_={name: pairs.c[name] + insert.excluded[name] for name in PAIR_COUNTERS},
+        ),
+        [
+            {"experiment": k[0], "shadow": k[1], "allocation": k[2], "bucket": k[3], **d}
+            for k, d in deltas.items()
+        ],
+    )

@@ -56,6 +56,8 @@ predictions = sa.Table(
     sa.UniqueConstraint("request_id", "variant", name="uq_prediction_request_variant"),
     sa.Index("ix_predictions_experiment_created", "experiment", "created_at"),
     sa.Index("ix_predictions_experiment_shadow", "experiment", "shadow"),  # v4: paired shadows
+    # v4: a variant's latest rows (latency percentiles, drift) without scanning the rest
+    sa.Index("ix_predictions_experiment_variant", "experiment", "variant", "id"),
 )
 
 feedback = sa.Table(
@@ -91,6 +93,27 @@ cells = sa.Table(
     sa.Column("correct", sa.Integer, nullable=False, server_default="0"),
     sa.Column("abs_error_sum", sa.Float, nullable=False, server_default="0"),
     sa.Column("abs_error_sq", sa.Float, nullable=False, server_default="0"),
+)
+
+# v4: each shadow against the live answer to the same requests, per the live answer's
+# allocation and minute: agreement on every pair, and the paired scores once labelled
+pairs = sa.Table(
+    "raysplit_pairs",
+    metadata,
+    sa.Column("experiment", sa.String(128), primary_key=True),
+    sa.Column("shadow", sa.String(64), primary_key=True),
+    sa.Column("allocation", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("compared", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agreed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("labelled", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("both_correct", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("live_only", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("shadow_only", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("neither", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("valued", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("diff_sum", sa.Float, nullable=False, server_default="0"),
+    sa.Column("diff_sq", sa.Float, nullable=False, server_default="0"),
 )
 
 # v4: each sticky unit (a salted hash of the user's key) a variant served in an allocation
@@ -189,6 +212,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS ix_predictions_experiment_shadow"
         " ON raysplit_predictions (experiment, shadow)",
         "CREATE INDEX IF NOT EXISTS ix_feedback_created ON raysplit_feedback (created_at)",
+        "CREATE INDEX IF NOT EXISTS ix_predictions_experiment_variant"
+        " ON raysplit_predictions (experiment, variant, id)",
     ],
 }
 
@@ -236,7 +261,7 @@ def migrate(engine: Engine) -> int:
                     conn.execute(sa.text(statement))
             if version == 4:
                 _backfill_scored_columns(conn)
-                _backfill_rollup(conn)
+                backfill_rollup(conn)
             conn.execute(schema_info.update().values(version=version))
         return SCHEMA_VERSION
 
@@ -271,9 +296,82 @@ CELL_COLUMNS = [
 ]
 
 
-def _backfill_rollup(conn: sa.Connection) -> None:
-    """The cells of every row written before v4, in one aggregate query."""
+def backfill_rollup(conn: sa.Connection) -> None:
+    """The rollups (cells, sticky units, shadow pairs) of every row written before v4, in
+    aggregate queries."""
     conn.execute(cells.insert().from_select(CELL_COLUMNS, cells_from_rows()))
+    conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
+    conn.execute(pairs.insert().from_select(PAIR_COLUMNS, pairs_from_rows()))
+
+
+PAIR_COLUMNS = [c.name for c in pairs.columns]
+
+
+def pairs_from_rows() -> sa.Select:
+    """``raysplit_pairs`` from every stored row: each shadow joined with the live answer
+    to the same request and its label."""
+    s, live, f = predictions.alias("s"), predictions.alias("l"), feedback
+
+    def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    labelled = f.c.label_text.is_not(None)
+    live_right, shadow_right = live.c.predicted == f.c.label_text, s.c.predicted == f.c.label_text
+    valued = sa.and_(
+        f.c.label_text.is_(None),
+        f.c.value.is_not(None),
+        live.c.predicted_value.is_not(None),
+        s.c.predicted_value.is_not(None),
+    )
+    diff = sa.func.abs(s.c.predicted_value - f.c.value) - sa.func.abs(
+        live.c.predicted_value - f.c.value
+    )
+    bucket = sa.cast(sa.func.floor(live.c.created_at / BUCKET_S), sa.Integer)
+    return (
+        sa.select(
+            s.c.experiment,
+            s.c.variant,
+            live.c.allocation,
+            bucket,
+            sa.func.count(),
+            count(s.c.predicted == live.c.predicted),
+            count(labelled),
+            count(sa.and_(labelled, live_right, shadow_right)),
+            count(sa.and_(labelled, live_right, sa.not_(shadow_right))),
+            count(sa.and_(labelled, sa.not_(live_right), shadow_right)),
+            count(sa.and_(labelled, sa.not_(live_right), sa.not_(shadow_right))),
+            count(valued),
+            sa.func.sum(sa.case((valued, diff), else_=0.0)),
+            sa.func.sum(sa.case((valued, diff * diff), else_=0.0)),
+        )
+        .select_from(
+            s.join(
+                live,
+                sa.and_(
+                    live.c.request_id == s.c.request_id,
+                    live.c.shadow.is_(False),
+                    live.c.outcome == "ok",
+                    live.c.predicted.is_not(None),
+                    live.c.assignment.in_(["split", "sticky"]),  # forced: never compared
+                ),
+            ).outerjoin(f, f.c.request_id == s.c.request_id)
+        )
+        .where(s.c.shadow.is_(True), s.c.outcome == "ok", s.c.predicted.is_not(None))
+        .group_by(s.c.experiment, s.c.variant, live.c.allocation, bucket)
+    )
+
+
+UNIT_COLUMNS = ["experiment", "allocation", "variant", "unit_hash"]
+
+
+def units_from_rows() -> sa.Select:
+    """``raysplit_units`` from every stored row."""
+    p = predictions
+    return (
+        sa.select(p.c.experiment, p.c.allocation, p.c.variant, p.c.unit_hash)
+        .where(p.c.assignment == "sticky", p.c.unit_hash.is_not(None))
+        .distinct()
+    )
 
 
 def cells_from_rows() -> sa.Select:

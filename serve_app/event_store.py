@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
-from serve_app.event_rollup import Rollup
+from serve_app.event_rollup import Rollup, apply_pairs, pair_deltas, pair_states
 from serve_app.event_schema import (
     BEGIN_OPTION,
     SCHEMA_VERSION,
@@ -96,6 +96,8 @@ class EventStore:
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
+            touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
+            before = pair_states(conn, touched)
             if allocation_rows:  # the first replica to serve an allocation dates it
                 conn.execute(_insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
             if prediction_rows:
@@ -127,6 +129,7 @@ class EventStore:
                 }
                 rollup.add_labels(_stored_predictions(conn, set(labels)), labels)
             rollup.apply(conn)
+            apply_pairs(conn, pair_deltas(before, pair_states(conn, touched)))
         return new_feedback
 
     def reachable(self) -> bool:
@@ -205,8 +208,8 @@ class EventStore:
 
     def recent_inputs(self, experiment: str, variant: str, limit: int) -> list[list[float]]:
         """The input rows of a variant's ``limit`` most recent answered predictions, for
-        drift. Kept apart from :meth:`experiment_rows`, because decoding every stored
-        input of a large experiment cost the report builder gigabytes and most of its time.
+        drift: decoding every stored input of a large experiment cost the first report builder
+        gigabytes and most of its time.
         """
         query = (
             sa.select(predictions.c.inputs)
@@ -221,34 +224,6 @@ class EventStore:
         )
         with self.engine.connect() as conn:
             return [row for (inputs,) in conn.execute(query) for row in inputs]
-
-    def experiment_rows(self, experiment: str, limit: int = 200_000) -> list[dict[str, Any]]:
-        """The experiment's most recent predictions, each with its feedback if any (inputs
-        are left out: see :meth:`recent_inputs`)."""
-        query = (
-            sa.select(
-                predictions.c.request_id,
-                predictions.c.variant,
-                predictions.c.shadow,
-                predictions.c.created_at,
-                predictions.c.latency_ms,
-                predictions.c.outcome,
-                predictions.c.model_version,
-                predictions.c.predictions,
-                feedback.c.label,
-                feedback.c.value,
-            )
-            .select_from(
-                predictions.outerjoin(feedback, feedback.c.request_id == predictions.c.request_id)
-            )
-            .where(predictions.c.experiment == experiment)
-            .order_by(predictions.c.id.desc())
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
-        rows.reverse()  # arrival order, which the sequential test needs
-        return rows
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -10,13 +10,35 @@ sample (latency percentiles, label delays, drift) or only the shadow rows (paire
 
 from __future__ import annotations
 
+import math
+
 import sqlalchemy as sa
 from pydantic import BaseModel
 
 from raysplit.core.events import AssignmentKind
 from serve_app.aggregates import Cell, Epoch, EpochUnits, ExperimentAggregates, PairedCell
-from serve_app.event_schema import BUCKET_S, allocations, cells, feedback, predictions, units
+from serve_app.event_schema import (
+    BUCKET_S,
+    allocations,
+    cells,
+    feedback,
+    pairs,
+    predictions,
+    units,
+)
 
+COUNTERS = (
+    "requests",
+    "errors",
+    "log_latency_sum",
+    "log_latency_sq",
+    "labelled",
+    "correct",
+    "abs_error_sum",
+    "abs_error_sq",
+)
+PAIR_SCORES = ("both_correct", "live_only", "shadow_only", "neither", "diff_sum", "diff_sq")
+MAX_LOOKS = 240  # time buckets the report reads, however long the experiment
 RECENT_SAMPLE = 2000  # rows per variant for latency percentiles, and label delays
 
 
@@ -28,18 +50,6 @@ class VariantFacts(BaseModel):
     agreement: tuple[int, int] | None = None  # shadows: (agreed with live, compared)
 
 
-def _bucket(column: sa.ColumnElement, bucket_s: float) -> sa.ColumnElement:
-    return sa.func.floor(column / bucket_s)
-
-
-def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-    return sa.func.sum(sa.case((condition, 1), else_=0))
-
-
-def _sum(condition: sa.ColumnElement[bool], value: sa.ColumnElement) -> sa.ColumnElement:
-    return sa.func.sum(sa.case((condition, value), else_=0.0))
-
-
 class ExperimentQueries:
     """The report's reads of one experiment, against one engine."""
 
@@ -48,6 +58,7 @@ class ExperimentQueries:
         self.experiment = experiment
         self.classification = classification
         self.bucket_s = BUCKET_S
+        self.minutes_per_bucket = 1
 
     def aggregates(self, control: str | None) -> ExperimentAggregates:
         with self.engine.connect() as conn:
@@ -56,8 +67,8 @@ class ExperimentQueries:
                 experiment=self.experiment,
                 classification=self.classification,
                 control=control,
-                bucket_s=self.bucket_s,
-                cells=self._cells(conn, numbers),
+                cells=self._cells(conn, numbers),  # sets minutes_per_bucket
+                bucket_s=self.bucket_s * self.minutes_per_bucket,
                 epochs=epochs,
                 units=self._units(conn, numbers),
                 paired=self._paired(conn, numbers),
@@ -84,36 +95,38 @@ class ExperimentQueries:
         return numbers.setdefault(key, max(numbers.values()) + 1)
 
     def _cells(self, conn: sa.Connection, numbers: dict[str, int]) -> list[Cell]:
-        """The rollup's rows of this experiment, summed over model versions."""
+        """The rollup's rows of this experiment, summed over model versions and over
+        minutes into at most ``MAX_LOOKS`` time buckets: the always-valid tests look at
+        bucket boundaries, and a subset of looks keeps them valid, while the report's cost
+        stays bounded however long the experiment runs."""
         c = cells
-        counters = [
-            "requests",
-            "errors",
-            "log_latency_sum",
-            "log_latency_sq",
-            "labelled",
-            "correct",
-            "abs_error_sum",
-            "abs_error_sq",
-        ]
+        first, last = conn.execute(
+            sa.select(sa.func.min(c.c.bucket), sa.func.max(c.c.bucket)).where(
+                c.c.experiment == self.experiment
+            )
+        ).one()
+        if first is None:
+            return []
+        self.minutes_per_bucket = max(1, math.ceil((last - first + 1) / MAX_LOOKS))
+        bucket = sa.func.floor(c.c.bucket / self.minutes_per_bucket).label("b")
         query = (
             sa.select(
                 c.c.variant,
                 c.c.allocation,
                 c.c.assignment,
-                c.c.bucket,
-                *(sa.func.sum(c.c[name]).label(name) for name in counters),
+                bucket,
+                *(sa.func.sum(c.c[name]).label(name) for name in COUNTERS),
             )
             .where(c.c.experiment == self.experiment)
-            .group_by(c.c.variant, c.c.allocation, c.c.assignment, c.c.bucket)
+            .group_by(c.c.variant, c.c.allocation, c.c.assignment, bucket)
         )
         return [
-            Cell(
+            Cell.model_construct(  # the database's sums: nothing to validate
                 variant=row.variant,
                 epoch=self._epoch(numbers, row.allocation),
                 assignment=AssignmentKind(row.assignment),
-                bucket=row.bucket,
-                **{name: getattr(row, name) for name in counters},
+                bucket=int(row.b),
+                **{name: row._mapping[name] for name in COUNTERS},
             )
             for row in conn.execute(query)
         ]
@@ -130,66 +143,33 @@ class ExperimentQueries:
         ]
 
     def _paired(self, conn: sa.Connection, numbers: dict[str, int]) -> list[PairedCell]:
-        """Each shadow against the live answer to the same labelled requests."""
-        s, live, f = predictions.alias("s"), predictions.alias("l"), feedback
-        labelled = sa.and_(
-            live.c.predicted.is_not(None), s.c.predicted.is_not(None), f.c.label_text.is_not(None)
-        )
-        live_right = live.c.predicted == f.c.label_text
-        shadow_right = s.c.predicted == f.c.label_text
-        diff = sa.func.abs(s.c.predicted_value - f.c.value) - sa.func.abs(
-            live.c.predicted_value - f.c.value
-        )
-        regression = sa.and_(
-            live.c.predicted_value.is_not(None),
-            s.c.predicted_value.is_not(None),
-            f.c.value.is_not(None),
-        )
-        pairs = labelled if self.classification else regression
-        bucket = _bucket(live.c.created_at, self.bucket_s).label("bucket")
+        """Each shadow against the live answer to the same labelled requests (rollup)."""
+        q = pairs
+        bucket = sa.func.floor(q.c.bucket / self.minutes_per_bucket).label("b")
+        counters = ("labelled", "valued", *(PAIR_SCORES))
         query = (
             sa.select(
-                s.c.variant,
-                live.c.allocation,
+                q.c.shadow,
+                q.c.allocation,
                 bucket,
-                _count(pairs).label("pairs"),
-                _count(sa.and_(labelled, live_right, shadow_right)).label("both"),
-                _count(sa.and_(labelled, live_right, sa.not_(shadow_right))).label("live_only"),
-                _count(sa.and_(labelled, sa.not_(live_right), shadow_right)).label("shadow_only"),
-                _count(sa.and_(labelled, sa.not_(live_right), sa.not_(shadow_right))).label(
-                    "neither"
-                ),
-                _sum(regression, diff).label("diff_sum"),
-                _sum(regression, diff * diff).label("diff_sq"),
+                *(sa.func.sum(q.c[name]).label(name) for name in counters),
             )
-            .select_from(
-                s.join(
-                    live,
-                    sa.and_(
-                        live.c.request_id == s.c.request_id,
-                        live.c.shadow.is_(False),
-                        live.c.outcome == "ok",
-                    ),
-                ).join(f, f.c.request_id == s.c.request_id)
-            )
-            .where(s.c.experiment == self.experiment, s.c.shadow.is_(True), s.c.outcome == "ok")
-            .group_by(s.c.variant, live.c.allocation, bucket)
+            .where(q.c.experiment == self.experiment)
+            .group_by(q.c.shadow, q.c.allocation, bucket)
         )
-        return [
-            PairedCell(
-                shadow=r.variant,
-                epoch=self._epoch(numbers, r.allocation),
-                bucket=int(r.bucket),
-                pairs=r.pairs or 0,
-                both_correct=r.both or 0,
-                live_only=r.live_only or 0,
-                shadow_only=r.shadow_only or 0,
-                neither=r.neither or 0,
-                diff_sum=r.diff_sum or 0.0,
-                diff_sq=r.diff_sq or 0.0,
+        found = []
+        for row in conn.execute(query):
+            scores = {name: row._mapping[name] for name in PAIR_SCORES}
+            found.append(
+                PairedCell.model_construct(
+                    shadow=row.shadow,
+                    epoch=self._epoch(numbers, row.allocation),
+                    bucket=int(row.b),
+                    pairs=row.labelled if self.classification else row.valued,
+                    **scores,
+                )
             )
-            for r in conn.execute(query)
-        ]
+        return [cell for cell in found if cell.pairs]
 
     def _label_delays(self, conn: sa.Connection) -> list[float]:
         p, f = predictions, feedback
@@ -233,25 +213,10 @@ class ExperimentQueries:
         return facts
 
     def _agreement(self, conn: sa.Connection) -> list[tuple[str, int, int]]:
-        s, live = predictions.alias("s"), predictions.alias("l")
+        q = pairs
         query = (
-            sa.select(
-                s.c.variant,
-                _count(s.c.predicted == live.c.predicted),
-                sa.func.count(),
-            )
-            .select_from(
-                s.join(
-                    live,
-                    sa.and_(live.c.request_id == s.c.request_id, live.c.shadow.is_(False)),
-                )
-            )
-            .where(
-                s.c.experiment == self.experiment,
-                s.c.shadow.is_(True),
-                s.c.predicted.is_not(None),
-                live.c.predicted.is_not(None),
-            )
-            .group_by(s.c.variant)
+            sa.select(q.c.shadow, sa.func.sum(q.c.agreed), sa.func.sum(q.c.compared))
+            .where(q.c.experiment == self.experiment)
+            .group_by(q.c.shadow)
         )
         return [tuple(row) for row in conn.execute(query)]

@@ -1,24 +1,31 @@
-"""The experiment report behind GET /experiment and `raysplit report` (pure, no I/O)."""
+"""The experiment report behind ``GET /experiment``, ``raysplit report`` and the gauges
+(pure, no I/O): the statistics of :mod:`serve_app.experiment_stats` plus what each variant
+looks like (versions, shares, latency, quality, label coverage, drift).
+
+Its JSON carries ``schema_version``; version 2 is the first computed from aggregates
+(allocation epochs, forced traffic apart, stratified and paired tests).
+"""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from raysplit.core.reference_stats import ReferenceStats
+from serve_app.aggregates import AssignmentKind, Cell, ExperimentAggregates
 from serve_app.drift import FeatureDrift, feature_drift
-from serve_app.statistics import (
-    Comparison,
-    Interval,
-    accuracy_interval,
-    compare,
-    mean_interval,
-    sample_ratio_p_value,
-)
+from serve_app.experiment_queries import VariantFacts
+from serve_app.experiment_stats import ExperimentStatistics, experiment_statistics
+from serve_app.statistics import Interval, accuracy_interval
 
+REPORT_SCHEMA_VERSION = 2
 DRIFT_WINDOW = 1000
+RANDOMISED = (AssignmentKind.SPLIT, AssignmentKind.STICKY)
+Z95 = 1.959963984540054
 
 
 class Latency(BaseModel):
@@ -36,16 +43,21 @@ class Latency(BaseModel):
 
 
 class VariantReport(BaseModel):
+    """One variant's traffic and quality. Counts are of randomised traffic (split and
+    sticky) for live variants, of copies for shadows; forced requests are counted apart."""
+
     name: str
     shadow: bool
     model_versions: list[str]
     assigned: int
     served: int
     errors: int
-    observed_share: float | None
-    expected_share: float | None
-    latency_ms: Latency | None
+    forced: int = Field(0, description="X-Variant requests: never compared")
+    observed_share: float | None = Field(description="share of the latest epoch's traffic")
+    expected_share: float | None = Field(description="configured share now")
+    latency_ms: Latency | None = Field(description="percentiles of the latest answers")
     feedback: int
+    label_coverage: float | None = None
     accuracy: Interval | None = None
     mae: Interval | None = None
     rmse: float | None = None
@@ -53,111 +65,130 @@ class VariantReport(BaseModel):
     drift: dict[str, FeatureDrift] | None = None
 
 
-class ExperimentReport(BaseModel):
-    experiment: str
-    control: str | None
-    task: str
-    requests: int
+class ExperimentReport(ExperimentStatistics):
+    """The statistics (SRM per epoch, stratified comparisons, guardrails, paired shadows,
+    label coverage, forced traffic, verdicts) with each variant's own figures."""
+
+    report_schema_version: int = REPORT_SCHEMA_VERSION
+    requests: int = Field(description="live requests, randomised and forced")
     errors: int
-    srm_p_value: float | None
+    srm_p_value: float | None = Field(description="the sample-ratio check, all epochs")
+    epochs: int
     variants: list[VariantReport]
-    comparisons: list[Comparison]
     events: dict[str, Any] | None = None
 
 
-def _outcome(row: dict[str, Any], classification: bool) -> float | None:
-    """1/0 correctness or absolute error for a single-row prediction with feedback."""
-    predictions = row["predictions"]
-    if len(predictions) != 1:
-        return None  # one label per request: batch predictions cannot be scored
-    if classification and row["label"] is not None:
-        return float(str(predictions[0]) == str(row["label"]))
-    if not classification and row["value"] is not None:
-        return abs(float(predictions[0]) - float(row["value"]))
-    return None
+def _sum(cells: list[Cell], name: str) -> float:
+    return sum(getattr(c, name) for c in cells)
+
+
+def _mean_interval(n: int, total: float, squares: float) -> Interval | None:
+    if n < 2:
+        return None
+    mean = total / n
+    variance = max(squares - n * mean * mean, 0.0) / (n - 1)
+    half = Z95 * math.sqrt(variance / n)
+    return Interval(estimate=mean, low=mean - half, high=mean + half)
+
+
+def _variant(
+    name: str,
+    shadow: bool,
+    cells: list[Cell],
+    latest_share: float | None,
+    expected: float | None,
+    facts: VariantFacts | None,
+    classification: bool,
+) -> VariantReport:
+    counted = [c for c in cells if c.assignment in (RANDOMISED if not shadow else ("shadow",))]
+    forced = [c for c in cells if c.assignment is AssignmentKind.FORCED]
+    requests, errors = int(_sum(counted, "requests")), int(_sum(counted, "errors"))
+    labelled = int(_sum(counted, "labelled"))
+    report = VariantReport(
+        name=name,
+        shadow=shadow,
+        model_versions=facts.model_versions if facts else [],
+        assigned=requests,
+        served=requests - errors,
+        errors=errors,
+        forced=int(_sum(forced, "requests")),
+        observed_share=latest_share,
+        expected_share=expected,
+        latency_ms=Latency.of(facts.recent_latency_ms) if facts else None,
+        feedback=labelled,
+        label_coverage=labelled / (requests - errors) if requests > errors else None,
+    )
+    if classification:
+        report.accuracy = accuracy_interval(int(_sum(counted, "correct")), labelled)
+    elif labelled:
+        report.mae = _mean_interval(
+            labelled, _sum(counted, "abs_error_sum"), _sum(counted, "abs_error_sq")
+        )
+        report.rmse = math.sqrt(_sum(counted, "abs_error_sq") / labelled)
+    if shadow and facts and facts.agreement and facts.agreement[1]:
+        report.agreement_with_live = accuracy_interval(*facts.agreement)
+    return report
+
+
+def _latest_shares(cells: list[Cell]) -> dict[str, float]:
+    """Each live variant's share of randomised requests in the latest epoch with any."""
+    randomised = [c for c in cells if c.assignment in RANDOMISED]
+    if not randomised:
+        return {}
+    latest = max(c.epoch for c in randomised)
+    counts: dict[str, int] = defaultdict(int)
+    for cell in randomised:
+        if cell.epoch == latest:
+            counts[cell.variant] += cell.requests
+    total = sum(counts.values())
+    return {name: n / total for name, n in counts.items()} if total else {}
 
 
 def build_report(
-    experiment: str,
-    rows: list[dict[str, Any]],
-    classification: bool,
+    aggregates: ExperimentAggregates,
+    facts: dict[str, VariantFacts],
     shares: dict[str, float] | None = None,
-    control: str | None = None,
     references: dict[str, tuple[ReferenceStats, list[str]]] | None = None,
-    min_detectable_effect: float | None = None,
     recent_inputs: dict[str, list[list[float]]] | None = None,
+    min_detectable_effect: float | None = None,
 ) -> ExperimentReport:
-    """``rows`` in arrival order: predictions joined with their feedback.
-
-    A row whose ``outcome`` is "error" was assigned to its variant but the model failed:
-    it counts for the sample-ratio check (assignment is what the weights promise) and as
-    an error, never for quality or latency. Drift compares ``recent_inputs`` (a variant's
-    latest input rows, at most ``DRIFT_WINDOW`` predictions) with ``references``.
-    """
-    live = [r for r in rows if not r["shadow"]]
-    names = list(shares or {}) + sorted({r["variant"] for r in rows} - set(shares or {}))
-    live_answer = {r["request_id"]: r["predictions"] for r in live}
-    outcomes: dict[str, list[float]] = {}
-    reports = []
+    """``shares``: the configured shares now (None for an experiment no longer served).
+    Drift compares a variant's ``recent_inputs`` (its latest ``DRIFT_WINDOW`` answered
+    predictions) with the training statistics in ``references``."""
+    statistics = experiment_statistics(aggregates, aggregates.control, min_detectable_effect)
+    by_variant: dict[str, list[Cell]] = defaultdict(list)
+    for cell in aggregates.cells:
+        by_variant[cell.variant].append(cell)
+    shadows = {
+        name
+        for name, cells in by_variant.items()
+        if all(c.assignment is AssignmentKind.SHADOW for c in cells)
+    }
+    names = list(shares or {}) + sorted(set(by_variant) - set(shares or {}))
+    latest = _latest_shares(aggregates.cells)
+    variants = []
     for name in names:
-        assigned = [r for r in rows if r["variant"] == name]
-        mine = [r for r in assigned if r.get("outcome", "ok") == "ok"]
-        shadow = bool(assigned) and all(r["shadow"] for r in assigned)
-        scored = [o for o in (_outcome(r, classification) for r in mine) if o is not None]
-        outcomes[name] = scored
-        report = VariantReport(
-            name=name,
-            shadow=shadow,
-            model_versions=sorted({str(r["model_version"]) for r in assigned}),
-            assigned=len(assigned),
-            served=len(mine),
-            errors=len(assigned) - len(mine),
-            observed_share=None if shadow or not live else len(assigned) / len(live),
-            expected_share=(shares or {}).get(name),
-            latency_ms=Latency.of([r["latency_ms"] for r in mine]),
-            feedback=sum(1 for r in mine if r["label"] is not None or r["value"] is not None),
+        report = _variant(
+            name,
+            name in shadows,
+            by_variant.get(name, []),
+            None if name in shadows else latest.get(name, 0.0 if latest else None),
+            (shares or {}).get(name),
+            facts.get(name),
+            aggregates.classification,
         )
-        if classification:
-            report.accuracy = accuracy_interval(int(sum(scored)), len(scored))
-        elif scored:
-            report.mae = mean_interval(scored)
-            report.rmse = float(np.sqrt(np.mean(np.square(scored))))
-        if shadow:
-            agree = [
-                r["predictions"] == live_answer[r["request_id"]]
-                for r in mine
-                if r["request_id"] in live_answer
-            ]
-            report.agreement_with_live = accuracy_interval(sum(agree), len(agree))
-        elif references and name in references and recent_inputs and name in recent_inputs:
+        if references and name in references and recent_inputs and recent_inputs.get(name):
             reference, features = references[name]
             recent = np.array(recent_inputs[name], dtype=float).reshape(-1, len(features))
             report.drift = feature_drift(reference, features, recent)
-        reports.append(report)
-
-    srm = sample_ratio_p_value({r.name: r.assigned for r in reports if not r.shadow}, shares or {})
-    control = control or next((r.name for r in reports if not r.shadow), None)
-    comparisons = [
-        compare(
-            control,
-            r.name,
-            outcomes[control],
-            outcomes[r.name],
-            "accuracy" if classification else "mae",
-            classification,
-            srm,
-            min_detectable_effect=min_detectable_effect,
-        )
-        for r in reports
-        if control is not None and not r.shadow and r.name != control
-    ]
+        variants.append(report)
+    live = [v for v in variants if not v.shadow]
+    forced = [c for c in aggregates.cells if c.assignment is AssignmentKind.FORCED]
     return ExperimentReport(
-        experiment=experiment,
-        control=control,
-        task="classification" if classification else "regression",
-        requests=len(live),
-        errors=sum(r.errors for r in reports if not r.shadow),
-        srm_p_value=srm,
-        variants=reports,
-        comparisons=comparisons,
+        **statistics.model_dump(),
+        requests=sum(v.assigned + v.forced for v in live),
+        errors=sum(v.errors for v in live) + int(_sum(forced, "errors")),
+        srm_p_value=statistics.sample_ratio.p_value,
+        epochs=len(aggregates.epochs),
+        variants=variants,
     )

@@ -33,7 +33,7 @@ def render_text(result: ExperimentStatistics) -> str:
     for c in result.comparisons + result.guardrails:
         ratio = f" ratio {_iv(c.ratio)}" if c.ratio else ""
         lines.append(
-            f"{c.challenger} vs {c.control} {c.metric.value}: {_iv(c.difference)}{ratio}"
+            f"{c.challenger} vs {c.control}: {c.metric.value} difference {_iv(c.difference)}{ratio}"
             f" p = {_p(c.p_value)} (Holm {_p(c.adjusted_p_value)}), always-valid"
             f" {_p(c.always_valid_p_value)} (Holm {_p(c.adjusted_always_valid_p_value)})"
             f" -> {c.verdict.value}"

@@ -11,7 +11,14 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
-from serve_app.event_schema import cells, cells_from_rows
+from serve_app.event_schema import (
+    cells,
+    cells_from_rows,
+    pairs,
+    pairs_from_rows,
+    units,
+    units_from_rows,
+)
 from serve_app.event_store import EventStore
 from serve_app.experiment_queries import ExperimentQueries
 from tests.events import feedback, prediction
@@ -145,7 +152,16 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:  # no
             )
         )
         if rng.random() < 0.3:
-            events.append(prediction(f"r{i}", "shadow-hgb", shadow=True, assignment=SHADOW))
+            events.append(
+                prediction(
+                    f"r{i}",
+                    "shadow-hgb",
+                    shadow=True,
+                    assignment=SHADOW,
+                    predictions=[rng.choice(["setosa", "virginica"])],
+                    outcome="error" if rng.random() < 0.05 else "ok",
+                )
+            )
         if rng.random() < 0.7:
             events.append(feedback(f"r{i}", rng.choice(["setosa", "virginica"])))
     events += [feedback(f"unknown{i}") for i in range(20)]
@@ -166,9 +182,15 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:  # no
         list(pool.map(replica, halves))
     store = EventStore(store_url)
     with store.engine.connect() as conn:
-        kept = {tuple(r[:6]): tuple(r[6:]) for r in conn.execute(sa.select(cells))}
-        recount = {tuple(r[:6]): tuple(r[6:]) for r in conn.execute(cells_from_rows())}
-    assert kept.keys() == recount.keys()
-    for key, values in recount.items():
-        assert kept[key] == pytest.approx(values), key
+        for table, recount_query, keys in (
+            (cells, cells_from_rows(), 6),
+            (pairs, pairs_from_rows(), 4),
+            (units, units_from_rows(), 4),
+        ):
+            kept = {tuple(r[:keys]): tuple(r[keys:]) for r in conn.execute(sa.select(table))}
+            recount = {tuple(r[:keys]): tuple(r[keys:]) for r in conn.execute(recount_query)}
+            assert kept.keys() == recount.keys(), table.name
+            for key, values in recount.items():
+                assert kept[key] == pytest.approx(values), (table.name, key)
+    assert kept  # the sticky users were there to count
     store.dispose()

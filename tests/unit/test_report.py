@@ -1,108 +1,130 @@
+"""The report from aggregates: each variant's figures beside the statistics, forced
+traffic on its own line, errors counted as assigned, drift per feature."""
+
 import numpy as np
+import pandas as pd
 
 from raysplit.core.reference_stats import reference_stats
+from serve_app.aggregates import AssignmentKind, Cell, Epoch, ExperimentAggregates, PairedCell
 from serve_app.drift import psi
+from serve_app.experiment_queries import VariantFacts
 from serve_app.report import build_report
 from serve_app.statistics import Verdict
 
+SPLIT, FORCED, SHADOW = AssignmentKind.SPLIT, AssignmentKind.FORCED, AssignmentKind.SHADOW
+HALF = {"champion": 0.5, "challenger": 0.5}
 
-def rows_for(rng: np.random.Generator, n: int, p_champion: float, p_challenger: float) -> list:
-    rows = []
-    for i in range(n):
-        variant = "champion" if rng.random() < 0.5 else "challenger"
-        p = p_champion if variant == "champion" else p_challenger
-        correct = rng.random() < p
-        x = [float(rng.normal()), float(rng.normal())]
-        base = {
-            "created_at": i,
-            "latency_ms": 1.0 + i % 3,
-            "model_version": "1",
-            "inputs": [x],
-            "label": "a",
-            "value": None,
-        }
-        rows.append(
-            {
-                **base,
-                "request_id": f"r{i}",
-                "variant": variant,
-                "shadow": False,
-                "predictions": ["a" if correct else "b"],
-            }
+
+def cell(variant: str, requests: int, correct: int, kind=SPLIT, errors: int = 0, bucket=0):
+    answered = requests - errors
+    return Cell(
+        variant=variant,
+        epoch=1,
+        assignment=kind,
+        bucket=bucket,
+        requests=requests,
+        errors=errors,
+        log_latency_sum=answered * np.log(2.0),
+        log_latency_sq=answered * np.log(2.0) ** 2,
+        labelled=answered,
+        correct=correct,
+    )
+
+
+def aggregates(cells: list[Cell], paired=(), shares=HALF) -> ExperimentAggregates:
+    return ExperimentAggregates(
+        experiment="exp",
+        classification=True,
+        control="champion",
+        bucket_s=60.0,
+        cells=cells,
+        epochs=[Epoch(epoch=1, shares=shares, started_at=0.0)],
+        paired=list(paired),
+    )
+
+
+FACTS = {
+    "champion": VariantFacts(model_versions=["1"], recent_latency_ms=[1.0, 2.0, 3.0]),
+    "challenger": VariantFacts(model_versions=["2"], recent_latency_ms=[2.0]),
+    "shadow": VariantFacts(model_versions=["3"], recent_latency_ms=[2.0], agreement=(750, 1000)),
+}
+
+
+def test_a_better_challenger_and_a_scored_shadow() -> None:
+    cells = [
+        cell("champion", 1500, 1125),  # 75%
+        cell("challenger", 1500, 1350),  # 90%
+        cell("shadow", 1500, 1350, SHADOW),
+    ]
+    paired = [
+        PairedCell(
+            shadow="shadow", epoch=1, bucket=0, pairs=1500, both_correct=1100, shadow_only=250
         )
-        rows.append(
-            {
-                **base,
-                "request_id": f"r{i}",
-                "variant": "shadow",
-                "shadow": True,
-                "predictions": ["a"],
-                "label": "a",
-            }
-        )
-    return rows
-
-
-def test_report_finds_the_better_challenger_and_shadow_agreement() -> None:
-    rng = np.random.default_rng(0)
-    rows = rows_for(rng, 3000, 0.75, 0.9)
-    report = build_report("exp", rows, True, {"champion": 0.5, "challenger": 0.5}, "champion")
+    ]
+    report = build_report(aggregates(cells, paired), FACTS, HALF)
     by_name = {v.name: v for v in report.variants}
     assert report.requests == 3000 and report.srm_p_value > 0.001
     assert by_name["champion"].accuracy.low < 0.75 < by_name["champion"].accuracy.high
+    assert by_name["champion"].observed_share == 0.5 and by_name["champion"].expected_share == 0.5
     assert by_name["shadow"].shadow and by_name["shadow"].observed_share is None
-    live_a = sum(r["predictions"] == ["a"] for r in rows if not r["shadow"])
-    assert by_name["shadow"].agreement_with_live.estimate == live_a / 3000
+    assert by_name["shadow"].agreement_with_live.estimate == 0.75
     assert by_name["champion"].latency_ms.p50 == 2.0
+    assert by_name["challenger"].model_versions == ["2"]
     (comparison,) = report.comparisons
     assert comparison.verdict is Verdict.BETTER
+    (shadow,) = report.shadows
+    assert shadow.shadow == "shadow" and shadow.verdict is Verdict.BETTER
+    assert report.schema_version == 1 and report.report_schema_version == 2
 
 
-def test_report_flags_sample_ratio_mismatch() -> None:
-    rng = np.random.default_rng(1)
-    rows = rows_for(rng, 2000, 0.8, 0.8)
-    report = build_report("exp", rows, True, {"champion": 0.9, "challenger": 0.1})
-    assert report.srm_p_value < 0.001
+def test_a_mismatched_split_is_flagged_and_not_compared() -> None:
+    cells = [cell("champion", 1000, 800), cell("challenger", 1000, 800)]
+    report = build_report(
+        aggregates(cells, shares={"champion": 0.9, "challenger": 0.1}),
+        FACTS,
+        {"champion": 0.9, "challenger": 0.1},
+    )
+    assert report.srm_p_value < 0.001 and report.sample_ratio.flagged
     assert report.comparisons[0].verdict is Verdict.SRM
+
+
+def test_forced_requests_are_counted_apart_and_change_no_comparison() -> None:
+    cells = [cell("champion", 1000, 800), cell("challenger", 1000, 800)]
+    forced = cell("challenger", 200, 0, FORCED)  # QA traffic that is always wrong
+    plain = build_report(aggregates(cells), FACTS, HALF)
+    mixed = build_report(aggregates([*cells, forced]), FACTS, HALF)
+    challenger = {v.name: v for v in mixed.variants}["challenger"]
+    assert (challenger.assigned, challenger.forced) == (1000, 200)
+    assert challenger.accuracy == {v.name: v for v in plain.variants}["challenger"].accuracy
+    assert mixed.comparisons == plain.comparisons and mixed.srm_p_value == plain.srm_p_value
+    assert mixed.requests == plain.requests + 200
+    assert [(f.variant, f.requests) for f in mixed.forced] == [("challenger", 200)]
 
 
 def test_failed_predictions_count_as_assigned_errors_only() -> None:
     """A variant whose model fails on a third of its requests: assignments still match
     the weights (no SRM), the failures are errors, and quality uses what was served."""
-    rng = np.random.default_rng(3)
-    rows = [r for r in rows_for(rng, 1200, 0.8, 0.8) if not r["shadow"]]
-    failed = 0
-    for i, r in enumerate(rows):
-        if r["variant"] == "challenger" and i % 3 == 0:
-            r.update(outcome="error", predictions=[], latency_ms=500.0)
-            failed += 1
-    report = build_report("exp", rows, True, {"champion": 0.5, "challenger": 0.5})
-    by_name = {v.name: v for v in report.variants}
-    challenger = by_name["challenger"]
-    assert challenger.errors == report.errors == failed > 0
-    assert challenger.assigned == challenger.served + failed
-    assert by_name["champion"].assigned + challenger.assigned == report.requests == 1200
-    assert report.srm_p_value > 0.001
-    assert challenger.latency_ms.p99 < 500 and challenger.feedback == challenger.served
+    cells = [cell("champion", 600, 480), cell("challenger", 600, 320, errors=200)]
+    report = build_report(aggregates(cells), FACTS, HALF)
+    challenger = {v.name: v for v in report.variants}["challenger"]
+    assert challenger.errors == report.errors == 200
+    assert challenger.assigned == challenger.served + 200 == 600
+    assert report.requests == 1200 and report.srm_p_value > 0.001
+    assert challenger.feedback == challenger.served and challenger.label_coverage == 1.0
+    assert challenger.accuracy.estimate == 0.8
 
 
 def test_drift_shows_a_shifted_feature_only() -> None:
     rng = np.random.default_rng(2)
-    import pandas as pd
-
     train = pd.DataFrame({"x": rng.normal(size=2000), "y": rng.normal(size=2000)})
     ref = reference_stats(train, pd.Series(["a"] * 2000), classification=True)
-    rows = rows_for(rng, 600, 0.8, 0.8)
-    for r in rows:
-        r["inputs"] = [[r["inputs"][0][0] + 2.0, r["inputs"][0][1]]]  # shift x only
-    champion = [x for r in rows if r["variant"] == "champion" for x in r["inputs"]]
+    recent = np.column_stack([rng.normal(size=300) + 2.0, rng.normal(size=300)])  # x shifted
     report = build_report(
-        "exp",
-        rows,
-        True,
-        {"champion": 0.5, "challenger": 0.5},
+        aggregates([cell("champion", 300, 240), cell("challenger", 300, 240)]),
+        FACTS,
+        HALF,
         references={"champion": (ref, ["x", "y"])},
-        recent_inputs={"champion": champion},
+        recent_inputs={"champion": recent.tolist()},
     )
     drift = {v.name: v.drift for v in report.variants}["champion"]
     assert drift["x"].status == "drift" and drift["x"].ks_p_value < 1e-6

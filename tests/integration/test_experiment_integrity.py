@@ -1,0 +1,106 @@
+"""An experiment that lives through traffic moves, over HTTP on a real deployment: a ramp
+deployed three times with `serve deploy`, forced QA traffic, sticky users and a shadow
+scored on feedback. The first version flagged every ramp as a sample-ratio mismatch,
+counted forced requests as randomised and sticky requests instead of users."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.serving import Deployer, user_config, variants
+
+pytestmark = pytest.mark.integration
+
+
+def send(deployer: Deployer, ids: list[str], headers: dict[str, str] | None = None) -> list:
+    replies = deployer.load(len(ids), headers=lambda i: {"X-Request-Id": ids[i], **(headers or {})})
+    assert {r.status for r in replies} == {200}
+    return replies
+
+
+def feedback(deployer: Deployer, ids: list[str]) -> None:
+    body = [{"request_id": rid, "label": "setosa"} for rid in ids]  # RECORD is a setosa
+    answer = requests.post(f"{deployer.url}/feedback", json=body, timeout=30).json()
+    assert answer == {"accepted": len(ids), "unknown_request_ids": []}
+
+
+def report_when(deployer: Deployer, name: str, done) -> dict[str, Any]:
+    """The report once ``done(report)`` holds (feedback is written off the request path)."""
+    deadline = time.monotonic() + 60
+    while True:
+        report = requests.get(
+            f"{deployer.url}/experiment", params={"experiment": name}, timeout=30
+        ).json()
+        if done(report) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
+
+
+def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
+    deployer: Deployer,
+) -> None:
+    name = f"ramp-{uuid.uuid4().hex[:6]}"
+    live_ids: list[str] = []
+    try:
+        for step, (champion, challenger) in enumerate([(95, 5), (75, 25), (50, 50)]):
+            config = user_config(
+                experiment=name,
+                durable_events=True,
+                variants=variants(champion, challenger, shadow=True),
+            )
+            deployer.deploy(config, cli=True)  # the user's own `serve deploy`
+            ids = [f"{name}-{step}-{i}" for i in range(300)]
+            send(deployer, ids)
+            live_ids += ids
+        forced = [f"{name}-qa-{i}" for i in range(200)]
+        send(deployer, forced, {"X-Variant": "challenger"})
+        users = [f"{name}-user-{u}" for u in range(30)]
+        sticky = [f"{name}-sticky-{i}" for i in range(300)]
+        deployer.load(
+            300, headers=lambda i: {"X-Request-Id": sticky[i], "X-User-Id": users[i % 30]}
+        )
+        feedback(deployer, live_ids + forced + sticky)
+        labelled = len(live_ids) + len(sticky)
+        report = report_when(
+            deployer,
+            name,
+            lambda r: (
+                sum(v["feedback"] for v in r["variants"] if not v["shadow"]) == labelled
+                and r["shadows"]
+                and r["shadows"][0]["pairs"] == labelled
+            ),
+        )
+    finally:
+        deployer.deploy(user_config())
+
+    assert report["epochs"] == 3
+    srm = report["sample_ratio"]
+    assert not srm["flagged"] and report["srm_p_value"] > 0.001, srm
+    # each epoch tested against its own weights; the sticky traffic counted in users
+    split = [s for s in srm["strata"] if s["assignment"] == "split"]
+    assert sorted(sum(s["observed"].values()) for s in split) == [300, 300, 300]
+    (by_users,) = [s for s in srm["strata"] if s["assignment"] == "sticky"]
+    assert by_users["counted_in"] == "units" and sum(by_users["observed"].values()) == 30
+    # forced QA traffic: on its own line, in no comparison and no share
+    assert [(f["variant"], f["requests"]) for f in report["forced"]] == [("challenger", 200)]
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["challenger"]["forced"] == 200
+    live = by_name["champion"]["assigned"] + by_name["challenger"]["assigned"]
+    assert live == 1200 and report["requests"] == 1400
+    # every model gets this setosa right: the comparison sees no difference, the shadow's
+    # paired verdict is computed on the same labelled requests
+    (comparison,) = report["comparisons"]
+    assert comparison["metric"] == "accuracy" and comparison["difference"]["estimate"] == 0.0
+    assert comparison["verdict"] in {"no detectable difference", "not enough data"}
+    (shadow,) = report["shadows"]
+    assert shadow["shadow"] == "shadow-hgb" and shadow["pairs"] == labelled
+    assert (shadow["live_only"], shadow["shadow_only"]) == (0, 0)
+    assert shadow["verdict"] in {"no detectable difference", "not enough data"}
+    coverage = {c["variant"]: c["coverage"] for c in report["labels"]["variants"]}
+    assert coverage["champion"] == coverage["challenger"] == 1.0
+    assert not report["labels"]["flagged"]
