@@ -152,10 +152,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise refusal(response)
     if args.json:
         print(response.text)
-        return 0
-    from raysplit.report_text import render
+    else:
+        from raysplit.report_text import render
 
-    print(render(response.json()))
+        print(render(response.json()))
+    if args.mlflow:
+        from raysplit.report_mlflow import log_report
+        from serve_app.report import ExperimentReport
+
+        serving = requests.get(f"{url}/models", headers=auth_headers(args.api_key), timeout=60)
+        run_id = log_report(
+            ExperimentReport.model_validate(response.json()),
+            serving.json() if serving.ok else {},
+        )
+        print(f"logged to MLflow as run {run_id} (experiment 'raysplit-reports')", file=sys.stderr)
     return 0
 
 
@@ -269,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--experiment", help="experiment name (default: the deployed one)")
     report.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
     report.add_argument("--json", action="store_true", help="the raw JSON of GET /experiment")
+    report.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also log the report as an MLflow run (metrics, verdicts, the JSON) and tag the"
+        " model versions it compared with that run",
+    )
     add_api_key(report, "admin scope")
     report.set_defaults(func=cmd_report)
 

@@ -78,12 +78,30 @@ GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "srm": (
         "raysplit_srm_p_value",
-        "Sample-ratio-mismatch p-value of assignments against the weights.",
+        "Sample-ratio-mismatch p-value: each allocation epoch against its own weights,"
+        " randomised traffic only (sticky counted in users), combined.",
         ("experiment",),
     ),
     "always_valid": (
         "raysplit_always_valid_p_value",
         "Always-valid p-value of each challenger against the control.",
+        VARIANT,
+    ),
+    "label_coverage": (
+        "raysplit_label_coverage",
+        "Share of a variant's answered randomised requests that got feedback.",
+        VARIANT,
+    ),
+    "guardrail": (
+        "raysplit_guardrail_p_value",
+        "Always-valid p-value (Holm-adjusted) of a challenger's guardrail against the"
+        " control: metric error_rate or log_latency.",
+        (*VARIANT, "metric"),
+    ),
+    "shadow_paired": (
+        "raysplit_shadow_paired_p_value",
+        "Always-valid p-value (Holm-adjusted) of a shadow against the live answers to the"
+        " same labelled requests.",
         VARIANT,
     ),
     "psi": (
@@ -92,6 +110,11 @@ GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         (*VARIANT, "feature"),
     ),
 }
+
+
+def _p_or_one(p: float | None) -> float:
+    """1 (no evidence yet) until both arms have enough to look."""
+    return 1.0 if p is None else p
 
 
 class ExperimentMetrics:
@@ -156,6 +179,25 @@ class ExperimentMetrics:
                     drift.psi,
                     tags={"experiment": experiment, "variant": variant.name, "feature": feature},
                 )
+        for variant in report.variants:
+            if variant.label_coverage is not None:
+                self._gauges["label_coverage"].set(
+                    variant.label_coverage, tags={"experiment": experiment, "variant": variant.name}
+                )
+        for guardrail in report.guardrails:
+            self._gauges["guardrail"].set(
+                _p_or_one(guardrail.adjusted_always_valid_p_value),
+                tags={
+                    "experiment": experiment,
+                    "variant": guardrail.challenger,
+                    "metric": guardrail.metric.value,
+                },
+            )
+        for shadow in report.shadows:
+            self._gauges["shadow_paired"].set(
+                _p_or_one(shadow.adjusted_always_valid_p_value),
+                tags={"experiment": experiment, "variant": shadow.shadow},
+            )
         for comparison in report.comparisons:
             # 1 (no evidence yet) until both arms have enough scored requests to look
             self._gauges["always_valid"].set(

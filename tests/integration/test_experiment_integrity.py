@@ -5,16 +5,24 @@ counted forced requests as randomised and sticky requests instead of users."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from tests.integration.serving import Deployer, user_config, variants
 
 pytestmark = pytest.mark.integration
+
+RAYSPLIT = Path(sys.executable).parent / "raysplit"
 
 
 def send(deployer: Deployer, ids: list[str], headers: dict[str, str] | None = None) -> list:
@@ -75,6 +83,14 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
                 and r["shadows"][0]["pairs"] == labelled
             ),
         )
+        logged = subprocess.run(  # while the experiment is served: its versions get tagged
+            [str(RAYSPLIT), "report", "--url", deployer.url, "--experiment", name, "--mlflow"],
+            env={**os.environ, **deployer.cluster.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert logged.returncode == 0, logged.stderr
     finally:
         deployer.deploy(user_config())
 
@@ -104,3 +120,17 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
     coverage = {c["variant"]: c["coverage"] for c in report["labels"]["variants"]}
     assert coverage["champion"] == coverage["challenger"] == 1.0
     assert not report["labels"]["flagged"]
+    # `raysplit report --mlflow`: the evidence sits next to the models in the registry
+    assert f"experiment {name} (classification): 1400 live requests" in logged.stdout
+    client = MlflowClient(deployer.cluster.locations.mlflow_tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("raysplit-reports").experiment_id],
+        f"tags.`raysplit.experiment` = '{name}'",
+    )
+    assert run.data.tags["raysplit.verdict.challenger"] == comparison["verdict"]
+    assert run.data.metrics["challenger.forced"] == 200
+    assert run.data.tags["raysplit.model.champion"] == "iris/1"
+    version = client.get_model_version("iris", "1")
+    assert version.tags["raysplit.report_run"] == run.info.run_id
+    stored = client.download_artifacts(run.info.run_id, "report.json")
+    assert json.loads(Path(stored).read_text())["experiment"] == name
