@@ -38,7 +38,7 @@ INSERT INTO raysplit_predictions (request_id, variant, created_at, experiment, m
   model_version, shadow, inputs, predictions, latency_ms, outcome, assignment, allocation,
   unit_hash, predicted, predicted_value)
 SELECT 'r' || g,
-  CASE WHEN (g * 7919) % 100 < (CASE WHEN 3 * g <= {n} THEN 95 WHEN 3 * g <= 2 * {n} THEN 75
+  CASE WHEN ((g % 100) * 7919) % 100 < (CASE WHEN 3 * g <= {n} THEN 95 WHEN 3 * g <= 2 * {n} THEN 75
        ELSE 50 END) THEN 'champion' ELSE 'challenger' END,
   1.8e9 + g * {day} / {n}, 'bench', 'iris', '1', {false}, '[[5.1, 3.5, 1.4, 0.2]]',
   '["setosa"]', 1.0 + (g % 7) * 0.3, CASE WHEN g % 997 = 0 THEN 'error' ELSE 'ok' END,

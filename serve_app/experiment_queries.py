@@ -39,7 +39,8 @@ COUNTERS = (
 )
 PAIR_SCORES = ("both_correct", "live_only", "shadow_only", "neither", "diff_sum", "diff_sq")
 MAX_LOOKS = 240  # time buckets the report reads, however long the experiment
-RECENT_SAMPLE = 2000  # rows per variant for latency percentiles, and label delays
+RECENT_SAMPLE = 2000  # rows per variant for latency percentiles; labels for their delays
+LABELS_SCANNED = 2 * RECENT_SAMPLE  # the newest labels of any experiment, for the delays
 
 
 class VariantFacts(BaseModel):
@@ -172,15 +173,32 @@ class ExperimentQueries:
         return [cell for cell in found if cell.pairs]
 
     def _label_delays(self, conn: sa.Connection) -> list[float]:
+        """Delays of the latest labels: the newest feedback first (its index), then their
+        predictions by request id, so it reads a bounded number of rows however large the
+        store."""
         p, f = predictions, feedback
-        query = (
-            sa.select((f.c.created_at - p.c.created_at).label("delay"))
-            .select_from(p.join(f, f.c.request_id == p.c.request_id))
-            .where(p.c.experiment == self.experiment, p.c.shadow.is_(False))
-            .order_by(f.c.created_at.desc())
-            .limit(RECENT_SAMPLE)
+        labelled_at = dict(
+            conn.execute(
+                sa.select(f.c.request_id, f.c.created_at)
+                .order_by(f.c.created_at.desc())
+                .limit(LABELS_SCANNED)
+            ).all()
         )
-        return [max(0.0, float(d)) for (d,) in conn.execute(query)]
+        if not labelled_at:
+            return []
+        # filtered here, not in SQL: with the experiment in the WHERE clause SQLite walks
+        # the experiment's index (every prediction) instead of the request ids
+        answered = conn.execute(
+            sa.select(p.c.request_id, p.c.created_at, p.c.experiment, p.c.shadow).where(
+                p.c.request_id.in_(labelled_at)
+            )
+        )
+        delays = [
+            max(0.0, labelled_at[rid] - at)
+            for rid, at, experiment, shadow in answered
+            if experiment == self.experiment and not shadow
+        ]
+        return delays[:RECENT_SAMPLE]
 
     def variant_facts(self) -> dict[str, VariantFacts]:
         """Versions that answered, a recent latency sample, and shadow agreement."""

@@ -83,7 +83,8 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
     outcomes and absolute errors) would not; and with equal per-observation variance across
     strata they are the inverse-variance weights, so the sequence of estimates has the
     independent-increment structure the mSPRT assumes. For 0/1 outcomes the test variance
-    uses each stratum's pooled rate (the Mantel-Haenszel test), the interval each arm's own.
+    uses each stratum's pooled rate (the Mantel-Haenszel test), the interval each arm's own
+    (Agresti-Caffo adjusted).
     """
     na, nb = control.n, challenger.n
     least = 1 if binary else 2  # a sample variance needs two
@@ -91,14 +92,19 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
     with np.errstate(divide="ignore", invalid="ignore"):
         ma, mb = control.total / na, challenger.total / nb
         if binary:
-            va, vb = ma * (1 - ma), mb * (1 - mb)
             pooled = (control.total + challenger.total) / (na + nb)
             null_part = pooled * (1 - pooled) * (1 / na + 1 / nb)
+            # Agresti-Caffo: each arm's rate with one success and one failure added, so a
+            # perfect (or hopeless) small arm does not claim zero variance and collapse
+            # the interval (190/200 against 20/20 gave [0.020, 0.080] with p = 0.31)
+            ta = (control.total + 1) / (na + 2)
+            tb = (challenger.total + 1) / (nb + 2)
+            part = ta * (1 - ta) / (na + 2) + tb * (1 - tb) / (nb + 2)
         else:
             va = np.maximum(control.squares - control.total * ma, 0) / (na - 1)
             vb = np.maximum(challenger.squares - challenger.total * mb, 0) / (nb - 1)
             null_part = va / na + vb / nb
-        part = va / na + vb / nb
+            part = null_part
         w = np.where(usable, na * nb / (na + nb), 0.0)
         w_sum = w.sum(axis=1, keepdims=True)
         weights = w / w_sum
