@@ -208,28 +208,31 @@ def mlflow_server(
 def deployer(
     cluster: Cluster, ray_address: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployer]:
-    """Three iris versions registered by real searches into the cluster's registry
-    (v1 champion, v2 challenger, v3 for shadowing), then the app deployed."""
+    """Three iris versions in the cluster's registry, logged as `raysplit tune` logs its
+    best model (v1 champion, v2 challenger, v3 for shadowing; searches themselves are
+    tested in test_search.py), then the app deployed with the user's `serve deploy`."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
     from tests.integration.serving import Deployer, user_config
-    from tune.config import TuneSpec
-    from tune.search import run_search
+    from tests.models import iris, log_model
+    from tune.tracking import connect, ensure_experiment
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        # mlflow.set_registry_uri() writes it to os.environ: undone on exit
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        for family, alias in (
-            ("knn", "champion"),
-            ("logistic_regression", "challenger"),
-            ("hist_gradient_boosting", "candidate"),
+        # connect() exports both URIs to os.environ: set here so they are undone on exit
+        patch.setenv("MLFLOW_TRACKING_URI", cluster.locations.mlflow_tracking_uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", cluster.locations.mlflow_registry_uri)
+        client = connect(cluster.locations)
+        experiment = ensure_experiment(client, "raysplit-iris", cluster.locations)
+        x, y = iris()
+        for model, alias in (
+            (KNeighborsClassifier(n_neighbors=7), "champion"),
+            (LogisticRegression(max_iter=500), "challenger"),
+            (HistGradientBoostingClassifier(max_iter=30), "candidate"),
         ):
-            spec = {
-                "dataset": {"name": "iris"},
-                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
-                "register": {"model_name": "iris", "alias": alias},
-            }
-            run_search(TuneSpec.model_validate(spec), cluster.locations)
+            log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment)
     deployer = Deployer(cluster, tmp_path_factory.mktemp("deploys"))
-    deployer.deploy(user_config())
+    deployer.deploy(user_config(), cli=True)  # the README's way, once per session
     yield deployer

@@ -81,7 +81,7 @@ def test_a_bad_variant_is_refused_and_the_running_ones_keep_serving(
     deployer: Deployer, broken_models: dict[str, str], case: str
 ) -> None:
     uri, expected = CASES[case]
-    deployer.deploy(user_config(variants=variants(50, 50)))
+    deployer.ensure(user_config(variants=variants(50, 50)))  # running already after a case
     try:
         refused_under_load(
             deployer, user_config(variants=challenger(broken_models.get(uri, uri))), expected

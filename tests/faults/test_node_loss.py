@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.cluster import serving_environment
 from raysplit.core.settings import Locations
 from tests.conftest import BIN, Cluster
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
-from tune.config import TuneSpec
-from tune.search import run_search
+from tests.models import iris, log_model
+from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +91,14 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         patch.setenv("MLFLOW_REGISTRY_URI", mlflow_server)
         patch.setenv("RAYSPLIT_HOME", str(tmp_path))
-        for family, alias in (("knn", "champion"), ("logistic_regression", "challenger")):
-            spec = {
-                "dataset": {"name": "iris"},
-                "search": {"families": [family], "num_samples": 2, "cv_folds": 3},
-                "register": {"model_name": "iris", "alias": alias},
-            }
-            run_search(TuneSpec.model_validate(spec), Locations.resolve())
+        locations = Locations.resolve()
+        experiment = ensure_experiment(connect(locations), "raysplit-iris", locations)
+        x, y = iris()
+        for model, alias in (
+            (KNeighborsClassifier(n_neighbors=7), "champion"),
+            (LogisticRegression(max_iter=500), "challenger"),
+        ):
+            log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment)
     name = f"multinode-{uuid.uuid4().hex[:6]}"
     shared = {
         "MLFLOW_TRACKING_URI": mlflow_server,
@@ -152,7 +155,7 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         assert not late, late[:5]  # the head's replica answers everything once Serve noticed
         assert survivor in {s.replica for s in samples[-300:]}
         assert len(failed) / len(samples) < 0.01, failed[:5]
-        missing = acknowledged - stored_ids(events_postgres, f"{name}-loss-%")
+        missing = acknowledged - stored_ids(events_postgres, f"{name}-loss-%", acknowledged)
         print(
             f"node loss: {len(samples)} requests, {len(failed)} failed"
             f" ({sorted({s.status for s in failed})}), last failure"
@@ -164,12 +167,13 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         deployer.deploy(user_config())
 
 
-def stored_ids(url: str, pattern: str) -> set[str]:
-    """Request ids with a stored live event, once the writers have had time to flush."""
+def stored_ids(url: str, pattern: str, expected: set[str], timeout: float = 10.0) -> set[str]:
+    """Request ids with a stored live event: asks until ``expected`` are all there (the
+    surviving replicas flush every 0.5 s) or ``timeout`` passes, then returns what is."""
     engine = sa.create_engine(url)
+    deadline = time.monotonic() + timeout
     try:
-        found: set[str] = set()
-        for _ in range(20):  # surviving replicas flush every 0.5 s
+        while True:
             with engine.connect() as conn:
                 found = set(
                     conn.execute(
@@ -180,8 +184,9 @@ def stored_ids(url: str, pattern: str) -> set[str]:
                         {"p": pattern},
                     ).scalars()
                 )
+            if expected <= found or time.monotonic() > deadline:
+                return found
             time.sleep(0.5)
-        return found
     finally:
         engine.dispose()
 

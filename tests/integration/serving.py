@@ -1,5 +1,6 @@
-"""Helpers for serving tests: deploy with Ray's own `serve deploy`, wait on Serve's REST
-status, and drive bounded HTTP load."""
+"""Helpers for serving tests: deploy through the Ray dashboard's Serve REST API (what
+`serve deploy` sends; the CLI itself on request), wait on Serve's REST status, and drive
+bounded HTTP load."""
 
 from __future__ import annotations
 
@@ -44,12 +45,15 @@ class Deployer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         self._count = 0
+        self._running: dict[str, Any] | None = None  # the last deploy that reached RUNNING
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN_PATH.read_text().strip()}"}
 
     def _status(self) -> dict[str, Any]:
-        token = TOKEN_PATH.read_text().strip()
         response = requests.get(
             f"{self.cluster.info.dashboard_url}/api/serve/applications/",
-            headers={"Authorization": f"Bearer {token}"},
+            headers=self._headers(),
             timeout=10,
         )
         response.raise_for_status()
@@ -75,13 +79,14 @@ class Deployer:
         )
         return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors}
 
-    def config_file(
+    def config(
         self,
         user_config: dict[str, Any],
         actor_options: dict[str, Any] | None = None,
         deployment_options: dict[str, Any] | None = None,
         serve_options: dict[str, Any] | None = None,
-    ) -> Path:
+    ) -> dict[str, Any]:
+        """The repository's serve_config.yaml with this deploy's changes."""
         config = {**copy.deepcopy(self.base), **(serve_options or {})}
         config["http_options"]["port"] = self.port
         deployment = config["applications"][0]["deployments"][0]
@@ -90,6 +95,17 @@ class Deployer:
         deployment["ray_actor_options"] = {"num_cpus": 0.25, **(actor_options or {})}
         deployment.update(deployment_options or {})
         deployment["user_config"] = user_config
+        return config
+
+    def config_file(
+        self,
+        user_config: dict[str, Any],
+        actor_options: dict[str, Any] | None = None,
+        deployment_options: dict[str, Any] | None = None,
+        serve_options: dict[str, Any] | None = None,
+    ) -> Path:
+        """:meth:`config` written as a serve config YAML file, as a user keeps it."""
+        config = self.config(user_config, actor_options, deployment_options, serve_options)
         self._count += 1
         path = self.workdir / f"serve_config_{self._count}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -100,36 +116,64 @@ class Deployer:
         user_config: dict[str, Any],
         expect: str = "RUNNING",
         actor_options: dict[str, Any] | None = None,
+        cli: bool = False,
         **options: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        """`serve deploy` and wait until Serve reports ``expect`` for this deploy.
+        """Deploy and wait until Serve reports ``expect`` for this deploy.
 
-        ``options``: ``deployment_options`` and ``serve_options`` for :meth:`config_file`.
+        The whole config goes to the dashboard's ``PUT /api/serve/applications/``, the
+        request `serve deploy` sends; ``cli=True`` runs the user's own `serve deploy FILE`.
+        ``options``: ``deployment_options`` and ``serve_options`` for :meth:`config`.
         """
+        config = self.config(user_config, actor_options, **options)
         before = self._status().get("last_deployed_time_s", 0)
-        subprocess.run(
-            [
-                str(SERVE),
-                "deploy",
-                str(self.config_file(user_config, actor_options, **options)),
-                "-a",
-                self.cluster.info.dashboard_url,
-            ],
-            env={**os.environ, **self.cluster.env},
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        self._running = None
+        if cli:
+            subprocess.run(
+                [
+                    str(SERVE),
+                    "deploy",
+                    str(self.config_file(user_config, actor_options, **options)),
+                    "-a",
+                    self.cluster.info.dashboard_url,
+                ],
+                env={**os.environ, **self.cluster.env},
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        else:
+            response = requests.put(
+                f"{self.cluster.info.dashboard_url}/api/serve/applications/",
+                json=config,
+                headers=self._headers(),
+                timeout=120,
+            )
+            assert response.status_code == 200, f"deploy refused: {response.text[:2000]}"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             status = self._status()
             fresh = status.get("last_deployed_time_s", 0) > before
             if fresh and status.get("status") == expect:
                 if expect == "RUNNING":
-                    wait_ready(self.url, 60)
+                    # the proxy learns of new replicas after Serve says RUNNING
+                    wait_ready(self.url, max(60.0, deadline - time.monotonic()))
+                    self._running = config
                 return status
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"application never reached {expect}: {self._status()}")
+
+    def ensure(
+        self,
+        user_config: dict[str, Any],
+        actor_options: dict[str, Any] | None = None,
+        **options: dict[str, Any] | None,
+    ) -> None:
+        """Deploy this config unless it is what the last deploy left running (no identical
+        deploy back to back)."""
+        config = self.config(user_config, actor_options, **options)
+        if config != self._running or self._status().get("status") != "RUNNING":
+            self.deploy(user_config, actor_options=actor_options, **options)
 
     def predict(
         self,
@@ -165,22 +209,41 @@ class Deployer:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, range(count)))
 
-    def history(self, request_ids: set[str], **params: Any) -> list[dict[str, Any]]:
-        """Predictions recorded for ``request_ids`` on any replica (asks until all found)."""
+    def history(
+        self, request_ids: set[str], timeout: float = 30.0, **params: Any
+    ) -> list[dict[str, Any]]:
+        """Predictions recorded for ``request_ids`` on any replica: asks until every id is
+        found, and fails naming the missing ids otherwise (never a silently partial list).
+
+        The route returns only the newest ``HISTORY_LIMIT`` matching rows and has no
+        paging, so ids that fell out of that window fail here rather than going unseen.
+        """
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        for _ in range(40):
-            rows = requests.get(
-                f"{self.url}/predictions/history", params={"limit": 2000, **params}, timeout=10
-            ).json()
-            for row in rows["predictions"]:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = requests.get(
+                f"{self.url}/predictions/history",
+                params={"limit": HISTORY_LIMIT, **params},
+                timeout=10,
+            )
+            response.raise_for_status()
+            rows = response.json()["predictions"]
+            for row in rows:
                 if row["request_id"] in request_ids:
                     found[(row["request_id"], row["variant"])] = row
-            if {rid for rid, _ in found} >= request_ids:
-                break
+            missing = request_ids - {rid for rid, _ in found}
+            if not missing:
+                return list(found.values())
+            if time.monotonic() > deadline:
+                window = "a full window" if len(rows) >= HISTORY_LIMIT else f"{len(rows)} rows"
+                raise AssertionError(
+                    f"{len(missing)} of {len(request_ids)} request ids never appeared in"
+                    f" /predictions/history ({window} with {params}): {sorted(missing)[:5]}"
+                )
             time.sleep(0.2)
-        return list(found.values())
 
 
+HISTORY_LIMIT = 2000  # the route's MAX_HISTORY
 RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import skops.io
 from mlflow import MlflowClient
-from mlflow.models import infer_signature
 from pydantic import ValidationError
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -25,6 +23,7 @@ from sklearn.preprocessing import FunctionTransformer
 from raysplit.core.settings import Locations
 from serve_app.config import VariantConfig
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
+from tests.models import log_model
 from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
@@ -59,23 +58,7 @@ def register(
 ) -> mlflow.models.model.ModelInfo:
     """Log a fitted iris model with a signature and register it as a new version of ``name``."""
     model = model or LogisticRegression(max_iter=500).fit(X, Y)
-    if serialization == "skops" and trusted is None:
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    with mlflow.start_run():
-        return mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(X, model.predict(X)),
-            registered_model_name=name,
-            serialization_format=serialization,
-            skops_trusted_types=trusted if serialization == "skops" else None,
-            # as `raysplit tune` does: without it MLflow infers them by loading the model in a
-            # subprocess, seconds per model
-            pip_requirements=mlflow.sklearn.get_default_pip_requirements(
-                include_cloudpickle=serialization == "cloudpickle",
-                include_skops=serialization == "skops",
-            ),
-        )
+    return log_model(model, X, name=name, serialization=serialization, trusted=trusted)
 
 
 def load_uri(client: MlflowClient, uri: str, allow_pickle: bool = False) -> LoadedModel:

@@ -22,6 +22,8 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from serve_app.config import IngressConfig
+from serve_app.routing import Router
 from tests.conftest import Cluster, free_port
 from tests.integration.serving import RECORD, Deployer, user_config, variants
 
@@ -55,47 +57,88 @@ def total(samples, name: str, by: str, **match: str) -> dict[str, float]:
     return dict(sums)
 
 
+def dashboard_metrics() -> set[str]:
+    """Every Ray metric name the shipped Grafana dashboards query."""
+    return {
+        name
+        for path in (DEPLOY / "grafana" / "dashboards").glob("*.json")
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bray_[a-z0-9_]+", target["expr"])
+    }
+
+
 @dataclass
 class Traffic:
     experiment: str
     request_ids: list[str]
+    user_ids: list[str]
     samples: list[tuple[str, dict[str, str], float]]
+
+
+def users_routed_to(config: dict, wanted: list[str], prefix: str) -> list[str]:
+    """One fresh user id per entry of ``wanted`` that the sticky hash sends to that variant."""
+    router = Router(IngressConfig.model_validate(config))
+    pools: dict[str, list[str]] = defaultdict(list)
+    candidates = (f"{prefix}-user-{uuid.uuid4().hex[:8]}" for _ in iter(int, 1))
+    while any(len(pools[v]) < wanted.count(v) for v in set(wanted)):
+        user = next(candidates)
+        pools[router.assign(user, None, 0).variant].append(user)
+    return [pools[v].pop() for v in wanted]
 
 
 @pytest.fixture(scope="module")
 def traffic(deployer: Deployer, cluster: Cluster) -> Iterator[Traffic]:
-    """60 requests forced to the champion, 40 to the challenger (drift needs 50 rows), a
-    shadow, feedback for all, one invalid request; then the export is read until
-    raysplit's series show them."""
+    """60 requests routed to the champion and 40 to the challenger by their users' sticky
+    hash, each with its own request id and user id (drift needs 50 rows), a shadow,
+    feedback for all, one invalid request; then the export is read until raysplit's
+    series show them."""
     name = f"obs-{uuid.uuid4().hex[:6]}"
-    deployer.deploy(
-        user_config(experiment=name, report_interval_s=1, variants=variants(50, 50, shadow=True))
-    )
+    config = user_config(experiment=name, report_interval_s=1, variants=variants(50, 50, True))
+    deployer.deploy(config)
+    wanted = ["champion"] * 60 + ["challenger"] * 40
+    users = users_routed_to(config, wanted, name)
     ids = []
-    for i in range(100):
-        rid = f"{name}-{i}"
-        forced = "champion" if i < 60 else "challenger"
-        reply = deployer.predict(RECORD, {"X-Request-Id": rid, "X-Variant": forced})
-        assert reply.status == 200 and reply.variant == forced
+    for i, (user, variant) in enumerate(zip(users, wanted, strict=True)):
+        rid = f"{name}-req-{uuid.uuid4().hex[:8]}-{i}"
+        reply = deployer.predict(RECORD, {"X-Request-Id": rid, "X-User-Id": user})
+        assert reply.status == 200 and reply.variant == variant
         ids.append(rid)
     assert requests.post(f"{deployer.url}/predict", json={"nope": 1}, timeout=10).status_code == 422
     feedback = [{"request_id": rid, "label": "setosa"} for rid in ids]
     deployer.history(set(ids), shadow=False)  # written, so feedback finds its variant
-    assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=10).json() == {
-        "accepted": 100,
-        "unknown_request_ids": [],
-    }
+    for _ in range(2):  # a client retrying: the store keeps one, the counters count one
+        assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=10).json() == {
+            "accepted": 100,
+            "unknown_request_ids": [],
+        }
     expected = {"champion": 60.0, "challenger": 40.0}
-    for _ in range(90):
+    deadline = time.monotonic() + 120
+    while True:  # until every series the tests read is exported (or the deadline passes)
         samples = scrape(cluster)
         requests_seen = total(samples, "ray_raysplit_requests_total", "variant", experiment=name)
         feedback_seen = total(samples, "ray_raysplit_feedback_total", "variant", experiment=name)
-        gauges = total(samples, "ray_raysplit_drift_psi", "variant", experiment=name)
-        gauges = set(gauges) == set(expected)
-        if requests_seen == expected and feedback_seen == expected and gauges:
+        # drift needs 50 rows: only the champion (60) has its gauges, the challenger (40) not
+        psi = total(
+            samples, "ray_raysplit_drift_psi", "feature", experiment=name, variant="champion"
+        )
+        quality = total(samples, "ray_raysplit_online_quality", "variant", experiment=name)
+        served = total(
+            samples, "ray_serve_num_http_requests_total", "status_code", application="iris"
+        )
+        exported = {sample for sample, _, _ in samples}
+        complete = (
+            dashboard_metrics() <= exported  # some of Ray's series appear only after a while
+            and requests_seen == expected
+            and feedback_seen == expected
+            and set(psi) == set(RECORD)
+            and set(quality) == {"champion", "challenger", "shadow-hgb"}
+            and served.get("200", 0) >= 101
+        )
+        if complete or time.monotonic() > deadline:
             break
         time.sleep(1)
-    yield Traffic(name, ids, samples)
+    yield Traffic(name, ids, users, samples)
     deployer.deploy(user_config())
 
 
@@ -126,19 +169,20 @@ def test_ray_and_raysplit_series_count_the_traffic(traffic: Traffic) -> None:
     assert set(quality) == {"champion", "challenger", "shadow-hgb"}
     # Ray's own Serve series are exported beside them, and saw at least this traffic
     served = total(samples, "ray_serve_num_http_requests_total", "status_code", application="iris")
-    assert served.get("200", 0) >= 100 + 1  # predictions and the feedback post
+    assert served.get("200", 0) >= 100 + 2  # predictions and the two feedback posts
     assert total(samples, "ray_serve_http_request_latency_ms_count", "application")["iris"] >= 101
     assert total(samples, "ray_serve_deployment_replica_healthy", "deployment")["Ingress"] == 2
 
 
 def test_no_request_or_user_id_becomes_a_label(traffic: Traffic) -> None:
-    values = {
-        v
-        for name, labels, _ in traffic.samples
-        if name.startswith("ray_raysplit")
-        for v in labels.values()
-    }
-    assert not values & set(traffic.request_ids)
+    """Every label value of every exported series (Ray's and raysplit's), against the 100
+    request ids and 100 user ids the traffic carried: none may appear, even inside a value."""
+    values = {v for _, labels, _ in traffic.samples for v in labels.values()}
+    assert traffic.experiment in values  # the scrape did see this traffic's series
+    identifiers = [*traffic.request_ids, *traffic.user_ids]
+    assert len(set(identifiers)) == 200
+    leaked = sorted({i for i in identifiers for v in values if i in v})
+    assert not leaked, leaked[:5]
 
 
 def test_every_dashboard_panel_queries_exported_metrics(traffic: Traffic, cluster: Cluster) -> None:
@@ -183,7 +227,7 @@ def test_request_log_lines_are_json_with_request_id_variant_and_version(
 
 
 def test_promtool_accepts_the_shipped_and_the_rendered_config(cluster: Cluster) -> None:
-    assert PROMTOOL, "promtool not found: apt-get install prometheus (.ci/run does)"
+    assert PROMTOOL, "promtool not found: apt-get install prometheus (make test installs it)"
     rules = subprocess.run(
         [PROMTOOL, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
         capture_output=True,
@@ -208,7 +252,7 @@ def test_a_real_prometheus_answers_per_variant_request_rate(
 ) -> None:
     """Prometheus with the config `raysplit up` wrote (scraping every second here) finds the
     cluster through Ray's service discovery and answers a PromQL rate per variant."""
-    assert PROMETHEUS, "prometheus not found: apt-get install prometheus (.ci/run does)"
+    assert PROMETHEUS, "prometheus not found: apt-get install prometheus (make test installs it)"
     config = yaml.safe_load(cluster.locations.prometheus_config.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(cluster.locations.prometheus_config.parent / "alerts.yml")]

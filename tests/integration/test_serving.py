@@ -1,5 +1,6 @@
-"""The Serve application on a real Ray cluster, deployed with `serve deploy`, models from
-the real MLflow registry, every assertion over real HTTP."""
+"""The Serve application on a real Ray cluster, deployed through Serve's REST API (and the
+user's own `serve deploy` where that path is the subject), models from the real MLflow
+registry, every assertion over real HTTP."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_observed_split_matches_the_weights(deployer: Deployer) -> None:
 
 def test_same_user_same_variant_on_every_replica(deployer: Deployer) -> None:
     config = user_config(variants=variants(50, 50))
-    deployer.deploy(config)
+    deployer.ensure(config)
     # HAProxy learns of replicas after Serve reports RUNNING: wait (bounded) until both answer
     for _ in range(60):
         if len({r.replica for r in deployer.load(40)}) == 2:
@@ -104,7 +105,7 @@ def test_feedback_is_stored_once_and_unknown_ids_are_reported(
 ) -> None:
     import sqlalchemy as sa
 
-    deployer.deploy(user_config())
+    deployer.ensure(user_config())
     ids = {f"fb-{uuid.uuid4().hex}" for _ in range(3)}
     for rid in ids:
         assert deployer.predict(RECORD, {"X-Request-Id": rid}).status == 200
@@ -146,7 +147,8 @@ def test_weights_change_under_load_without_a_failed_request(deployer: Deployer) 
     loader = threading.Thread(target=generate)
     loader.start()
     try:
-        deployer.deploy(user_config(variants=variants(10, 90)))
+        # as README says: edit the weights in the file and `serve deploy` it again
+        deployer.deploy(user_config(variants=variants(10, 90)), cli=True)
     finally:
         stop.set()
         loader.join(timeout=120)
@@ -190,7 +192,7 @@ def test_oip_v2_inference_from_tritonclient(deployer: Deployer) -> None:
     import numpy as np
     import tritonclient.http as triton
 
-    deployer.deploy(user_config(variants=variants(50, 50)))
+    deployer.ensure(user_config(variants=variants(50, 50)))
     client = triton.InferenceServerClient(url=f"127.0.0.1:{deployer.port}")
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("iris")
@@ -261,11 +263,16 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     data = load_dataset("iris")
     records = data.features.to_dict(orient="records")
     ids = {}
+    live = {}
     for i in range(300):
         rid = f"{name}-{i}"
         ids[rid] = data.target[i % 150]
-        assert deployer.predict(records[i % 150], {"X-Request-Id": rid}).status == 200
+        reply = deployer.predict(records[i % 150], {"X-Request-Id": rid})
+        assert reply.status == 200
+        live[rid] = reply.body["predictions"]
     assert len(deployer.history(set(ids), shadow=False)) == 300
+    shadowed = deployer.history(set(ids), variant="shadow-hgb", shadow=True)
+    agreeing = sum(row["predictions"] == live[row["request_id"]] for row in shadowed)
     feedback = [{"request_id": rid, "label": label} for rid, label in ids.items()]
     assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).json() == {
         "accepted": 300,
@@ -281,11 +288,23 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name["champion"]["served"] + by_name["challenger"]["served"] == 300
     assert by_name["champion"]["accuracy"]["estimate"] > 0.9
-    assert by_name["shadow-hgb"]["shadow"] and by_name["shadow-hgb"]["agreement_with_live"]
+    assert by_name["shadow-hgb"]["shadow"] and by_name["shadow-hgb"]["served"] == 300
+    # the shadow's agreement is the share of requests it answered as the live variant did
+    agreement = by_name["shadow-hgb"]["agreement_with_live"]
+    assert agreement["estimate"] == pytest.approx(agreeing / 300)
+    assert agreement["low"] < agreement["estimate"] <= agreement["high"]
+    assert agreement["estimate"] > 0.9  # all three models get iris nearly right
     assert set(by_name["champion"]["drift"]) == set(RECORD)
     assert report["srm_p_value"] > 0.001
     (comparison,) = report["comparisons"]
-    assert comparison["challenger"] == "challenger" and comparison["verdict"]
+    assert (comparison["control"], comparison["challenger"]) == ("champion", "challenger")
+    # two models a point or so apart on iris: never "better" or "worse" at 150 rows per arm;
+    # "no detectable difference" once the sequential sample size is reached, else not yet
+    assert comparison["always_valid_p_value"] >= 0.05, comparison
+    planned = comparison["sample_size"]
+    enough = planned is None or planned["collected"] >= planned["sequential"]
+    expected = "no detectable difference" if enough else "not enough data"
+    assert comparison["verdict"] == expected, comparison
     text = subprocess.run(
         [str(RAYSPLIT), "report", "--url", deployer.url],
         capture_output=True,
@@ -325,33 +344,19 @@ def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Dep
 
 def register_iris_model(cluster: Cluster, model: Any, alias: str) -> str:
     """Fit ``model`` on iris, log it and register it as models:/iris@ALIAS; its version."""
-    import mlflow
-    import skops.io
-    from mlflow.models import infer_signature
-
-    from tune.datasets import load_dataset
-    from tune.registry import register_version
+    from tests.models import iris, log_model
     from tune.tracking import connect, ensure_experiment
 
-    data = load_dataset("iris")
-    model.fit(data.features, data.target)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        # mlflow.set_registry_uri() writes it to os.environ: undone on exit
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        # connect() exports both URIs to os.environ: set here so they are undone on exit
+        patch.setenv("MLFLOW_TRACKING_URI", cluster.locations.mlflow_tracking_uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", cluster.locations.mlflow_registry_uri)
         client = connect(cluster.locations)
         experiment = ensure_experiment(client, f"iris-{alias}", cluster.locations)
-        with mlflow.start_run(experiment_id=experiment) as run:
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=infer_signature(data.features, model.predict(data.features)),
-                serialization_format="skops",  # serving refuses pickles (allow_pickle: false)
-                skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-            )
-        version = register_version(client, "iris", info.model_uri, run.info.run_id, {}, alias)
-    return str(version.version)
+        x, y = iris()
+        info = log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment)
+    return str(info.registered_model_version)
 
 
 @pytest.fixture(scope="module")

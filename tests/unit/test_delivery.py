@@ -125,17 +125,48 @@ def test_rayservice_structure() -> None:
     assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
 
 
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+
+
+def check_workflow(path: Path) -> subprocess.CompletedProcess:
+    """GitHub's workflow schema (as vendored by check-jsonschema) against ``path``."""
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    command = [str(checker), "--builtin-schema", "vendor.github-workflows", str(path)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_github_workflow_is_valid_for_github(tmp_path: Path) -> None:
+    result = check_workflow(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "ci.yml"  # and the check does refuse a workflow GitHub would reject
+    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "run-on:", 1))
+    refused = check_workflow(broken)
+    assert refused.returncode == 1 and "'runs-on' is a required property" in refused.stdout
+    for job, spec in yaml.safe_load(WORKFLOW.read_text())["jobs"].items():
+        for step in spec["steps"]:
+            if "run" in step:  # every shell step parses as bash (GitHub's default shell)
+                parsed = subprocess.run(["bash", "-n", "-c", step["run"]], capture_output=True)
+                assert parsed.returncode == 0, f"{job}: {step['run']!r}: {parsed.stderr!r}"
+
+
 def test_github_workflow_runs_the_suite_and_ships_the_image() -> None:
-    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
-    jobs = workflow["jobs"]
-    steps = {
-        name: " ".join(str(s.get("run", "")) + str(s.get("uses", "")) for s in job["steps"])
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    runs = {name: [s["run"] for s in job["steps"] if "run" in s] for name, job in jobs.items()}
+    uses = {
+        name: {s["uses"].split("@")[0]: s for s in job["steps"] if "uses" in s}
         for name, job in jobs.items()
     }
-    assert "make test" in steps["test"]
-    assert "postgres" in jobs["test"]["services"]
-    assert "ruff check" in steps["lint"] and "hadolint Dockerfile" in steps["lint"]
-    assert "docker/build-push-action" in steps["image"]
-    assert "trivy" in steps["image"]
-    assert "docker compose up" in steps["image"]
+    assert runs["test"][-1].split()[-2:] == ["make", "test"]  # the last step runs the suite
+    postgres = jobs["test"]["services"]["postgres"]
+    assert postgres["image"].startswith("postgres:") and postgres["ports"] == ["5432:5432"]
+    assert jobs["test"]["env"]["RAYSPLIT_TEST_POSTGRES"] == "postgresql://postgres@127.0.0.1:5432"
+    assert {"ruff check .", "ruff format --check ."} <= set(runs["lint"])
+    assert any(r.endswith("&& hadolint Dockerfile") for r in runs["lint"])
+    built = uses["image"]["docker/build-push-action"]["with"]
+    scan = uses["image"]["aquasecurity/trivy-action"]["with"]
+    assert built["load"] is True and scan["image-ref"] == built["tags"]  # scans what it built
+    assert str(scan["exit-code"]) == "1"  # a finding fails the job
+    assert jobs["image"]["needs"] == "lint"
+    smoke = next(r for r in runs["image"] if "docker compose up" in r)
+    assert "docker compose up -d --wait" in smoke and "curl -fsS -X POST" in smoke
     assert "make test" in (REPO / ".ci" / "run").read_text()

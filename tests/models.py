@@ -1,0 +1,76 @@
+"""Small real models for tests, logged and registered the way `raysplit tune` logs its best
+model (skops, a signature, pinned pip requirements, the training data's reference
+statistics inside the model), without running a search: seconds instead of a Tune run.
+
+The caller points MLflow at the store it wants (environment or ``connect()``)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import skops.io
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+
+from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
+from tune.registry import move_alias
+
+
+def iris() -> tuple[pd.DataFrame, pd.Series]:
+    """Iris as `raysplit tune` sees it: identifier feature names, species names as labels."""
+    from tune.datasets import load_dataset
+
+    data = load_dataset("iris")
+    return data.features, data.target
+
+
+def log_model(
+    model: Any,
+    x: pd.DataFrame,
+    y: pd.Series | None = None,
+    *,
+    name: str,
+    alias: str | None = None,
+    serialization: str = "skops",
+    trusted: list[str] | None = None,
+    experiment_id: str | None = None,
+) -> ModelInfo:
+    """Fit ``model`` on ``x``/``y`` (when ``y`` is given), log it in a run of its own and
+    register it as a new version of ``name``, pointing ``alias`` at it.
+
+    With ``y`` the model carries ``reference_stats.json`` (drift needs it), as tune's do.
+    ``trusted`` overrides the skops types recorded in the MLmodel (default: the file's own).
+    """
+    if y is not None:
+        model.fit(x, y)
+    if serialization == "skops" and trusted is None:
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id):
+        extra_files = []
+        if y is not None:
+            stats = Path(tmp) / REFERENCE_STATS_FILE
+            stats.write_text(reference_stats(x, y, classification=True).model_dump_json())
+            extra_files.append(str(stats))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(x, model.predict(x)),
+            registered_model_name=name,
+            serialization_format=serialization,
+            skops_trusted_types=trusted if serialization == "skops" else None,
+            extra_files=extra_files or None,
+            # as `raysplit tune` does: without it MLflow infers them by loading the model in
+            # a subprocess, seconds per model
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(
+                include_cloudpickle=serialization == "cloudpickle",
+                include_skops=serialization == "skops",
+            ),
+        )
+    if alias is not None:  # as `raysplit tune` does, so `raysplit rollback` knows the history
+        move_alias(MlflowClient(), name, alias, str(info.registered_model_version))
+    return info
