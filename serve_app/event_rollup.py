@@ -24,7 +24,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serve_app.event_schema import BUCKET_S, cells, feedback, pairs, predictions, units
+from serve_app.event_schema import (
+    BUCKET_S,
+    CELL_COUNTERS,
+    PAIR_COUNTERS,
+    cells,
+    feedback,
+    pairs,
+    predictions,
+    units,
+)
 
 MIN_LATENCY_MS = 0.001  # the log latency of anything faster is taken at this floor
 CellKey = tuple[
@@ -32,16 +41,11 @@ CellKey = tuple[
 ]  # experiment, variant, allocation, kind, version, bucket
 
 
-@dataclass
-class Delta:
-    requests: int = 0
-    errors: int = 0
-    log_latency_sum: float = 0.0
-    log_latency_sq: float = 0.0
-    labelled: int = 0
-    correct: int = 0
-    abs_error_sum: float = 0.0
-    abs_error_sq: float = 0.0
+Delta = dict[str, float]  # CELL_COUNTERS -> what one write adds
+
+
+def new_delta() -> Delta:
+    return dict.fromkeys(CELL_COUNTERS, 0)
 
 
 def cell_key(row: Any) -> CellKey:
@@ -64,24 +68,24 @@ def score(delta: Delta, prediction: Any, label_text: str | None, value: float | 
         return
     predicted, predicted_value = get("predicted"), get("predicted_value")
     if label_text is not None and predicted is not None:
-        delta.labelled += 1
-        delta.correct += int(predicted == label_text)
+        delta["labelled"] += 1
+        delta["correct"] += int(predicted == label_text)
     elif value is not None and predicted_value is not None:
         error = abs(predicted_value - value)
-        delta.labelled += 1
-        delta.abs_error_sum += error
-        delta.abs_error_sq += error * error
+        delta["labelled"] += 1
+        delta["abs_error_sum"] += error
+        delta["abs_error_sq"] += error * error
 
 
 def served(delta: Delta, prediction: dict[str, Any]) -> None:
     """Add one newly stored prediction's request, error or latency to its cell."""
-    delta.requests += 1
+    delta["requests"] += 1
     if prediction["outcome"] != "ok":
-        delta.errors += 1
+        delta["errors"] += 1
         return
     log_latency = math.log(max(prediction["latency_ms"], MIN_LATENCY_MS))
-    delta.log_latency_sum += log_latency
-    delta.log_latency_sq += log_latency * log_latency
+    delta["log_latency_sum"] += log_latency
+    delta["log_latency_sq"] += log_latency * log_latency
 
 
 KEY_COLUMNS = [c.name for c in cells.primary_key]
@@ -91,7 +95,7 @@ class Rollup:
     """The deltas of one write transaction, applied at its end."""
 
     def __init__(self) -> None:
-        self.deltas: dict[CellKey, Delta] = defaultdict(Delta)
+        self.deltas: dict[CellKey, Delta] = defaultdict(new_delta)
         self.units: set[tuple[str, str, str, str]] = set()
 
     def add_predictions(
@@ -124,14 +128,14 @@ class Rollup:
                         strict=True,
                     ),
                     bucket=key[5],
-                    **vars(delta),
+                    **delta,
                 )
                 for key, delta in self.deltas.items()
             ]
             insert = dialect.insert(cells)
             adds = {
                 name: cells.c[name] + insert.excluded[name]
-                for name in vars(Delta())  # every counter, none of the key columns
+                for name in CELL_COUNTERS  # every counter, none of the key columns
             }
             conn.execute(
                 insert.on_conflict_do_update(
@@ -151,18 +155,6 @@ class Rollup:
 
 RANDOMISED = ("split", "sticky")
 PairKey = tuple[str, str, str, int]  # experiment, shadow, live allocation, live bucket
-PAIR_COUNTERS = (
-    "compared",
-    "agreed",
-    "labelled",
-    "both_correct",
-    "live_only",
-    "shadow_only",
-    "neither",
-    "valued",
-    "diff_sum",
-    "diff_sq",
-)
 
 
 @dataclass

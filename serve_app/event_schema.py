@@ -76,6 +76,37 @@ feedback = sa.Table(
 # instead of every prediction
 BUCKET_S = 60.0
 
+# The rollups' counters: sums that writes add to and the report reads.
+CELL_COUNTERS: dict[str, type] = {
+    "requests": sa.Integer,
+    "errors": sa.Integer,
+    "log_latency_sum": sa.Float,  # of answered requests' ln(latency_ms)
+    "log_latency_sq": sa.Float,
+    "labelled": sa.Integer,  # answered single-row requests with feedback
+    "correct": sa.Integer,
+    "abs_error_sum": sa.Float,
+    "abs_error_sq": sa.Float,
+}
+PAIR_COUNTERS: dict[str, type] = {
+    "compared": sa.Integer,  # shadow and live answers to the same request
+    "agreed": sa.Integer,
+    "labelled": sa.Integer,  # of those, with a label (classifiers)
+    "both_correct": sa.Integer,
+    "live_only": sa.Integer,
+    "shadow_only": sa.Integer,
+    "neither": sa.Integer,
+    "valued": sa.Integer,  # with a value (regressors)
+    "diff_sum": sa.Float,  # |shadow error| - |live error|
+    "diff_sq": sa.Float,
+}
+
+
+def _counters(spec: dict[str, type]) -> list[sa.Column]:
+    return [
+        sa.Column(name, kind, nullable=False, server_default="0") for name, kind in spec.items()
+    ]
+
+
 cells = sa.Table(
     "raysplit_cells",
     metadata,
@@ -85,14 +116,7 @@ cells = sa.Table(
     sa.Column("assignment", sa.String(8), primary_key=True),
     sa.Column("model_version", sa.String(32), primary_key=True),
     sa.Column("bucket", sa.Integer, primary_key=True),  # floor(created_at / BUCKET_S)
-    sa.Column("requests", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("log_latency_sum", sa.Float, nullable=False, server_default="0"),
-    sa.Column("log_latency_sq", sa.Float, nullable=False, server_default="0"),
-    sa.Column("labelled", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("correct", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("abs_error_sum", sa.Float, nullable=False, server_default="0"),
-    sa.Column("abs_error_sq", sa.Float, nullable=False, server_default="0"),
+    *_counters(CELL_COUNTERS),
 )
 
 # v4: each shadow against the live answer to the same requests, per the live answer's
@@ -104,16 +128,7 @@ pairs = sa.Table(
     sa.Column("shadow", sa.String(64), primary_key=True),
     sa.Column("allocation", sa.String(32), primary_key=True),
     sa.Column("bucket", sa.Integer, primary_key=True),
-    sa.Column("compared", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("agreed", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("labelled", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("both_correct", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("live_only", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("shadow_only", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("neither", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("valued", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("diff_sum", sa.Float, nullable=False, server_default="0"),
-    sa.Column("diff_sq", sa.Float, nullable=False, server_default="0"),
+    *_counters(PAIR_COUNTERS),
 )
 
 # v4: each sticky unit (a salted hash of the user's key) a variant served in an allocation
@@ -278,22 +293,7 @@ def _adds_existing_column(conn: sa.Connection, statement: str) -> bool:
     return column in {c["name"] for c in sa.inspect(conn).get_columns(table)}
 
 
-CELL_COLUMNS = [
-    "experiment",
-    "variant",
-    "allocation",
-    "assignment",
-    "model_version",
-    "bucket",
-    "requests",
-    "errors",
-    "log_latency_sum",
-    "log_latency_sq",
-    "labelled",
-    "correct",
-    "abs_error_sum",
-    "abs_error_sq",
-]
+CELL_COLUMNS = [c.name for c in cells.columns]
 
 
 def backfill_rollup(conn: sa.Connection) -> None:

@@ -19,6 +19,7 @@ from raysplit.core.events import AssignmentKind
 from serve_app.aggregates import Cell, Epoch, EpochUnits, ExperimentAggregates, PairedCell
 from serve_app.event_schema import (
     BUCKET_S,
+    CELL_COUNTERS,
     allocations,
     cells,
     feedback,
@@ -27,16 +28,7 @@ from serve_app.event_schema import (
     units,
 )
 
-COUNTERS = (
-    "requests",
-    "errors",
-    "log_latency_sum",
-    "log_latency_sq",
-    "labelled",
-    "correct",
-    "abs_error_sum",
-    "abs_error_sq",
-)
+COUNTERS = tuple(CELL_COUNTERS)
 PAIR_SCORES = ("both_correct", "live_only", "shadow_only", "neither", "diff_sum", "diff_sq")
 MAX_LOOKS = 240  # time buckets the report reads, however long the experiment
 RECENT_SAMPLE = 2000  # rows per variant for latency percentiles; labels for their delays
