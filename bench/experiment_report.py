@@ -20,7 +20,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from serve_app.event_schema import allocations, backfill_rollup, cells, cells_from_rows
+from serve_app.event_migrations import backfill_rollup, cells_from_rows
+from serve_app.event_schema import allocations, cells
 from serve_app.event_store import EventStore
 from serve_app.experiment_queries import ExperimentQueries
 from serve_app.report import build_report

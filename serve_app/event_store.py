@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
+from serve_app.event_migrations import migrate
 from serve_app.event_rollup import Rollup, apply_pairs, pair_deltas, pair_states
 from serve_app.event_schema import (
     BEGIN_OPTION,
@@ -24,7 +25,6 @@ from serve_app.event_schema import (
     allocations,
     feedback,
     make_engine,
-    migrate,
     predictions,
     report_lease,
     schema_info,

@@ -11,14 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
-from serve_app.event_schema import (
-    cells,
-    cells_from_rows,
-    pairs,
-    pairs_from_rows,
-    units,
-    units_from_rows,
-)
+from serve_app.event_migrations import cells_from_rows, pairs_from_rows, units_from_rows
+from serve_app.event_schema import cells, pairs, units
 from serve_app.event_store import EventStore
 from serve_app.experiment_queries import ExperimentQueries
 from tests.events import feedback, prediction
