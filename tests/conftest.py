@@ -84,6 +84,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         patch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
         # the fast path buffers request-path log lines 1000 at a time; tests read them at once
         patch.setenv("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
+        # a replica that cannot start is retried once, not three times, before Serve calls
+        # the deploy failed: the bad-deploy tests assert what happens then, sooner
+        patch.setenv("RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT", "1")
         locations = Locations.resolve()
         info = up(
             locations,

@@ -60,7 +60,11 @@ from serve_app.experiment_stats.sample_size import (
 # the closed-form sample sizes, checked against statistics.py by the unit tests
 from serve_app.experiment_stats.sample_size import _fixed_horizon_n as _fixed_horizon_n
 from serve_app.experiment_stats.sample_size import _sequential_n as _sequential_n
-from serve_app.experiment_stats.stratified import stratified_comparison
+from serve_app.experiment_stats.stratified import (
+    StratifiedLooks,
+    stratified_comparison,
+    stratified_looks,
+)
 from serve_app.experiment_stats.text import render_text
 
 __all__ = [
@@ -83,6 +87,7 @@ __all__ = [
     "SampleRatio",
     "SampleRatioStratum",
     "StratifiedComparison",
+    "StratifiedLooks",
     "StratumEffect",
     "VariantCoverage",
     "Z",
@@ -94,4 +99,5 @@ __all__ = [
     "render_text",
     "sample_ratio_by_epoch",
     "stratified_comparison",
+    "stratified_looks",
 ]

@@ -244,3 +244,64 @@ def _decide(c: StratifiedComparison, srm: bool, min_samples: int) -> Verdict:
     if c.sample_size is None or c.sample_size.collected >= c.sample_size.sequential:
         return Verdict.NO_DIFFERENCE
     return Verdict.NOT_ENOUGH_DATA
+
+
+@dataclass(frozen=True)
+class StratifiedLooks:
+    """The stratified difference (challenger - control) at every bucket boundary.
+
+    Arrays have one entry per look (cumulative over buckets, in bucket order), the same
+    numbers :func:`stratified_comparison` feeds to its mSPRT: ``variance`` from each arm's
+    own spread (Agresti-Caffo for 0/1 outcomes), ``null_variance`` pooled under "no
+    difference" for 0/1 outcomes (equal to ``variance`` otherwise). ``control_mean`` is the
+    control's mean under the same stratum weights; ``*_n`` are observations summed over
+    strata. Looks where no stratum has both arms carry NaN.
+    """
+
+    buckets: np.ndarray
+    estimate: np.ndarray
+    variance: np.ndarray
+    null_variance: np.ndarray
+    control_mean: np.ndarray
+    control_n: np.ndarray
+    challenger_n: np.ndarray
+
+
+def stratified_looks(
+    cells: Sequence[Cell], control: str, challenger: str, metric: Metric
+) -> StratifiedLooks | None:
+    """Per-look stratified estimate and variances over split and sticky cells (as in
+    :func:`stratified_comparison`), for callers that test against a shifted null (a
+    non-inferiority margin, a guardrail threshold). None when there are no such cells."""
+    mine = [c for c in cells if c.assignment in RANDOMISED and c.variant in (control, challenger)]
+    if not mine:
+        return None
+    strata = {k: i for i, k in enumerate(sorted({(c.epoch, c.assignment) for c in mine}))}
+    buckets = sorted({c.bucket for c in mine})
+    looks = {b: i for i, b in enumerate(buckets)}
+    # _cumulate's sums with one scatter-add (this runs at every evaluation of a rollout)
+    moments = np.zeros((2, 3, len(looks), len(strata)))
+    np.add.at(
+        moments,
+        (
+            np.array([c.variant == challenger for c in mine], dtype=int),
+            slice(None),
+            np.array([looks[c.bucket] for c in mine], dtype=int),
+            np.array([strata[(c.epoch, c.assignment)] for c in mine], dtype=int),
+        ),
+        np.array([_MOMENTS[metric](c) for c in mine], dtype=float),
+    )
+    a, b = (_Cumulative(*np.cumsum(arm, axis=1)) for arm in moments)
+    est = _combine(a, b, metric in BINARY)
+    with np.errstate(invalid="ignore"):
+        control_mean = np.nansum(est.weights * est.control_mean, axis=1)
+    defined = np.isfinite(est.estimate) & (est.weights > 0).any(axis=1)
+    return StratifiedLooks(
+        buckets=np.asarray(buckets),
+        estimate=np.where(defined, est.estimate, np.nan),
+        variance=np.where(defined, est.variance, np.nan),
+        null_variance=np.where(defined, est.null_variance, np.nan),
+        control_mean=np.where(defined, control_mean, np.nan),
+        control_n=a.n.sum(axis=1),
+        challenger_n=b.n.sum(axis=1),
+    )

@@ -25,6 +25,12 @@ pytestmark = pytest.mark.integration
 RAYSPLIT = Path(sys.executable).parent / "raysplit"
 
 
+def mlflow_free(env: dict[str, str]) -> dict[str, str]:
+    """The environment without MLflow locations other tests may have left in it: the
+    command must find the cluster's own registry from RAYSPLIT_HOME, as a user's would."""
+    return {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+
+
 def send(deployer: Deployer, ids: list[str], headers: dict[str, str] | None = None) -> list:
     replies = deployer.load(len(ids), headers=lambda i: {"X-Request-Id": ids[i], **(headers or {})})
     assert {r.status for r in replies} == {200}
@@ -85,12 +91,13 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
         )
         logged = subprocess.run(  # while the experiment is served: its versions get tagged
             [str(RAYSPLIT), "report", "--url", deployer.url, "--experiment", name, "--mlflow"],
-            env={**os.environ, **deployer.cluster.env},
+            env={**mlflow_free(os.environ), **deployer.cluster.env},
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert logged.returncode == 0, logged.stderr
+        served = requests.get(f"{deployer.url}/models", timeout=30).json()
     finally:
         deployer.deploy(user_config())
 
@@ -122,15 +129,17 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
     assert not report["labels"]["flagged"]
     # `raysplit report --mlflow`: the evidence sits next to the models in the registry
     assert f"experiment {name} (classification): 1400 live requests" in logged.stdout
-    client = MlflowClient(deployer.cluster.locations.mlflow_tracking_uri)
+    locations = deployer.cluster.locations
+    client = MlflowClient(locations.mlflow_tracking_uri, locations.mlflow_registry_uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("raysplit-reports").experiment_id],
         f"tags.`raysplit.experiment` = '{name}'",
     )
     assert run.data.tags["raysplit.verdict.challenger"] == comparison["verdict"]
     assert run.data.metrics["challenger.forced"] == 200
-    assert run.data.tags["raysplit.model.champion"] == "iris/1"
-    version = client.get_model_version("iris", "1")
+    champion = {v["name"]: v["model"] for v in served["variants"]}["champion"]
+    assert run.data.tags["raysplit.model.champion"] == f"{champion['name']}/{champion['version']}"
+    version = client.get_model_version(champion["name"], champion["version"])
     assert version.tags["raysplit.report_run"] == run.info.run_id
     stored = client.download_artifacts(run.info.run_id, "report.json")
     assert json.loads(Path(stored).read_text())["experiment"] == name

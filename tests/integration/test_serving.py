@@ -376,18 +376,19 @@ def test_a_failing_model_is_a_500_counted_against_its_variant(
     deployer: Deployer, fragile_version: str
 ) -> None:
     name = f"iris-fragile-{uuid.uuid4().hex[:6]}"
-    fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 50}
-    deployer.deploy(user_config(experiment=name, variants=[*variants(50, 0)[:1], fragile]))
+    champion = {**variants()[0], "weight": 0}  # reached only when forced
+    fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 100}
+    deployer.deploy(user_config(experiment=name, variants=[champion, fragile]))
     negative = {**RECORD, "sepal_width": -1.0}
     try:
-        failed = deployer.load(20, lambda i: {"X-Variant": "fragile"}, threads=2, body=negative)
+        failed = deployer.load(20, threads=2, body=negative)
         assert {r.status for r in failed} == {500}
         detail = failed[0].body["detail"]
         assert f"variant 'fragile' (models:/iris/{fragile_version}) failed to predict" in detail
         assert "NaN" in detail  # scikit-learn's own reason
-        fine = deployer.load(10, lambda i: {"X-Variant": "fragile"}, threads=2)
-        champion = deployer.load(10, lambda i: {"X-Variant": "champion"}, threads=2, body=negative)
-        assert {r.status for r in fine + champion} == {200}
+        fine = deployer.load(10, threads=2)
+        forced = deployer.load(10, lambda i: {"X-Variant": "champion"}, threads=2, body=negative)
+        assert {r.status for r in fine + forced} == {200}
         for _ in range(60):  # events are written off the request path
             report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
             by_name = {v["name"]: v for v in report["variants"]}
@@ -396,7 +397,11 @@ def test_a_failing_model_is_a_500_counted_against_its_variant(
             time.sleep(0.5)
         assert (by_name["fragile"]["assigned"], by_name["fragile"]["served"]) == (30, 10)
         assert by_name["fragile"]["errors"] == report["errors"] == 20
-        assert by_name["champion"]["errors"] == 0
+        # forced requests: on their own line, never counted as assigned by the split
+        assert (by_name["champion"]["assigned"], by_name["champion"]["forced"]) == (0, 10)
+        assert [(f["variant"], f["requests"], f["errors"]) for f in report["forced"]] == [
+            ("champion", 10, 0)
+        ]
         summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
         assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
     finally:
