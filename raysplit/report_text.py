@@ -50,7 +50,7 @@ def render(payload: dict[str, Any]) -> str:
             lines.append(
                 f"    {c.challenger}: to detect {size.min_detectable_effect:.3g} with 80% power,"
                 f" {size.sequential} labelled per arm watched continuously"
-                f" ({size.fixed_horizon} if read once); smaller arm has {size.collected}"
+                f" ({size.fixed_horizon} if read once); {size.collected} so far (effective)"
             )
     if report.events:
         lines.append(f"events (this replica): {report.events}")

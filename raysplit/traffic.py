@@ -73,7 +73,7 @@ def send(
         request_id = f"demo-{uuid.uuid4().hex}"
         truth[request_id] = data.target.iloc[i % len(records)]
         headers = {**(auth or {}), "X-Request-Id": request_id}
-        user = f"user-{i % users}" if users and i % 2 == 0 else None
+        user = f"user-{(i // 2) % users}" if users and i % 2 == 0 else None
         if user:
             headers["X-User-Id"] = user
         response = requests.post(

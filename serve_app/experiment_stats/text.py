@@ -31,7 +31,11 @@ def render_text(result: ExperimentStatistics) -> str:
             f" p = {_p(s.p_value)}"
         )
     for c in result.comparisons + result.guardrails:
-        ratio = f" ratio {_iv(c.ratio)}" if c.ratio else ""
+        ratio = (
+            f" (latency ratio {c.ratio.estimate:.3g} [{c.ratio.low:.3g}, {c.ratio.high:.3g}])"
+            if c.ratio
+            else ""
+        )
         lines.append(
             f"{c.challenger} vs {c.control}: {c.metric.value} difference {_iv(c.difference)}{ratio}"
             f" p = {_p(c.p_value)} (Holm {_p(c.adjusted_p_value)}), always-valid"
