@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# Debian packages a target needs (.ci/system-deps lists them): installed when missing, with
-# apt-get as root or through sudo; otherwise make stops at once naming them.
+# Debian packages each target needs, as PACKAGE:COMMANDS: installed when missing by
+# .ci/system-deps (apt-get as root or through sudo; otherwise make stops naming them).
 SYSTEM_DEPS = PYTHON=$(PYTHON) bash .ci/system-deps
+INSTALL_PACKAGES := python3-venv
+# the observability tests run a real Prometheus and promtool (both in Debian's prometheus)
+TEST_PACKAGES := prometheus:prometheus,promtool
+DEMO_PACKAGES :=
+BENCH_PACKAGES := prometheus:prometheus,promtool wrk:wrk
 
 .PHONY: install demo test lint format bench bench-train clean system-deps-test \
 	system-deps-demo system-deps-bench
@@ -13,11 +18,17 @@ SYSTEM_DEPS = PYTHON=$(PYTHON) bash .ci/system-deps
 install: $(INSTALLED)
 
 # one check for every package the target needs, before anything slow starts
-system-deps-test system-deps-demo system-deps-bench:
-	@$(SYSTEM_DEPS) install $(@:system-deps-%=%)
+system-deps-test:
+	@$(SYSTEM_DEPS) $(INSTALL_PACKAGES) $(TEST_PACKAGES)
+
+system-deps-demo:
+	@$(SYSTEM_DEPS) $(INSTALL_PACKAGES) $(DEMO_PACKAGES)
+
+system-deps-bench:
+	@$(SYSTEM_DEPS) $(INSTALL_PACKAGES) $(BENCH_PACKAGES)
 
 $(INSTALLED): pyproject.toml
-	@$(SYSTEM_DEPS) install
+	@$(SYSTEM_DEPS) $(INSTALL_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
