@@ -229,40 +229,54 @@ def pair_states(conn: sa.Connection, ids: set[str]) -> dict[str, PairState]:
 
 
 def pair_deltas(
-    before: dict[str, PairState], after: dict[str, PairState]
+    after: dict[str, PairState], new_predictions: set[tuple[str, str]], new_labels: set[str]
 ) -> dict[PairKey, dict[str, float]]:
     """What one write adds to the pair rollup: every (request, shadow) comparison, and
-    every labelled one, that is complete now and was not before the write."""
+    every labelled one, that is complete now and has a part this write stored (under the
+    write lock, so it was not complete before)."""
     deltas: dict[PairKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PAIR_COUNTERS, 0))
     for rid, state in after.items():
         compared, labelled = state.complete()
-        old_compared, old_labelled = before.get(rid, PairState()).complete()
         live = state.live
-        for name in compared - old_compared | labelled - old_labelled:
+        live_new = live is not None and (rid, live.variant) in new_predictions
+        for name in compared:
+            pair_new = live_new or (rid, name) in new_predictions
+            label_now = name in labelled and (pair_new or rid in new_labels)
+            if not (pair_new or label_now):
+                continue
             shadow = state.shadows[name]
-            key = (live.experiment, name, live.allocation, math.floor(live.created_at / BUCKET_S))
-            delta = deltas[key]
-            if name not in old_compared:
+            bucket = math.floor(live.created_at / BUCKET_S)
+            delta = deltas[(live.experiment, name, live.allocation, bucket)]
+            if pair_new:
                 delta["compared"] += 1
                 delta["agreed"] += int(shadow.predicted == live.predicted)
-            if name in labelled and name not in old_labelled:
-                text, value = state.label
-                if text is not None:
-                    live_right, shadow_right = live.predicted == text, shadow.predicted == text
-                    delta["labelled"] += 1
-                    column = {
-                        (True, True): "both_correct",
-                        (True, False): "live_only",
-                        (False, True): "shadow_only",
-                        (False, False): "neither",
-                    }[(live_right, shadow_right)]
-                    delta[column] += 1
-                else:
-                    diff = abs(shadow.predicted_value - value) - abs(live.predicted_value - value)
-                    delta["valued"] += 1
-                    delta["diff_sum"] += diff
-                    delta["diff_sq"] += diff * diff
+            if label_now:
+                _score_pair(delta, live, shadow, *state.label)
     return deltas
+
+
+def _score_pair(
+    delta: dict[str, float], live: Any, shadow: Any, text: str | None, value: float | None
+) -> None:
+    """McNemar's four counts (a label), or the paired difference of absolute errors."""
+    if text is not None:
+        right = (live.predicted == text, shadow.predicted == text)
+        delta["labelled"] += 1
+        delta[PAIR_CELLS[right]] += 1
+        return
+    diff = abs(shadow.predicted_value - value) - abs(live.predicted_value - value)
+    delta["valued"] += 1
+    delta["diff_sum"] += diff
+    delta["diff_sq"] += diff * diff
+
+
+# (live right, shadow right) -> the pair rollup's column
+PAIR_CELLS = {
+    (True, True): "both_correct",
+    (True, False): "live_only",
+    (False, True): "shadow_only",
+    (False, False): "neither",
+}
 
 
 def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) -> None:

@@ -92,12 +92,11 @@ class EventStore:
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
         new_feedback: set[str] = set()
         rollup = Rollup()
+        stored: set[tuple[str, str]] = set()  # (request id, variant) this write inserted
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
-            touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
-            before = pair_states(conn, touched)
             if allocation_rows:  # the first replica to serve an allocation dates it
                 conn.execute(_insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
             if prediction_rows:
@@ -107,7 +106,8 @@ class EventStore:
                     ),
                     prediction_rows,
                 )
-                new = set(map(tuple, inserted))
+                stored = set(map(tuple, inserted))
+                new = set(stored)
                 rows = []
                 for row in prediction_rows:  # a repeat within the batch counts once
                     if (key := (row["request_id"], row["variant"])) in new:
@@ -129,7 +129,9 @@ class EventStore:
                 }
                 rollup.add_labels(_stored_predictions(conn, set(labels)), labels)
             rollup.apply(conn)
-            apply_pairs(conn, pair_deltas(before, pair_states(conn, touched)))
+            touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
+            after = pair_states(conn, touched)
+            apply_pairs(conn, pair_deltas(after, stored, new_feedback))
         return new_feedback
 
     def reachable(self) -> bool:
