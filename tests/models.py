@@ -18,7 +18,7 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
-from tune.registry import move_alias
+from raysplit.core.registry import move_alias
 
 
 def iris() -> tuple[pd.DataFrame, pd.Series]:

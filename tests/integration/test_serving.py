@@ -223,7 +223,7 @@ def test_oip_v2_inference_from_tritonclient(deployer: Deployer) -> None:
 def test_promoted_alias_is_followed_without_a_deploy(deployer: Deployer, cluster: Cluster) -> None:
     from mlflow import MlflowClient
 
-    from tune.registry import move_alias, rollback_alias
+    from raysplit.core.registry import move_alias, rollback_alias
 
     deployer.deploy(user_config(alias_refresh_s=0.5))
     uri = cluster.locations.mlflow_tracking_uri  # explicit: other tests move MLflow's globals
