@@ -1,4 +1,5 @@
-"""The `raysplit` command line: tune, promote, rollback, up, down, traffic, report, keys, info.
+"""The `raysplit` command line: tune, promote, rollback, up, down, traffic, report, rollout,
+keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -65,7 +66,7 @@ def _client():
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from tune.registry import move_alias
+    from raysplit.core.registry import move_alias
 
     previous = move_alias(_client(), args.name, args.alias, str(args.version))
     was = f" (was version {previous})" if previous else ""
@@ -74,7 +75,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from tune.registry import rollback_alias
+    from raysplit.core.registry import rollback_alias
 
     current, target = rollback_alias(_client(), args.name, args.alias)
     print(f"{args.name}@{args.alias} -> version {target} (was version {current})")
@@ -131,6 +132,15 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     url = args.url or Locations.resolve().ingress_url
     wait_ready(url, args.wait)
     headers = auth_headers(args.api_key)
+    if args.until_rollout_ends:
+        from raysplit.traffic import drive_rollout
+
+        print(f"sending labelled traffic in rounds of {args.requests} until the rollout ends")
+        for line in drive_rollout(
+            url, args.dataset, args.requests, args.users, headers, args.timeout
+        ):
+            print(line, flush=True)
+        return 0
     print("\n".join(send(url, args.dataset, args.requests, args.users, args.feedback, headers)))
     return 0
 
@@ -166,6 +176,27 @@ def cmd_report(args: argparse.Namespace) -> int:
             serving.json() if serving.ok else {},
         )
         print(f"logged to MLflow as run {run_id} (experiment 'raysplit-reports')", file=sys.stderr)
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import requests
+
+    from raysplit.rollout_text import render
+    from raysplit.traffic import auth_headers, refusal
+
+    url = args.url or Locations.resolve().ingress_url
+    headers = auth_headers(args.api_key)
+    try:
+        if args.action == "status":
+            response = requests.get(f"{url}/rollout", headers=headers, timeout=60)
+        else:
+            response = requests.post(f"{url}/rollout/{args.action}", headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
+    if not response.ok:
+        raise refusal(response)
+    print(response.text if args.json else render(response.json()))
     return 0
 
 
@@ -272,7 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument(
         "--feedback", action="store_true", help="then send each row's true label as feedback"
     )
-    add_api_key(traffic, "predict scope; admin with --feedback")
+    traffic.add_argument(
+        "--until-rollout-ends",
+        action="store_true",
+        help="repeat: --requests predictions with feedback, until the deployed rollout is"
+        " promoted or rolled back; prints each decision that moves it",
+    )
+    traffic.add_argument(
+        "--timeout", type=float, default=600, help="seconds --until-rollout-ends may take"
+    )
+    add_api_key(traffic, "predict scope; admin with --feedback or --until-rollout-ends")
     traffic.set_defaults(func=cmd_traffic)
 
     report = commands.add_parser("report", help="print the A/B experiment report")
@@ -287,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_api_key(report, "admin scope")
     report.set_defaults(func=cmd_report)
+
+    rollout = commands.add_parser(
+        "rollout",
+        help="the running rollout: status, or pause | resume | abort | promote it",
+        description="Show or steer the rollout of the deployed user_config (docs/rollouts.md)."
+        " abort sends the candidate's share to 0 at once; promote ends it as a success now.",
+    )
+    rollout.add_argument(
+        "action", choices=["status", "pause", "resume", "abort", "promote"], help="what to do"
+    )
+    rollout.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
+    rollout.add_argument("--json", action="store_true", help="the raw JSON of GET /rollout")
+    add_api_key(rollout, "admin scope")
+    rollout.set_defaults(func=cmd_rollout)
 
     keys = commands.add_parser("keys", help="API keys for the ingress (see docs/security.md)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

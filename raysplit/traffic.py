@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -115,3 +116,43 @@ def send(
 def _plain(value: object) -> object:
     """NumPy scalars to JSON-native values."""
     return value.item() if hasattr(value, "item") else value
+
+
+def drive_rollout(
+    url: str,
+    dataset: str,
+    per_round: int,
+    users: int,
+    auth: dict[str, str] | None,
+    timeout_s: float,
+) -> Iterator[str]:
+    """Send labelled traffic in rounds of ``per_round`` until the deployed rollout ends
+    (promoted, rolled back or aborted), yielding a line per decision that moved it: a
+    rollout decides only on labelled requests, so sample traffic without feedback would
+    hold it forever."""
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    shown = 0
+    while True:
+        response = requests.get(f"{url}/rollout", headers=auth, timeout=30)
+        if not response.ok:
+            raise refusal(response)
+        view = response.json()
+        record = view.get("rollout")
+        if view.get("configured") is None:
+            raise RaysplitError(f"{url}: the deployed user_config has no rollout block")
+        moves = [d for d in view["decisions"] if d["kind"] != "hold"]
+        for decision in moves[shown:]:
+            elapsed = time.monotonic() - started
+            yield (
+                f"  [{elapsed:5.0f} s] {decision['kind']:<8} step {decision['step'] + 1}:"
+                f" {decision['share']:g}% -> {decision['share_after']:g}%  {decision['reason']}"
+            )
+        shown = len(moves)
+        if record is not None and record["phase"] not in ("running", "paused"):
+            yield f"rollout {record['phase']} after {time.monotonic() - started:.0f} s"
+            return
+        if time.monotonic() > deadline:
+            last = view["decisions"][-1]["reason"] if view["decisions"] else "not started"
+            raise RaysplitError(f"no decision within {timeout_s:.0f} s; last: {last}")
+        send(url, dataset, per_round, users, feedback=True, auth=auth)

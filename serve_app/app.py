@@ -39,14 +39,15 @@ from serve_app.loops import AliasWatcher, EventGauges, ReportPublisher
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.predictor import Predictor
-from serve_app.routes import experiment, health, oip, predict
+from serve_app.rollout_loops import RolloutController, RolloutFollower
+from serve_app.routes import experiment, health, oip, predict, rollout
 from serve_app.routes.base import Replica, current_replica
 from serve_app.state import IncompatibleVariants, ServingState
 
 logger = logging.getLogger("ray.serve")
 
 
-for routes in (predict, experiment, oip, health):
+for routes in (predict, experiment, oip, health, rollout):
     api.include_router(routes.router)
 api.dependency_overrides[current_replica] = lambda: serve.get_replica_context().servable_object
 
@@ -65,20 +66,30 @@ class Ingress(Replica):
         self.event_store_url = os.environ.get(
             "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
         )
-        self._metrics = ExperimentMetrics()
+        self.metrics = ExperimentMetrics()
         self.events = EventBuffer(
-            lambda: EventStore(self.event_store_url), on_feedback=self._metrics.tally.feedback
+            lambda: EventStore(self.event_store_url), on_feedback=self.metrics.tally.feedback
         )
-        self.predictor = Predictor(self._model_call, self.events, self._metrics.tally)
+        self.predictor = Predictor(self._model_call, self.events, self.metrics.tally)
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self._app = context.app_name
+        self._aliases = AliasWatcher(lambda: self.state, self._load_state_models, self._swap)
         self._loops = (
-            AliasWatcher(lambda: self.state, self._load_state_models, self._swap),
-            EventGauges(self.events, self._metrics),
+            self._aliases,
+            EventGauges(self.events, self.metrics),
             ReportPublisher(
-                lambda: self.state, self.store, self.report, self._metrics, self.replica_id
+                lambda: self.state, self.store, self.report, self.metrics, self.replica_id
             ),
+            RolloutFollower(
+                lambda: self.state,
+                self.store,
+                self._swap,
+                self.metrics,
+                self.replica_id,
+                self._refresh_aliases,
+            ),
+            RolloutController(lambda: self.state, self.store, self.metrics, self.replica_id),
         )
 
     # ----------------------------------------------------------------- configuration
@@ -92,7 +103,8 @@ class Ingress(Replica):
         try:
             config = IngressConfig.model_validate(user_config)
             models = await asyncio.to_thread(self._load_models, config)
-            state = ServingState.build(config, models)
+            # a running rollout keeps its weights across a deploy that does not change it
+            state = ServingState.build(config, models, self.state.rollout if self.state else None)
         except ValidationError as exc:
             self._fail(describe_validation_error(exc, "user_config"))
         except (ModelLoadError, IncompatibleVariants) as exc:
@@ -106,7 +118,7 @@ class Ingress(Replica):
         self.events.add_allocation(state.allocation)
         self.state = state
         self.last_reconfigure = {"status": "ok", "at": time.time()}
-        self._metrics.start()
+        self.metrics.start()
         for loop in self._loops:
             loop.start()
         if first:
@@ -120,7 +132,7 @@ class Ingress(Replica):
     def _apply_limits(self, config: IngressConfig) -> None:
         guard.SETTINGS.max_body_bytes = config.max_body_bytes
         guard.SETTINGS.body_timeout_s = config.body_timeout_s
-        guard.SETTINGS.on_reject = lambda status: self._metrics.tally.rejected(
+        guard.SETTINGS.on_reject = lambda status: self.metrics.tally.rejected(
             config.experiment, status
         )
         self.events.set_interval(config.event_flush_interval_s)
@@ -158,11 +170,18 @@ class Ingress(Replica):
         return self._load_models(state.config)
 
     def _swap(self, seen: ServingState, new: ServingState) -> bool:
-        """Swap in what the alias watcher built, unless a reconfigure came in between."""
+        """Swap in what a background loop built (the alias watcher, the rollout follower),
+        unless a reconfigure came in between; a new split is recorded as a new epoch."""
         if self.state is not seen:
             return False
+        if new.allocation.key != seen.allocation.key:
+            self.events.add_allocation(new.allocation)
         self.state = new
         return True
+
+    async def _refresh_aliases(self) -> None:
+        """Load what the aliases point at now (a rollout just moved one)."""
+        await self._aliases.tick()
 
     def deploy_status(self) -> dict[str, str]:
         """Serve's own view of the last deploy. A replica whose reconfigure() failed is

@@ -10,10 +10,12 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.names import VARIANT_NAME
+from serve_app.rollout_config import RolloutConfig
+
 MODEL_URI = re.compile(
     r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/[0-9a-f]+/.+|models:/m-[0-9a-f]+)$"
 )
-VARIANT_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class VariantConfig(BaseModel):
@@ -121,6 +123,11 @@ class IngressConfig(BaseModel):
         " queued in this time (reported as raysplit_events_queued)",
     )
     variants: list[VariantConfig] = Field(min_length=1)
+    rollout: RolloutConfig | None = Field(
+        None,
+        description="move the candidate's share through steps gated by the experiment's"
+        " statistics; the controller owns the live weights while it runs (docs/rollouts.md)",
+    )
 
     @field_validator("sticky_key")
     @classmethod
@@ -140,6 +147,18 @@ class IngressConfig(BaseModel):
             raise ValueError("live variant weights are all zero; give at least one a weight")
         if self.control is not None and self.control not in names:
             raise ValueError(f"control '{self.control}' is not a variant; variants: {names}")
+        if self.rollout is not None:
+            candidate = self.rollout.candidate
+            if candidate not in {v.name for v in live}:
+                raise ValueError(
+                    f"rollout candidate '{candidate}' is not a live variant; live:"
+                    f" {[v.name for v in live]}"
+                )
+            if candidate == self.control_variant:
+                raise ValueError(
+                    f"rollout candidate '{candidate}' is the control; set `control` to the"
+                    " variant it is compared against"
+                )
         return self
 
     @property

@@ -47,6 +47,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS ix_predictions_experiment_variant"
         " ON raysplit_predictions (experiment, variant, id)",
     ],
+    5: [],  # the rollout tables are new: create_all above adds them
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -154,13 +154,47 @@ allocations = sa.Table(
 )
 
 
-# v3: which replica refreshes an experiment's report gauges (see EventStore.claim_report)
+# v3: which replica refreshes an experiment's report gauges (see EventStore.claim_lease)
 report_lease = sa.Table(
     "raysplit_report_lease",
     metadata,
     sa.Column("experiment", sa.String(128), primary_key=True),
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+
+# v5: each experiment's rollout (serve_app.rollout_state.RolloutRecord as JSON) and every
+# decision taken in it; writes compare-and-set on `seq` (serve_app.rollout_store)
+rollouts = sa.Table(
+    "raysplit_rollouts",
+    metadata,
+    sa.Column("experiment", sa.String(128), primary_key=True),
+    sa.Column("rollout_id", sa.String(32), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),
+    # when the deploy that started it was applied: an older replica's config never
+    # replaces a newer rollout during a rolling update
+    sa.Column("configured_at", sa.Float, nullable=False),
+)
+
+rollout_decisions = sa.Table(
+    "raysplit_rollout_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment", sa.String(128), nullable=False),
+    sa.Column("rollout_id", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("share_after", sa.Float, nullable=False),
+    sa.Column("reason", sa.String(1024), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("figures", sa.JSON),
+    sa.Index("ix_rollout_decisions_rollout", "rollout_id", "id"),
 )
 
 

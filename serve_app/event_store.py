@@ -67,7 +67,7 @@ def _stored_predictions(conn: sa.Connection, ids: set[str]) -> list[Any]:
     return list(conn.execute(query))
 
 
-def _insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
+def insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing()
 
@@ -98,10 +98,10 @@ class EventStore:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
             if allocation_rows:  # the first replica to serve an allocation dates it
-                conn.execute(_insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
+                conn.execute(insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
             if prediction_rows:
                 inserted = conn.execute(
-                    _insert_ignoring_duplicates(self.engine, predictions).returning(
+                    insert_ignoring_duplicates(self.engine, predictions).returning(
                         predictions.c.request_id, predictions.c.variant
                     ),
                     prediction_rows,
@@ -116,7 +116,7 @@ class EventStore:
                 rollup.add_predictions(rows, _stored_labels(conn, {r["request_id"] for r in rows}))
             if feedback_rows:
                 inserted = conn.execute(
-                    _insert_ignoring_duplicates(self.engine, feedback).returning(
+                    insert_ignoring_duplicates(self.engine, feedback).returning(
                         feedback.c.request_id
                     ),
                     feedback_rows,
@@ -143,22 +143,22 @@ class EventStore:
             return False
         return True
 
-    def claim_report(
-        self, experiment: str, holder: str, ttl_s: float, now: float | None = None
-    ) -> bool:
-        """Whether ``holder`` should refresh ``experiment``'s report gauges now.
+    def claim_lease(self, lease: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
+        """Whether ``holder`` holds ``lease`` now (claimed, or renewed).
 
-        Building the report reads the whole experiment; with every ingress replica doing
-        it, a 4-replica deployment spent a quarter of its CPU there (py-spy). One replica
-        holds a lease and renews it each time; another takes over once it has lapsed for
-        ``ttl_s``, so a lost replica is replaced without any coordination service.
+        One replica does a job that must not run on every replica: the report's gauges
+        (building the report reads the whole experiment; with every ingress replica doing
+        it, a 4-replica deployment spent a quarter of its CPU there, py-spy) and a
+        rollout's decisions (exactly one decision maker). The holder renews the lease each
+        time; another replica takes over once it has lapsed for ``ttl_s``, so a lost
+        replica is replaced without any coordination service.
         """
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
             renewed = conn.execute(
                 report_lease.update()
                 .where(
-                    report_lease.c.experiment == experiment,
+                    report_lease.c.experiment == lease,
                     sa.or_(report_lease.c.holder == holder, report_lease.c.expires_at < now),
                 )
                 .values(holder=holder, expires_at=now + ttl_s)
@@ -166,8 +166,8 @@ class EventStore:
             if renewed:
                 return True
             claim = (
-                _insert_ignoring_duplicates(self.engine, report_lease)
-                .values(experiment=experiment, holder=holder, expires_at=now + ttl_s)
+                insert_ignoring_duplicates(self.engine, report_lease)
+                .values(experiment=lease, holder=holder, expires_at=now + ttl_s)
                 .returning(report_lease.c.holder)  # rowcount is -1 here on psycopg
             )
             return conn.execute(claim).first() is not None

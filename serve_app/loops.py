@@ -96,7 +96,7 @@ class AliasWatcher(Loop):
         pinned = {n: m.resolved.uri for n, m in models.items()}
         if pinned == {n: m.resolved.uri for n, m in state.models.items()}:
             return
-        if self._swap(state, ServingState.build(state.config, models)):
+        if self._swap(state, state.rebuilt(models=models)):
             logger.info("alias moved: now serving %s", pinned)
 
 
@@ -121,7 +121,7 @@ class EventGauges(Loop):
 class ReportPublisher(Loop):
     """The experiment report's gauges (quality, SRM, sequential p-values, drift) every
     ``report_interval_s``, from the one replica that holds the experiment's report lease
-    (see :meth:`serve_app.event_store.EventStore.claim_report`)."""
+    (see :meth:`serve_app.event_store.EventStore.claim_lease`)."""
 
     name = "report publisher"
 
@@ -149,6 +149,6 @@ class ReportPublisher(Loop):
         state = self._current()
         store = await self._store()
         ttl = 3 * state.config.report_interval_s
-        if await asyncio.to_thread(store.claim_report, state.config.experiment, self._holder, ttl):
+        if await asyncio.to_thread(store.claim_lease, state.config.experiment, self._holder, ttl):
             self._metrics.report(await self._build())
             self.published_at = time.time()

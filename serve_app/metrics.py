@@ -21,6 +21,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from serve_app.event_buffer import EventStats
 from serve_app.metric_tally import MetricTally
 from serve_app.report import ExperimentReport
+from serve_app.rollout_state import DecisionEntry, RolloutPhase, RolloutRecord
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,6 +63,12 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Events leaving the replica's buffer, by fate (written, dropped, or refused by"
         " the database and set aside).",
         ("fate",),
+    ),
+    "rollout_decisions": (
+        "raysplit_rollout_decisions",
+        "Decisions of the rollout controller (hold, advance, rollback, promote) and"
+        " operators' commands (pause, resume, abort, promote), by kind.",
+        ("experiment", "candidate", "kind", "actor"),
     ),
 }
 GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -109,7 +116,28 @@ GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Population stability index of recent inputs against training.",
         (*VARIANT, "feature"),
     ),
+    "rollout_step": (
+        "raysplit_rollout_step",
+        "Current step of the experiment's rollout (1-based; 0 before it starts).",
+        ("experiment", "candidate"),
+    ),
+    "rollout_share": (
+        "raysplit_rollout_share",
+        "Candidate's effective share of live traffic in the rollout, percent.",
+        ("experiment", "candidate"),
+    ),
+    "rollout_phase": (
+        "raysplit_rollout_phase",
+        "1 for the rollout's current phase (running, paused, promoted, rolled_back,"
+        " aborted), 0 for the others.",
+        ("experiment", "candidate", "phase"),
+    ),
 }
+
+
+def _actor(entry: DecisionEntry) -> str:
+    """controller or operator: the replica id itself would be a label per replica."""
+    return "operator" if entry.actor.startswith("operator") else "controller"
 
 
 def _p_or_one(p: float | None) -> float:
@@ -155,6 +183,21 @@ class ExperimentMetrics:
             if total > seen:
                 self._counters["events"].inc(total - seen, tags={"fate": fate})
                 self._reported_events[fate] = total
+
+    def rollout(self, record: RolloutRecord) -> None:
+        """The rollout's step, share and phase as every replica serves them."""
+        tags = {"experiment": record.experiment, "candidate": record.config.candidate}
+        self._gauges["rollout_step"].set(record.step + 1, tags=tags)
+        self._gauges["rollout_share"].set(record.share, tags=tags)
+        for phase in RolloutPhase:
+            self._gauges["rollout_phase"].set(
+                1.0 if phase is record.phase else 0.0, tags={**tags, "phase": phase.value}
+            )
+
+    def rollout_decision(self, entry: DecisionEntry, candidate: str) -> None:
+        """Counted once, by the replica whose decision (or command) took effect."""
+        tags = {"experiment": entry.experiment, "candidate": candidate, "kind": entry.kind}
+        self._counters["rollout_decisions"].inc(1, tags={**tags, "actor": _actor(entry)})
 
     def report(self, report: ExperimentReport) -> None:
         """Gauges from the experiment report: quality, SRM, sequential p-values, drift."""

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve_app.config import VARIANT_NAME
+from serve_app.names import VARIANT_NAME
 
 MAX_STEPS = 10  # the sample-ratio check's share of the rollback error budget depends on it
 
@@ -46,7 +46,10 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    candidate: str = Field(pattern=VARIANT_NAME, description="a live variant (not the control)")
+    candidate: str = Field(
+        pattern=VARIANT_NAME,
+        description="a live variant, not the control (checked by IngressConfig)",
+    )
     steps: list[float] = Field(
         description="candidate's share of live traffic, in percent, strictly increasing"
     )

@@ -60,11 +60,13 @@ class Router:
             return Assignment(self._names[index], AssignmentKind.STICKY)
         return Assignment(self._names[bisect_right(self._fractions, draw)], AssignmentKind.SPLIT)
 
-    def allocation_key(self) -> str:
-        """Names the allocation: live variants, their weights and the salt. A new key is a
-        new epoch, within which assignment does not depend on time."""
+    def allocation_key(self, tag: str = "") -> str:
+        """Names the allocation: live variants, their weights, the salt and ``tag`` (a
+        rollout's run and step, so its epochs are its own). A new key is a new epoch,
+        within which assignment does not depend on time."""
         shares = self.expected_shares()
-        text = "\x00".join([self.config.salt, *(f"{n}={shares[n]:.9f}" for n in sorted(shares))])
+        parts = [self.config.salt, *(f"{n}={shares[n]:.9f}" for n in sorted(shares))]
+        text = "\x00".join([*parts, tag] if tag else parts)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def expected_shares(self) -> dict[str, float]:

@@ -3,6 +3,10 @@
 A new state is built completely (config validated, every model loaded and checked) before
 it replaces the old one in a single assignment, so a request sees either the old or the
 new experiment, never a mix, and a failed build leaves the old one serving.
+
+While a rollout of the deployed config runs, the state serves the rollout's weights
+(:func:`serve_app.rollout_state.effective_config`) and keeps the deployed config beside
+them: ``GET /models`` shows both, and a reconfigure or an alias move keeps the rollout's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from functools import cached_property
 from raysplit.core.events import AllocationEvent
 from serve_app.config import IngressConfig
 from serve_app.models import LoadedModel
+from serve_app.rollout_state import RolloutRecord, applies, effective_config
 from serve_app.routing import Router
 
 
@@ -23,13 +28,25 @@ class IncompatibleVariants(ValueError):
 
 @dataclass(frozen=True)
 class ServingState:
-    config: IngressConfig
+    config: IngressConfig  # what is served: the deployed config with the rollout's weights
     router: Router
     models: dict[str, LoadedModel]
     features: list[str]
+    configured: IngressConfig  # as deployed
+    rollout: RolloutRecord | None = None  # the rollout whose weights are served, if any
 
     @classmethod
-    def build(cls, config: IngressConfig, models: dict[str, LoadedModel]) -> ServingState:
+    def build(
+        cls,
+        configured: IngressConfig,
+        models: dict[str, LoadedModel],
+        rollout: RolloutRecord | None = None,
+    ) -> ServingState:
+        """``rollout``: the experiment's stored rollout; it steers the weights only if it is
+        the rollout of ``configured`` (a row left by an earlier block does not)."""
+        if rollout is not None and not applies(configured, rollout):
+            rollout = None
+        config = effective_config(configured, rollout)
         control = models[config.control_variant]
         for name, model in models.items():
             if model.features != control.features:
@@ -42,14 +59,23 @@ class ServingState:
                     f"variant '{name}' and the control '{config.control_variant}' are not"
                     " the same kind of model (classifier vs regressor)"
                 )
-        return cls(config, Router(config), models, control.features)
+        return cls(config, Router(config), models, control.features, configured, rollout)
+
+    def rebuilt(
+        self, models: dict[str, LoadedModel] | None = None, rollout: RolloutRecord | None = None
+    ) -> ServingState:
+        """The same deployed config with new models (an alias moved) or a new rollout
+        record; whichever is not given is kept."""
+        return ServingState.build(
+            self.configured, self.models if models is None else models, rollout or self.rollout
+        )
 
     @cached_property
     def allocation(self) -> AllocationEvent:
         """The allocation this state serves, as the event that records it."""
         return AllocationEvent(
             experiment=self.config.experiment,
-            key=self.router.allocation_key(),
+            key=self.router.allocation_key(self.rollout.allocation_tag if self.rollout else ""),
             shares=self.router.expected_shares(),
             created_at=time.time(),
         )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from raysplit.cluster import ClusterInfo, down, up
 from raysplit.core.settings import Locations
@@ -129,7 +130,6 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> No
 
 def _fresh_postgres(purpose: str) -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    import sqlalchemy as sa
 
     name = f"raysplit_{purpose}_{os.getpid()}"
     admin = sa.create_engine(f"{POSTGRES_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
@@ -152,6 +152,21 @@ def postgres_database() -> Iterator[str]:
 def events_postgres() -> Iterator[str]:
     """An event-store database of its own."""
     yield from _fresh_postgres("events")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty event store on SQLite, then on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    url = request.getfixturevalue("events_postgres")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # each test starts empty
+        for table in sa.inspect(conn).get_table_names():
+            if table.startswith("raysplit_"):
+                conn.execute(sa.text(f"DROP TABLE {table}"))
+    engine.dispose()
+    return url
 
 
 @contextmanager

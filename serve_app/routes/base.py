@@ -18,6 +18,7 @@ from serve_app.errors import NotReady
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
 from serve_app.experiment_view import experiment_report
+from serve_app.metrics import ExperimentMetrics
 from serve_app.predictor import Prediction, Predictor
 from serve_app.report import ExperimentReport
 from serve_app.state import ServingState
@@ -29,6 +30,7 @@ class Replica:
     state: ServingState | None
     predictor: Predictor
     events: EventBuffer
+    metrics: ExperimentMetrics
     event_store_url: str
     replica_id: str
     last_reconfigure: dict[str, Any]

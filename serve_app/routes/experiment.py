@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from serve_app import feedback as feedback_desk
 from serve_app.report import ExperimentReport
+from serve_app.rollout_state import weights_differ
 from serve_app.routes.base import ReplicaDep
 from serve_app.schemas import parse_feedback, parse_json
 from serve_app.summary import MetricsSummary, summarize
@@ -26,11 +27,13 @@ async def models(replica: ReplicaDep):
     variants = []
     if state is not None:
         shares = state.router.expected_shares()
+        configured = {v.name: v.weight for v in state.configured.variants}
         for v in state.config.variants:
             model = state.models[v.name]
             variants.append(
                 {
-                    **v.model_dump(),
+                    **v.model_dump(),  # weight: the effective one
+                    "configured_weight": configured[v.name],
                     "share": shares.get(v.name, 0.0),
                     "model": {"name": model.resolved.name, "version": model.resolved.version},
                     "resolved_uri": model.resolved.uri,
@@ -44,6 +47,8 @@ async def models(replica: ReplicaDep):
         "sticky_key": state.config.sticky_key if state else None,
         "features": state.features if state else [],
         "variants": variants,
+        # why `weight` differs from `configured_weight` (a rollout owns the split), or None
+        "weights_differ": weights_differ(state.configured, state.rollout) if state else None,
         "last_reconfigure": replica.last_reconfigure,
         "events": replica.events.stats().model_dump(),
         "replica": replica.replica_id,

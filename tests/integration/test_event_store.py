@@ -27,20 +27,6 @@ from tests.events import feedback, prediction
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    url = request.getfixturevalue("events_postgres")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # each test starts empty
-        for table in sa.inspect(conn).get_table_names():
-            if table.startswith("raysplit_"):
-                conn.execute(sa.text(f"DROP TABLE {table}"))
-    engine.dispose()
-    return url
-
-
 def test_writes_are_idempotent_per_request(store_url: str) -> None:
     store = EventStore(store_url)
     live, shadow = prediction("r1"), prediction("r1", "shadow-hgb", shadow=True)
@@ -113,7 +99,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 4
+    assert store.version == SCHEMA_VERSION == 5
     with store.engine.connect() as conn:
         old = conn.execute(sa.select(predictions).where(predictions.c.request_id == "old")).one()
     assert (old.assignment, old.allocation, old.predicted) == ("split", "", "setosa")
@@ -137,13 +123,13 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
 def test_one_replica_at_a_time_holds_the_report_lease(store_url: str) -> None:
     """The holder renews; others wait until it lapses; experiments are independent."""
     a, b = EventStore(store_url), EventStore(store_url)  # two replicas, one database
-    assert a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1000.0)
-    assert not b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1001.0)
-    assert a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1030.0)  # renewed to 1120
-    assert not b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1119.0)
-    assert b.claim_report("iris-ab", "replica-b", ttl_s=90, now=1121.0)  # a went quiet
-    assert not a.claim_report("iris-ab", "replica-a", ttl_s=90, now=1122.0)
-    assert a.claim_report("other-experiment", "replica-a", ttl_s=90, now=1122.0)
+    assert a.claim_lease("iris-ab", "replica-a", ttl_s=90, now=1000.0)
+    assert not b.claim_lease("iris-ab", "replica-b", ttl_s=90, now=1001.0)
+    assert a.claim_lease("iris-ab", "replica-a", ttl_s=90, now=1030.0)  # renewed to 1120
+    assert not b.claim_lease("iris-ab", "replica-b", ttl_s=90, now=1119.0)
+    assert b.claim_lease("iris-ab", "replica-b", ttl_s=90, now=1121.0)  # a went quiet
+    assert not a.claim_lease("iris-ab", "replica-a", ttl_s=90, now=1122.0)
+    assert a.claim_lease("other-experiment", "replica-a", ttl_s=90, now=1122.0)
     a.dispose()
     b.dispose()
 

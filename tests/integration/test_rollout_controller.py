@@ -1,0 +1,292 @@
+"""The rollout's follower and controller as two ingress replicas run them, without Ray:
+real models from a real MLflow registry, a real event store on SQLite and PostgreSQL,
+the real predictor routing real iris rows, feedback as the store receives it.
+
+Each replica is the deployment's parts (:class:`Replica` below wires them as
+``serve_app.app.Ingress`` does); the loops' ``tick()`` is called where the replica's
+timer would call it, so each test says exactly which evaluation it is looking at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from mlflow import MlflowClient
+from sklearn.dummy import DummyClassifier
+from sklearn.neighbors import KNeighborsClassifier
+
+from raysplit.core.events import FeedbackEvent
+from raysplit.core.settings import Locations
+from serve_app.config import IngressConfig
+from serve_app.event_buffer import EventBuffer
+from serve_app.event_store import EventStore
+from serve_app.metrics import ExperimentMetrics
+from serve_app.models import LoadedModel, load, resolve
+from serve_app.predictor import Predictor, direct_call
+from serve_app.rollout_loops import RolloutController, RolloutFollower
+from serve_app.rollout_state import RolloutPhase
+from serve_app.rollout_store import RolloutStore
+from serve_app.state import ServingState
+from tests.models import iris, log_model
+from tune.tracking import connect, ensure_experiment
+
+pytestmark = pytest.mark.integration
+
+X, Y = iris()
+ROWS, LABELS = X.to_numpy(dtype=float), Y.to_numpy()
+
+
+@pytest.fixture
+def registry(home: Path) -> Iterator[MlflowClient]:
+    """An embedded MLflow with iris v1 (a constant model, 'champion') and v2 (k-NN,
+    'challenger'): the candidate is far better than the control."""
+    locations = Locations.resolve()
+    client = connect(locations)
+    experiment = ensure_experiment(client, "raysplit-iris", locations)  # artifacts under home
+    for model, alias in ((DummyClassifier(), "champion"), (KNeighborsClassifier(), "challenger")):
+        log_model(model, X, Y, name="iris", alias=alias, experiment_id=experiment)
+    yield client
+
+
+def ingress_config(**rollout: Any) -> IngressConfig:
+    return IngressConfig.model_validate(
+        {
+            "experiment": "rollout-unit",
+            "variants": [
+                {"name": "champion", "model_uri": "models:/iris@champion", "weight": 100},
+                {"name": "challenger", "model_uri": "models:/iris@challenger", "weight": 0},
+            ],
+            "rollout": {
+                "candidate": "challenger",
+                "steps": [20, 50],
+                "min_scored_per_step": 40,
+                "min_step_s": 0.01,
+                "non_inferiority_margin": 0.05,
+                # k-NN is slower than a constant: latency is not what this test is about
+                "guardrails": {"max_p95_latency_ratio": None},
+                "evaluation_interval_s": 0.2,
+                **rollout,
+            },
+        }
+    )
+
+
+def load_models(config: IngressConfig) -> dict[str, LoadedModel]:
+    client = MlflowClient()
+    return {v.name: load(v, resolve(v.model_uri, client)) for v in config.variants}
+
+
+class Replica:
+    """One ingress replica's parts, wired as serve_app.app.Ingress wires them."""
+
+    def __init__(self, name: str, store: Callable[[], EventStore], config: IngressConfig):
+        self.id = name
+        self.metrics = ExperimentMetrics()
+        self._store = store
+        self.events = EventBuffer(store, interval_s=0.01)
+        self.predictor = Predictor(direct_call, self.events, self.metrics.tally)
+        self.state = ServingState.build(config, load_models(config))
+        self.follower = RolloutFollower(
+            lambda: self.state, self.store, self.swap, self.metrics, name, self.refresh
+        )
+        self.controller = RolloutController(lambda: self.state, self.store, self.metrics, name)
+
+    async def store(self) -> EventStore:
+        return self._store()
+
+    def swap(self, seen: ServingState, new: ServingState) -> bool:
+        if self.state is not seen:
+            return False
+        if new.allocation.key != seen.allocation.key:
+            self.events.add_allocation(new.allocation)
+        self.state = new
+        return True
+
+    async def refresh(self) -> None:
+        self.swap(self.state, self.state.rebuilt(models=load_models(self.state.config)))
+
+    def share(self) -> float:
+        return self.state.router.expected_shares()["challenger"]
+
+
+async def serve(replicas: list[Replica], store: EventStore, count: int, start: int) -> None:
+    """``count`` requests of random iris rows spread over the replicas, every one labelled."""
+    rng = np.random.default_rng(start)
+    ids: dict[str, str] = {}
+    for i in range(start, start + count):
+        index = int(rng.integers(len(ROWS)))
+        replica = replicas[i % len(replicas)]
+        answer = await replica.predictor.predict(
+            replica.state, ROWS[index : index + 1], f"r{i}", None, None
+        )
+        ids[answer.request_id] = LABELS[index]
+    for replica in replicas:
+        while replica.events.stats().queued:
+            await asyncio.sleep(0.01)
+    store.write(
+        [FeedbackEvent(request_id=r, created_at=time.time(), label=y) for r, y in ids.items()]
+    )
+
+
+def log(store: EventStore, experiment: str = "rollout-unit") -> list[tuple[str, int, float]]:
+    rollouts = RolloutStore(store.engine)
+    record = rollouts.read(experiment)
+    return [(d.kind, d.step, d.share_after) for d in rollouts.decisions(record.rollout_id)]
+
+
+def run(coroutine_function: Callable[[], Any]) -> None:
+    asyncio.run(coroutine_function())
+
+
+def test_a_better_candidate_is_promoted_step_by_step_and_the_alias_moves(
+    registry: MlflowClient, store_url: str
+) -> None:
+    store = EventStore(store_url)
+    config = ingress_config()
+
+    async def scenario() -> None:
+        a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
+        for replica in (a, b):
+            replica.events.start()
+            replica.events.add_allocation(replica.state.allocation)
+            await replica.follower.tick()  # the first starts the rollout, both serve it
+        assert a.share() == b.share() == pytest.approx(0.2)
+        await a.controller.tick()
+        assert log(store)[-1][0] == "hold"  # no labelled request yet
+        await serve([a, b], store, 700, 0)
+        await a.controller.tick()
+        await b.controller.tick()  # a holds the lease: b decides nothing
+        assert [k for k, _, _ in log(store)] == ["start", "hold", "advance"]
+        for replica in (a, b):
+            await replica.follower.tick()
+        assert a.share() == b.share() == pytest.approx(0.5)
+        await serve([a, b], store, 300, 700)
+        await a.controller.tick()  # promote, then the registry is written
+        record = RolloutStore(store.engine).read("rollout-unit")
+        assert record.phase is RolloutPhase.PROMOTED and record.registry == "done"
+        assert [k for k, _, _ in log(store)][-1] == "promote"
+        for replica in (a, b):
+            await replica.follower.tick()  # follows the promotion: the control's alias moved
+            assert replica.state.models["champion"].resolved.version == "2"
+            assert replica.share() == 0.0
+        for replica in (a, b):
+            await replica.events.close()
+
+    run(scenario)
+    assert registry.get_model_version_by_alias("iris", "champion").version == 2
+    candidate = registry.get_model_version("iris", "2")
+    assert candidate.tags["raysplit.rollout.outcome"] == "promoted"
+
+
+def test_a_worse_candidate_is_rolled_back_and_no_alias_moves(
+    registry: MlflowClient, store_url: str
+) -> None:
+    """The same two models the other way round: the constant model is the candidate."""
+    store = EventStore(store_url)
+    base = ingress_config()
+    variants = [
+        {"name": "champion", "model_uri": "models:/iris@challenger", "weight": 100},
+        {"name": "challenger", "model_uri": "models:/iris@champion", "weight": 0},
+    ]
+    config = IngressConfig.model_validate(base.model_dump() | {"variants": variants})
+
+    async def scenario() -> None:
+        a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
+        for replica in (a, b):
+            replica.events.start()
+            await replica.follower.tick()
+        await serve([a, b], store, 700, 0)
+        await b.controller.tick()
+        for replica in (a, b):
+            await replica.follower.tick()
+            assert replica.share() == 0.0
+            assert replica.state.config.variants[1].weight == 0.0
+        answers = [
+            await a.predictor.predict(a.state, ROWS[:1], f"after{i}", None, None) for i in range(50)
+        ]
+        assert {p.assignment.variant for p in answers} == {"champion"}
+        for replica in (a, b):
+            await replica.events.close()
+
+    run(scenario)
+    kinds = [k for k, _, _ in log(store)]
+    assert kinds == ["start", "rollback"]
+    record = RolloutStore(store.engine).read("rollout-unit")
+    assert record.phase is RolloutPhase.ROLLED_BACK and record.registry == "done"
+    assert "worse than the control" in record.reason
+    assert registry.get_model_version_by_alias("iris", "champion").version == 1
+    assert "rolled_back" in registry.get_model_version("iris", "1").tags
+
+
+def test_a_killed_controller_is_replaced_and_no_step_is_skipped_or_repeated(
+    registry: MlflowClient, store_url: str
+) -> None:
+    """a decides, then stops (killed); b takes the lease once it lapses and goes on from
+    the stored step. A decision a computed before it died cannot apply afterwards."""
+    store = EventStore(store_url)
+    config = ingress_config(steps=[10, 20, 50])
+
+    async def scenario() -> None:
+        a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
+        for replica in (a, b):
+            replica.events.start()
+            await replica.follower.tick()
+        await serve([a, b], store, 1200, 0)
+        rollouts = RolloutStore(store.engine)
+        stale = rollouts.read("rollout-unit")
+        await a.controller.tick()  # step 1 -> 2
+        await b.controller.tick()  # a's lease holds
+        assert [k for k, _, _ in log(store)] == ["start", "advance"]
+        time.sleep(3 * 0.2 + 0.1)  # a is gone: its lease lapses
+        for replica in (a, b):
+            await replica.follower.tick()
+        await serve([b], store, 400, 1200)
+        await b.controller.tick()  # step 2 -> 3, from the stored step
+        steps = [(k, s) for k, s, _ in log(store)]
+        assert steps == [("start", 0), ("advance", 0), ("advance", 1)]
+        # what a would have written had it woken with its view from before its death
+        repeat = stale.model_copy(update={"seq": stale.seq + 1, "step": 1, "share": 20.0})
+        assert not rollouts.commit(stale, repeat, None)
+        assert rollouts.read("rollout-unit").step == 2
+        for replica in (a, b):
+            await replica.events.close()
+
+    run(scenario)
+
+
+def test_with_the_event_store_down_the_rollout_holds_its_weights_and_decides_nothing(
+    registry: MlflowClient, store_url: str
+) -> None:
+    store = EventStore(store_url)
+    config = ingress_config()
+    down = {"now": False}
+
+    def reach() -> EventStore:
+        if down["now"]:  # what the replica's store() raises while the database is down
+            raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError())
+        return store
+
+    async def scenario() -> None:
+        a = Replica("a", reach, config)
+        a.events.start()
+        await a.follower.tick()
+        await serve([a], store, 700, 0)
+        down["now"] = True
+        for loop in (a.controller, a.follower):
+            with pytest.raises(sa.exc.OperationalError):
+                await loop.tick()
+        assert a.share() == pytest.approx(0.2)  # the last weights it served
+        assert [k for k, _, _ in log(store)] == ["start"]
+        down["now"] = False
+        await a.controller.tick()
+        assert [k for k, _, _ in log(store)] == ["start", "advance"]
+        await a.events.close()
+
+    run(scenario)
