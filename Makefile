@@ -48,7 +48,8 @@ test: system-deps-test lint
 DASHBOARD ?= http://127.0.0.1:8265
 
 # Two searches on iris (a broad one becomes the champion, a k-NN-only one the challenger),
-# a local Ray head, serve_config.yaml deployed with Ray's own CLI, sample traffic.
+# a local Ray head, serve_config.yaml deployed with Ray's own CLI, sample traffic, the report;
+# then serve_config_rollout.yaml: an automatic rollout of the challenger to a decision.
 demo: system-deps-demo install
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --alias champion
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --families knn --num-samples 8 --alias challenger
@@ -58,6 +59,12 @@ demo: system-deps-demo install
 	$(BIN)/raysplit traffic --requests 300 --users 50 --feedback
 	@sleep 2  # feedback is written off the request path
 	$(BIN)/raysplit report
+	@echo
+	@echo "A rollout: the controller moves the challenger through 10% and 50% of live traffic,"
+	@echo "gated by the experiment's statistics on labelled requests (docs/rollouts.md)"
+	RAY_AUTH_MODE=token $(BIN)/serve deploy serve_config_rollout.yaml -a $(DASHBOARD)
+	$(BIN)/raysplit traffic --until-rollout-ends --requests 200 --users 50 --timeout 600
+	$(BIN)/raysplit rollout status
 	@echo
 	@$(BIN)/raysplit info
 	@echo

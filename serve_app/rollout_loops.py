@@ -121,6 +121,7 @@ class RolloutFollower(Loop):
             )
             if await asyncio.to_thread(rollouts.start, fresh, self._identity_at, entry):
                 log_entry(entry)
+                self._metrics.rollout_decision(entry, fresh.config.candidate)
             record = await asyncio.to_thread(rollouts.read, configured.experiment)
         if record is None or not applies(configured, record):
             return

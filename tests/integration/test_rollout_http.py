@@ -23,6 +23,7 @@ from raysplit.core.registry import move_alias
 from raysplit.traffic import send
 from tests.conftest import Cluster
 from tests.integration.serving import Deployer
+from tests.integration.test_observability import scrape
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
 
@@ -118,7 +119,7 @@ def drive(deployer: Deployer, until: Callable[[dict], bool], timeout: float = 24
 
 
 def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
-    deployer: Deployer, rollout_models: MlflowClient
+    deployer: Deployer, rollout_models: MlflowClient, cluster: Cluster
 ) -> None:
     name = f"rollback-{os.getpid()}"
     deployer.deploy(
@@ -144,6 +145,29 @@ def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
         assert time.monotonic() < deadline, rollout(deployer)["rollout"]
         time.sleep(0.5)
     assert "rolled_back" in rollout_models.get_model_version(MODEL, "1").tags
+    seen = rollout_series(cluster, name)
+    assert seen["decisions"]["start"] == seen["decisions"]["rollback"] == 1.0, seen
+    assert seen["phase"] == "rolled_back" and seen["share"] == 0.0
+
+
+def rollout_series(cluster: Cluster, experiment: str, timeout: float = 60) -> dict[str, Any]:
+    """The rollout's Prometheus series as Ray exports them, once the rollback is counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, Any] = {"decisions": {}, "phase": None, "share": None}
+        for sample, labels, value in scrape(cluster):
+            if labels.get("experiment") != experiment:
+                continue
+            if sample == "ray_raysplit_rollout_decisions_total":
+                kind = labels["kind"]
+                found["decisions"][kind] = found["decisions"].get(kind, 0.0) + value
+            elif sample == "ray_raysplit_rollout_phase" and value == 1:
+                found["phase"] = labels["phase"]
+            elif sample == "ray_raysplit_rollout_share":
+                found["share"] = value
+        if "rollback" in found["decisions"] or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_a_better_candidate_is_promoted_through_every_step_despite_losing_its_controller(

@@ -181,3 +181,26 @@ def test_a_bad_rollout_block_is_refused_naming_the_mistake(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         config(rollout)
+
+
+def test_the_shipped_rollout_config_is_serve_config_yaml_with_a_rollout() -> None:
+    """`make demo` deploys it; it must not drift from the A/B file users edit."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    def ingress(name: str) -> dict:
+        config = yaml.safe_load((REPO / name).read_text())
+        return config["applications"][0]["deployments"][0]
+
+    plain, rollout = ingress("serve_config.yaml"), ingress("serve_config_rollout.yaml")
+    parsed = IngressConfig.model_validate(rollout["user_config"])
+    assert parsed.rollout is not None and parsed.rollout.candidate == "challenger"
+    assert {v.name: v.weight for v in parsed.variants} == {"champion": 100, "challenger": 0}
+    strip = ("rollout", "variants")
+    assert {k: v for k, v in rollout["user_config"].items() if k not in strip} == {
+        k: v for k, v in plain["user_config"].items() if k not in strip
+    }
+    assert {k: v for k, v in rollout.items() if k != "user_config"} == {
+        k: v for k, v in plain.items() if k != "user_config"
+    }
