@@ -40,6 +40,8 @@ from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
 from serve_app.predictor import Predictor
 from serve_app.rollout_loops import RolloutController, RolloutFollower
+from serve_app.rollout_state import RolloutRecord
+from serve_app.rollout_store import RolloutStore
 from serve_app.routes import experiment, health, oip, predict, rollout
 from serve_app.routes.base import Replica, current_replica
 from serve_app.state import IncompatibleVariants, ServingState
@@ -74,7 +76,7 @@ class Ingress(Replica):
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self._app = context.app_name
-        self._aliases = AliasWatcher(lambda: self.state, self._load_state_models, self._swap)
+        self._aliases = AliasWatcher(lambda: self.state, self._load_state_models, self.swap)
         self._loops = (
             self._aliases,
             EventGauges(self.events, self.metrics),
@@ -84,7 +86,7 @@ class Ingress(Replica):
             RolloutFollower(
                 lambda: self.state,
                 self.store,
-                self._swap,
+                self.swap,
                 self.metrics,
                 self.replica_id,
                 self._refresh_aliases,
@@ -103,8 +105,12 @@ class Ingress(Replica):
         try:
             config = IngressConfig.model_validate(user_config)
             models = await asyncio.to_thread(self._load_models, config)
-            # a running rollout keeps its weights across a deploy that does not change it
-            state = ServingState.build(config, models, self.state.rollout if self.state else None)
+            # a running rollout keeps its weights across a deploy that does not change it,
+            # and a new replica serves them from its first request
+            rollout = self.state.rollout if self.state else None
+            if config.rollout is not None and rollout is None:
+                rollout = await self._stored_rollout(config.experiment)
+            state = ServingState.build(config, models, rollout)
         except ValidationError as exc:
             self._fail(describe_validation_error(exc, "user_config"))
         except (ModelLoadError, IncompatibleVariants) as exc:
@@ -128,6 +134,16 @@ class Ingress(Replica):
             config.experiment,
             ", ".join(f"{n}={m.resolved.uri}" for n, m in models.items()),
         )
+
+    async def _stored_rollout(self, experiment: str) -> RolloutRecord | None:
+        """The experiment's rollout as the store holds it; None if the store cannot say
+        (the follower applies it once it can)."""
+        try:
+            store = await self.store()
+            return await asyncio.to_thread(RolloutStore(store.engine).read, experiment)
+        except Exception as exc:
+            logger.warning("rollout state not readable yet, serving the file's weights: %s", exc)
+            return None
 
     def _apply_limits(self, config: IngressConfig) -> None:
         guard.SETTINGS.max_body_bytes = config.max_body_bytes
@@ -168,16 +184,6 @@ class Ingress(Replica):
 
     def _load_state_models(self, state: ServingState) -> dict[str, LoadedModel]:
         return self._load_models(state.config)
-
-    def _swap(self, seen: ServingState, new: ServingState) -> bool:
-        """Swap in what a background loop built (the alias watcher, the rollout follower),
-        unless a reconfigure came in between; a new split is recorded as a new epoch."""
-        if self.state is not seen:
-            return False
-        if new.allocation.key != seen.allocation.key:
-            self.events.add_allocation(new.allocation)
-        self.state = new
-        return True
 
     async def _refresh_aliases(self) -> None:
         """Load what the aliases point at now (a rollout just moved one)."""

@@ -23,6 +23,7 @@ from serve_app.rollout_state import (
     RolloutRecord,
     after_action,
     applies,
+    log_entry_for,
     weights_differ,
 )
 from serve_app.rollout_store import RolloutStore
@@ -83,18 +84,7 @@ def command(
             )
         now = time.time()
         after = after_action(record, action, now, actor)
-        entry = DecisionEntry(
-            experiment=record.experiment,
-            rollout_id=record.rollout_id,
-            at=now,
-            seq=after.seq,
-            step=record.step,
-            kind=action,
-            share=record.share,
-            share_after=after.share,
-            reason=after.reason,
-            actor=actor,
-        )
+        entry = log_entry_for(record, after, action, actor, now)
         if rollouts.commit(record, after, entry):
             return after, entry
     raise RolloutConflict("the rollout kept changing under the command; try again")

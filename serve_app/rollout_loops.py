@@ -38,6 +38,7 @@ from serve_app.rollout_state import (
     RolloutRecord,
     after_decision,
     applies,
+    log_entry_for,
     rollout_id,
     start,
 )
@@ -107,18 +108,7 @@ class RolloutFollower(Loop):
                 time.time(),
                 state.models[configured.control_variant].resolved.version,
             )
-            entry = DecisionEntry(
-                experiment=fresh.experiment,
-                rollout_id=fresh.rollout_id,
-                at=fresh.started_at,
-                seq=fresh.seq,
-                step=0,
-                kind="start",
-                share=0.0,
-                share_after=fresh.share,
-                reason=fresh.reason,
-                actor=self._holder,
-            )
+            entry = log_entry_for(None, fresh, "start", self._holder, fresh.started_at)
             if await asyncio.to_thread(rollouts.start, fresh, self._identity_at, entry):
                 log_entry(entry)
                 self._metrics.rollout_decision(entry, fresh.config.candidate)
@@ -189,18 +179,14 @@ class RolloutController(Loop):
             record.config, record.step, record.step_started_at, now, aggregates, psi, record.control
         )
         after = after_decision(record, decision, now)
-        entry = DecisionEntry(
-            experiment=record.experiment,
-            rollout_id=record.rollout_id,
-            at=now,
-            seq=after.seq,
-            step=record.step,
-            kind=decision.kind.value,
-            share=record.share,
-            share_after=after.share,
-            reason=decision.reason,
-            actor=self._holder,
-            figures=decision.figures.model_dump(mode="json"),
+        entry = log_entry_for(
+            record,
+            after,
+            decision.kind.value,
+            self._holder,
+            now,
+            decision.reason,
+            decision.figures.model_dump(mode="json"),
         )
         if not await asyncio.to_thread(rollouts.commit, record, after, entry):
             return  # the record moved on (an operator, or another holder): next time

@@ -228,3 +228,29 @@ class DecisionEntry(BaseModel):
     reason: str
     actor: str = Field(description="the replica that decided, or the operator's command")
     figures: dict | None = Field(None, description="RolloutFigures of a controller decision")
+
+
+def log_entry_for(
+    before: RolloutRecord | None,
+    after: RolloutRecord,
+    kind: str,
+    actor: str,
+    at: float,
+    reason: str | None = None,
+    figures: dict | None = None,
+) -> DecisionEntry:
+    """The decision-log line of the move from ``before`` (None: the rollout's start) to
+    ``after`` (a hold: ``after is before``, with its own ``reason``)."""
+    return DecisionEntry(
+        experiment=after.experiment,
+        rollout_id=after.rollout_id,
+        at=at,
+        seq=after.seq,
+        step=before.step if before else 0,
+        kind=kind,
+        share=before.share if before else 0.0,
+        share_after=after.share,
+        reason=reason if reason is not None else after.reason,
+        actor=actor,
+        figures=figures,
+    )

@@ -35,6 +35,16 @@ class Replica:
     replica_id: str
     last_reconfigure: dict[str, Any]
 
+    def swap(self, seen: ServingState, new: ServingState) -> bool:
+        """Swap in what a background loop built (the alias watcher, the rollout follower),
+        unless a reconfigure came in between; a new split is recorded as a new epoch."""
+        if self.state is not seen:
+            return False
+        if new.allocation.key != seen.allocation.key:
+            self.events.add_allocation(new.allocation)
+        self.state = new
+        return True
+
     def serving(self) -> ServingState:
         if self.state is None:
             raise NotReady("no experiment is configured yet")

@@ -10,6 +10,7 @@ timer would call it, so each test says exactly which evaluation it is looking at
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from serve_app.predictor import Predictor, direct_call
 from serve_app.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout_state import RolloutPhase
 from serve_app.rollout_store import RolloutStore
+from serve_app.routes import base
 from serve_app.state import ServingState
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
@@ -43,16 +45,33 @@ X, Y = iris()
 ROWS, LABELS = X.to_numpy(dtype=float), Y.to_numpy()
 
 
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded MLflow home with iris v1 (a constant model, 'champion') and v2 (k-NN,
+    'challenger'): the candidate is far better than the control. Built once; each test
+    gets a copy of its database (registering takes seconds, copying does not)."""
+    home = tmp_path_factory.mktemp("registered-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        locations = Locations.resolve()
+        client = connect(locations)
+        experiment = ensure_experiment(client, "raysplit-iris", locations)  # artifacts in home
+        for model, alias in (
+            (DummyClassifier(), "champion"),
+            (KNeighborsClassifier(), "challenger"),
+        ):
+            log_model(model, X, Y, name="iris", alias=alias, experiment_id=experiment)
+    return home
+
+
 @pytest.fixture
-def registry(home: Path) -> Iterator[MlflowClient]:
-    """An embedded MLflow with iris v1 (a constant model, 'champion') and v2 (k-NN,
-    'challenger'): the candidate is far better than the control."""
-    locations = Locations.resolve()
-    client = connect(locations)
-    experiment = ensure_experiment(client, "raysplit-iris", locations)  # artifacts under home
-    for model, alias in ((DummyClassifier(), "champion"), (KNeighborsClassifier(), "challenger")):
-        log_model(model, X, Y, name="iris", alias=alias, experiment_id=experiment)
-    yield client
+def registry(registered: Path, home: Path) -> Iterator[MlflowClient]:
+    """This test's own copy of the registry (the model files stay where they were)."""
+    home.mkdir(parents=True)
+    shutil.copyfile(registered / "mlflow.db", home / "mlflow.db")
+    yield connect(Locations.resolve())
 
 
 def ingress_config(**rollout: Any) -> IngressConfig:
@@ -83,7 +102,7 @@ def load_models(config: IngressConfig) -> dict[str, LoadedModel]:
     return {v.name: load(v, resolve(v.model_uri, client)) for v in config.variants}
 
 
-class Replica:
+class Replica(base.Replica):
     """One ingress replica's parts, wired as serve_app.app.Ingress wires them."""
 
     def __init__(self, name: str, store: Callable[[], EventStore], config: IngressConfig):
@@ -98,16 +117,8 @@ class Replica:
         )
         self.controller = RolloutController(lambda: self.state, self.store, self.metrics, name)
 
-    async def store(self) -> EventStore:
+    async def store(self) -> EventStore:  # the deployment's connects lazily; same answer
         return self._store()
-
-    def swap(self, seen: ServingState, new: ServingState) -> bool:
-        if self.state is not seen:
-            return False
-        if new.allocation.key != seen.allocation.key:
-            self.events.add_allocation(new.allocation)
-        self.state = new
-        return True
 
     async def refresh(self) -> None:
         self.swap(self.state, self.state.rebuilt(models=load_models(self.state.config)))
