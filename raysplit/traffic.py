@@ -5,6 +5,7 @@ Used by `make demo`, and handy after any `serve deploy` to see the experiment an
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections import Counter
@@ -69,16 +70,20 @@ def send(
     records = data.features.to_dict(orient="records")
     truth: dict[str, object] = {}
     refused: list[requests.Response] = []
+    # rows drawn at random, not in the dataset's order: iris is sorted by class, and a
+    # variant that got every n-th row would see inputs unlike its training data (a drift
+    # guardrail rightly objects to that)
+    rows = random.Random().choices(range(len(records)), k=count)
 
     def one(i: int) -> tuple[int, str, str | None]:
         request_id = f"demo-{uuid.uuid4().hex}"
-        truth[request_id] = data.target.iloc[i % len(records)]
+        truth[request_id] = data.target.iloc[rows[i]]
         headers = {**(auth or {}), "X-Request-Id": request_id}
         user = f"user-{(i // 2) % users}" if users and i % 2 == 0 else None
         if user:
             headers["X-User-Id"] = user
         response = requests.post(
-            f"{url}/predict", json=records[i % len(records)], headers=headers, timeout=30
+            f"{url}/predict", json=records[rows[i]], headers=headers, timeout=30
         )
         if response.status_code in (401, 403):
             refused.append(response)
@@ -131,7 +136,7 @@ def drive_rollout(
     rollout decides only on labelled requests, so sample traffic without feedback would
     hold it forever."""
     deadline = time.monotonic() + timeout_s
-    started = time.monotonic()
+    began_at = time.time()
     shown = 0
     while True:
         response = requests.get(f"{url}/rollout", headers=auth, timeout=30)
@@ -141,16 +146,23 @@ def drive_rollout(
         record = view.get("rollout")
         if view.get("configured") is None:
             raise RaysplitError(f"{url}: the deployed user_config has no rollout block")
+        stale = record is not None and (
+            record["config"] != view["configured"]
+            or (record["phase"] not in ("running", "paused") and record["updated_at"] < began_at)
+        )
+        if stale:  # a rollout that ended before this command: the deployed one is starting
+            record, view["decisions"] = None, []
         moves = [d for d in view["decisions"] if d["kind"] != "hold"]
         for decision in moves[shown:]:
-            elapsed = time.monotonic() - started
+            elapsed = decision["at"] - record["started_at"]  # into the rollout
             yield (
                 f"  [{elapsed:5.0f} s] {decision['kind']:<8} step {decision['step'] + 1}:"
                 f" {decision['share']:g}% -> {decision['share_after']:g}%  {decision['reason']}"
             )
         shown = len(moves)
         if record is not None and record["phase"] not in ("running", "paused"):
-            yield f"rollout {record['phase']} after {time.monotonic() - started:.0f} s"
+            took = record["updated_at"] - record["started_at"]
+            yield f"rollout {record['phase']} {took:.0f} s after it started"
             return
         if time.monotonic() > deadline:
             last = view["decisions"][-1]["reason"] if view["decisions"] else "not started"
