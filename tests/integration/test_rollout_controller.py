@@ -301,3 +301,42 @@ def test_with_the_event_store_down_the_rollout_holds_its_weights_and_decides_not
         await a.events.close()
 
     run(scenario)
+
+
+def test_a_redeploy_keeps_the_rollout_and_a_changed_block_starts_a_new_one(
+    registry: MlflowClient, store_url: str
+) -> None:
+    """Restarted replicas (or `serve deploy` of the same file) resume the stored rollout; a
+    changed block starts a new one from its first step, and a replica still on the older
+    config during the rolling update does not take it back."""
+    store = EventStore(store_url)
+    config = ingress_config()
+
+    async def scenario() -> None:
+        a = Replica("a", lambda: store, config)
+        a.events.start()
+        await a.follower.tick()
+        await serve([a], store, 700, 0)
+        await a.controller.tick()
+        first = RolloutStore(store.engine).read("rollout-unit")
+        assert first.step == 1
+        restarted = Replica("a2", lambda: store, config)  # same config, fresh process
+        restarted.events.start()
+        await restarted.follower.tick()
+        assert restarted.share() == pytest.approx(0.5)  # the stored step, not a new start
+        assert RolloutStore(store.engine).read("rollout-unit") == first
+        changed = ingress_config(steps=[10, 30, 60])
+        new = Replica("b", lambda: store, changed)
+        new.events.start()
+        await a.follower.tick()  # a (older config) ticks first: nothing changes
+        assert RolloutStore(store.engine).read("rollout-unit") == first
+        await new.follower.tick()
+        second = RolloutStore(store.engine).read("rollout-unit")
+        assert second.rollout_id != first.rollout_id and (second.step, second.share) == (0, 10)
+        await a.follower.tick()  # the old config's replica must not restart the old block
+        assert RolloutStore(store.engine).read("rollout-unit") == second
+        assert a.share() == pytest.approx(0.5)  # it keeps what it served until reconfigured
+        for replica in (a, restarted, new):
+            await replica.events.close()
+
+    run(scenario)
