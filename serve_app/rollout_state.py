@@ -152,9 +152,8 @@ def after_action(record: RolloutRecord, action: Action, now: float, who: str) ->
     elif action == "resume":
         if record.phase is not RolloutPhase.PAUSED:
             raise RolloutConflict("the rollout is not paused")
-        # the step's minimum time counts again from here: paused time saw no decisions
-        update |= {"phase": RolloutPhase.RUNNING, "step_started_at": now}
-        update |= {"reason": f"resumed by {who}"}
+        # step_started_at stays: it dates the step's epochs, whose labels still count
+        update |= {"phase": RolloutPhase.RUNNING, "reason": f"resumed by {who}"}
     elif action == "abort":
         update |= {"phase": RolloutPhase.ABORTED, "share": 0.0, "reason": f"aborted by {who}"}
     elif action == "promote":

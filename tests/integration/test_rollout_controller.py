@@ -340,3 +340,44 @@ def test_a_redeploy_keeps_the_rollout_and_a_changed_block_starts_a_new_one(
             await replica.events.close()
 
     run(scenario)
+
+
+def test_operators_pause_resume_and_abort_and_a_late_command_is_refused(
+    registry: MlflowClient, store_url: str
+) -> None:
+    """Commands go through the same compare-and-set as decisions: paused, the controller
+    decides nothing however much data is in; resumed, it advances; aborted, the candidate
+    gets nothing at once and nothing moves in the registry."""
+    from serve_app.rollout_desk import command, rollout_view
+    from serve_app.rollout_state import RolloutConflict
+
+    store = EventStore(store_url)
+    config = ingress_config(steps=[20, 50, 80])
+
+    async def scenario() -> None:
+        a = Replica("a", lambda: store, config)
+        a.events.start()
+        await a.follower.tick()
+        record, entry = command(store, a.state, "pause", "operator via test")
+        assert record.phase is RolloutPhase.PAUSED and entry.kind == "pause"
+        await serve([a], store, 700, 0)
+        await a.controller.tick()
+        assert [k for k, _, _ in log(store)] == ["start", "pause"]  # no decision while paused
+        command(store, a.state, "resume", "operator via test")
+        await a.controller.tick()
+        assert [k for k, _, _ in log(store)] == ["start", "pause", "resume", "advance"]
+        record, _ = command(store, a.state, "abort", "operator via test")
+        assert (record.phase, record.share, record.registry) == (RolloutPhase.ABORTED, 0, "none")
+        await a.follower.tick()
+        assert a.share() == 0.0
+        with pytest.raises(RolloutConflict, match="already ended \\(aborted\\)"):
+            command(store, a.state, "promote", "operator via test")
+        view = rollout_view(store, a.state, holds=False, limit=100)
+        assert [d.kind for d in view.decisions] == ["start", "pause", "resume", "advance", "abort"]
+        assert view.effective_weights == {"champion": 100.0, "challenger": 0.0}
+        assert view.configured_weights == {"champion": 100.0, "challenger": 0.0}
+        assert "aborted by operator via test" in view.why
+        await a.events.close()
+
+    run(scenario)
+    assert registry.get_model_version_by_alias("iris", "champion").version == 1
