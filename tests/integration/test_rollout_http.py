@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from sklearn.dummy import DummyClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
+from raysplit.cli import main as raysplit
 from raysplit.core.registry import move_alias
 from raysplit.traffic import send
 from tests.conftest import Cluster
@@ -119,13 +120,21 @@ def drive(deployer: Deployer, until: Callable[[dict], bool], timeout: float = 24
 
 
 def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
-    deployer: Deployer, rollout_models: MlflowClient, cluster: Cluster
+    deployer: Deployer,
+    rollout_models: MlflowClient,
+    cluster: Cluster,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = f"rollback-{os.getpid()}"
     deployer.deploy(
         rollout_config(name, f"models:/{MODEL}@strong", f"models:/{MODEL}@weak", [25, 50])
     )
     every_replica(deployer, lambda body: challenger_weight(body) == 25)
+    # the operator's commands, through the CLI as a person types them
+    assert raysplit(["rollout", "pause", "--url", deployer.url]) == 0
+    assert raysplit(["rollout", "pause", "--url", deployer.url]) == 2  # 409: already paused
+    assert "the rollout is already paused" in capsys.readouterr().err
+    assert raysplit(["rollout", "resume", "--url", deployer.url]) == 0
     view = drive(deployer, lambda v: v["rollout"]["phase"] != "running")
     record = view["rollout"]
     assert record["phase"] == "rolled_back", record
@@ -134,7 +143,7 @@ def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
     replies = deployer.load(60)
     assert {r.variant for r in replies} == {"champion"}
     kinds = [d["kind"] for d in view["decisions"] if d["kind"] != "hold"]
-    assert kinds == ["start", "rollback"]
+    assert kinds == ["start", "pause", "resume", "rollback"]
     models = requests.get(f"{deployer.url}/models", timeout=10).json()
     assert models["weights_differ"] and "rolled_back" in models["weights_differ"]
     configured = {v["name"]: v["configured_weight"] for v in models["variants"]}
@@ -145,6 +154,11 @@ def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
         assert time.monotonic() < deadline, rollout(deployer)["rollout"]
         time.sleep(0.5)
     assert "rolled_back" in rollout_models.get_model_version(MODEL, "1").tags
+    capsys.readouterr()
+    assert raysplit(["rollout", "status", "--url", deployer.url]) == 0
+    status = capsys.readouterr().out
+    assert "rolled_back, step 1 of 2, candidate at 0%" in status
+    assert "pause " in status and "resume " in status and "rollback " in status
     seen = rollout_series(cluster, name)
     assert seen["decisions"]["start"] == seen["decisions"]["rollback"] == 1.0, seen
     assert seen["phase"] == "rolled_back" and seen["share"] == 0.0
