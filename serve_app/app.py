@@ -123,6 +123,7 @@ class Ingress(Replica):
         self.events.start()
         self.events.add_allocation(state.allocation)
         self.state = state
+        self.metrics.runtimes(state)
         self.last_reconfigure = {"status": "ok", "at": time.time()}
         self.metrics.start()
         for loop in self._loops:

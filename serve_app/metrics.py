@@ -22,6 +22,7 @@ from serve_app.event_buffer import EventStats
 from serve_app.metric_tally import MetricTally
 from serve_app.report import ExperimentReport
 from serve_app.rollout_state import DecisionEntry, RolloutPhase, RolloutRecord
+from serve_app.state import ServingState
 
 logger = logging.getLogger("ray.serve")
 
@@ -126,6 +127,12 @@ GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Candidate's effective share of live traffic in the rollout, percent.",
         ("experiment", "candidate"),
     ),
+    "runtime": (
+        "raysplit_model_runtime",
+        "1 for the runtime that answers a variant's model version (onnx: its verified ONNX"
+        " conversion; sklearn), 0 for a version or runtime no longer served.",
+        (*VARIANT, "model_version", "runtime"),
+    ),
     "rollout_phase": (
         "raysplit_rollout_phase",
         "1 for the rollout's current phase (running, paused, promoted, rolled_back,"
@@ -172,6 +179,7 @@ class ExperimentMetrics:
         )
         self.tally = MetricTally()
         self._reported_events = {"written": 0, "dropped": 0, "refused": 0}
+        self._runtime_series: set[tuple[str, ...]] = set()  # tag values set to 1
         self._task: asyncio.Task | None = None
 
     # -- periodic -----------------------------------------------------------------------
@@ -198,6 +206,21 @@ class ExperimentMetrics:
         """Counted once, by the replica whose decision (or command) took effect."""
         tags = {"experiment": entry.experiment, "candidate": candidate, "kind": entry.kind}
         self._counters["rollout_decisions"].inc(1, tags={**tags, "actor": _actor(entry)})
+
+    def runtimes(self, state: ServingState) -> None:
+        """Which runtime answers each variant of ``state``: 1 on its series, 0 on series of
+        versions it replaced. Called whenever the replica's state is replaced."""
+        experiment = state.config.experiment
+        current = {
+            (experiment, name, str(model.resolved.version), model.runtime)
+            for name, model in state.models.items()
+        }
+        tag_keys = GAUGES["runtime"][2]
+        for values in self._runtime_series - current:
+            self._gauges["runtime"].set(0.0, tags=dict(zip(tag_keys, values, strict=True)))
+        for values in current:
+            self._gauges["runtime"].set(1.0, tags=dict(zip(tag_keys, values, strict=True)))
+        self._runtime_series = current
 
     def report(self, report: ExperimentReport) -> None:
         """Gauges from the experiment report: quality, SRM, sequential p-values, drift."""

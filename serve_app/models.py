@@ -7,6 +7,7 @@ new version at the next ``reconfigure()``.
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,9 +23,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from raysplit.core.onnx_check import (
+    ONNX_CHECK_FILE,
+    ONNX_FILE,
+    OnnxCheck,
+    OnnxModel,
+    compare,
+    is_classifier,
+)
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, ReferenceStats
 from raysplit.core.trust import untrusted
 from serve_app.config import VariantConfig
+
+logger = logging.getLogger("ray.serve")
 
 # Models are fitted on DataFrames and served on validated arrays in signature order.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -88,6 +99,14 @@ class LoadedModel:
     classes: list[Any] | None
     reference: ReferenceStats | None = None  # training-split statistics, for drift
     pickled: bool = False  # loaded from a pickle: only ever reused while that is allowed
+    # the verified ONNX graph that answers instead of ``estimator`` (see :func:`compiled_runtime`)
+    compiled: OnnxModel | None = None
+    runtime_reason: str | None = None  # why this runtime: the check's verdict, or why not
+
+    @property
+    def runtime(self) -> str:
+        """``onnx`` or ``sklearn``: what answers this model's requests."""
+        return "sklearn" if self.compiled is None else "onnx"
 
     @cached_property
     def _proba_decides(self) -> bool:
@@ -103,7 +122,14 @@ class LoadedModel:
         scikit-learn's per-call overhead (validation, pipeline steps) is about a
         millisecond whatever the row count, so callers should pass many rows at once
         (see :mod:`serve_app.batching`), and a classifier runs one probability pass.
+        A verified ONNX graph has no such overhead (tens of microseconds a call) and gives
+        the same answers within :mod:`raysplit.core.onnx_check`'s tolerances.
         """
+        if self.compiled is not None:
+            labels, probabilities = self.compiled.run(rows)
+            if self.classes is None or probabilities is None:
+                return labels.tolist(), None
+            return labels.tolist(), probabilities.tolist()
         if self.classes is None:
             return self.estimator.predict(rows).tolist(), None
         probabilities = self.estimator.predict_proba(rows)
@@ -185,6 +211,14 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
     )
     classes = getattr(estimator, "classes_", None)
     proba = classes is not None and hasattr(estimator, "predict_proba")
+    compiled, runtime_reason = compiled_runtime(local / "extra_files", estimator)
+    if compiled is None and (local / "extra_files" / ONNX_FILE).exists():
+        logger.warning(
+            "variant '%s' (%s): serving scikit-learn, not its ONNX model: %s",
+            variant.name,
+            resolved.uri,
+            runtime_reason,
+        )
     return LoadedModel(
         resolved=resolved,
         estimator=estimator,
@@ -192,7 +226,39 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
         classes=classes.tolist() if proba else None,
         reference=reference,
         pickled=pickled,
+        compiled=compiled,
+        runtime_reason=runtime_reason,
     )
+
+
+def compiled_runtime(extra: Path, estimator: Any) -> tuple[OnnxModel | None, str]:
+    """The model's ONNX graph if it may answer in the estimator's place, and why (not).
+
+    Only when training verified the graph on the whole test split (``onnx_check.json``)
+    *and* it answers the sample rows that file carries as the estimator loaded here does:
+    the graph and the check file are just files beside the model, replaceable by anyone
+    who can write artifacts, and a newer scikit-learn here may answer differently from the
+    one training compared with. Never a reason to refuse the model: anything short of
+    that is served by scikit-learn.
+    """
+    check_file, graph_file = extra / ONNX_CHECK_FILE, extra / ONNX_FILE
+    if not check_file.exists():
+        return None, "no ONNX check logged with the model"
+    try:
+        check = OnnxCheck.model_validate_json(check_file.read_text())
+        if not check.verified:
+            return None, f"ONNX not verified at training: {check.reason}"
+        if not graph_file.exists():
+            return None, f"{ONNX_CHECK_FILE} says verified but {ONNX_FILE} is missing"
+        if not check.sample_rows:
+            return None, f"{ONNX_CHECK_FILE} carries no sample rows to re-check at load"
+        graph = OnnxModel(graph_file.read_bytes(), is_classifier(estimator))
+        agreement = compare(estimator, graph, np.asarray(check.sample_rows, dtype=np.float64))
+    except Exception as exc:  # a corrupt graph or check file, a wrong input width...
+        return None, f"ONNX model unusable: {_first_line(exc)}"
+    if not agreement.agrees:
+        return None, f"ONNX disagrees with scikit-learn at load: {agreement.describe()}"
+    return graph, f"ONNX verified at training and at load ({agreement.describe()})"
 
 
 def _load_skops(path: Path, allow_pickle: bool) -> tuple[Any, bool]:

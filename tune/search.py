@@ -28,12 +28,14 @@ from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raysplit.core.errors import RaysplitError
+from raysplit.core.onnx_check import ONNX_CHECK_FILE, ONNX_FILE, OnnxCheck
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from raysplit.core.settings import Locations
 from raysplit.core.trust import untrusted
 from tune.config import SearchPlan, TuneSpec, resolve_plan
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.evaluation import diagnostic_figure, holdout_metrics
+from tune.onnx_export import export_onnx
 from tune.registry import register_version
 from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
 from tune.tracking import TrialLogger, connect, ensure_experiment
@@ -61,6 +63,7 @@ class SearchOutcome:
     alias: str
     search_seconds: float  # the Tune run alone, without set-up, refit and registration
     folds_fitted: int  # over every trial; what early stopping saves shows here
+    onnx: str = ""  # the ONNX verdict's reason, prefixed with verified/not verified
 
 
 @dataclass(frozen=True)
@@ -207,14 +210,42 @@ def _run_trials(
     return tuner.fit()
 
 
+def onnx_tags(check: OnnxCheck) -> dict[str, str]:
+    """The registered version's ONNX tags: the verdict serving acts on, and why."""
+    return {
+        "raysplit.onnx": "verified" if check.verified else "not_verified",
+        "raysplit.onnx_reason": check.reason[:500],
+    }
+
+
+def onnx_files(model: Any, x_test: Any, directory: Path) -> tuple[OnnxCheck, list[str]]:
+    """Convert and verify ``model`` on ``x_test`` (:func:`tune.onnx_export.export_onnx`) and
+    write what to log beside it into ``directory``: ``onnx_check.json`` always (the verdict,
+    or why there is no graph), ``model.onnx`` only when verified."""
+    check, graph = export_onnx(model, x_test)
+    check_path = directory / ONNX_CHECK_FILE
+    check_path.write_text(check.model_dump_json())
+    files = [str(check_path)]
+    if graph is not None:
+        graph_path = directory / ONNX_FILE
+        graph_path.write_bytes(graph)
+        files.append(str(graph_path))
+    return check, files
+
+
 def _log_best_model(
     spec: TuneSpec, plan: SearchPlan, split: Split, best: TrialSummary, digest_tags: dict
-) -> tuple[ModelInfo, dict[str, float]]:
+) -> tuple[ModelInfo, dict[str, float], OnnxCheck]:
     """Refit on the whole training split, evaluate on the test split, log the model.
 
     The model is logged with skops when that round-trips, else with cloudpickle (see
     :func:`choose_serialization`); the choice is tagged on the run and recorded in the
     model's metadata, because serving refuses cloudpickle unless ``allow_pickle: true``.
+
+    Its ONNX conversion goes into the model's ``extra_files`` (downloaded with it, so a
+    replica finds it beside the scikit-learn file) only when it agrees with the model on
+    the whole test split; ``onnx_check.json`` says what was checked, or why there is no
+    graph. Either way the scikit-learn model is what is registered.
     """
     model = plan.families[best.family].build(best.params, seed=spec.search.seed)
     model.fit(split.x_train, split.y_train)
@@ -231,6 +262,8 @@ def _log_best_model(
         stats_path = Path(tmp) / REFERENCE_STATS_FILE
         stats_path.write_text(stats.model_dump_json())
         mlflow.log_artifact(str(stats_path))
+        check, onnx_extra = onnx_files(model, split.x_test, Path(tmp))
+        mlflow.set_tags(onnx_tags(check))
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -238,7 +271,7 @@ def _log_best_model(
             input_example=split.x_train.head(3),
             serialization_format=serialization,
             skops_trusted_types=trusted_types,
-            extra_files=[str(stats_path)],
+            extra_files=[str(stats_path), *onnx_extra],
             metadata={"task": str(plan.task), "serialization_format": serialization, **digest_tags},
             # pinned from the running environment, without MLflow's slow inference pass; each
             # format needs its own loader installed wherever the model is loaded
@@ -247,7 +280,7 @@ def _log_best_model(
                 include_skops=serialization == "skops",
             ),
         )
-    return info, scores
+    return info, scores, check
 
 
 def _log_inputs(split: Split, dataset_name: str) -> dict[str, str]:
@@ -318,7 +351,7 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                     "trials_failed": len(errors),
                 }
             )
-            model_info, scores = _log_best_model(spec, plan, split, best, digests)
+            model_info, scores, onnx_check = _log_best_model(spec, plan, split, best, digests)
             tags = {
                 "raysplit.search_run_id": parent,
                 "raysplit.metric": plan.metric.name,
@@ -329,6 +362,7 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                 "raysplit.dataset": dataset.name,
                 "raysplit.dataset_digest": digests["dataset_digest_training"],
                 "raysplit.serialization_format": model_info.metadata["serialization_format"],
+                **onnx_tags(onnx_check),
             }
             version = register_version(
                 client,
@@ -359,6 +393,7 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
         alias=spec.registration.alias,
         search_seconds=search_seconds,
         folds_fitted=sum(s.folds_done for s in summaries),
+        onnx=("verified: " if onnx_check.verified else "not verified: ") + onnx_check.reason,
     )
 
 
@@ -373,4 +408,5 @@ def outcome_lines(outcome: SearchOutcome) -> list[str]:
         f"registered: models:/{outcome.model_name}/{outcome.model_version}"
         f" (alias @{outcome.alias} -> models:/{outcome.model_name}@{outcome.alias})",
         f"MLflow search run: {outcome.parent_run_id} (experiment {outcome.experiment_id})",
+        f"ONNX: {outcome.onnx}",
     ]

@@ -43,6 +43,7 @@ class Replica:
         if new.allocation.key != seen.allocation.key:
             self.events.add_allocation(new.allocation)
         self.state = new
+        self.metrics.runtimes(new)
         return True
 
     def serving(self) -> ServingState:
@@ -71,6 +72,7 @@ class Replica:
         headers = {
             "X-Variant": prediction.assignment.variant,
             "X-Model-Version": str(prediction.model.resolved.version),
+            "X-Model-Runtime": prediction.model.runtime,
             "X-Raysplit-Replica": self.replica_id,
         }
         if prediction.event is not None:

@@ -37,6 +37,9 @@ async def models(replica: ReplicaDep):
                     "share": shares.get(v.name, 0.0),
                     "model": {"name": model.resolved.name, "version": model.resolved.version},
                     "resolved_uri": model.resolved.uri,
+                    # onnx or sklearn, and why (a verified conversion, or why not)
+                    "runtime": model.runtime,
+                    "runtime_reason": model.runtime_reason,
                     "loaded": True,
                 }
             )
