@@ -3,6 +3,13 @@
 Accepted inputs: one tensor of shape ``[rows, features]`` (or ``[features]`` for one row)
 in signature order, or one tensor per feature, named after it, of shape ``[rows]`` or
 ``[rows, 1]``. Outputs: ``predict`` and, for classifiers, ``predict_proba``.
+
+The binary tensor extension (what ``tritonclient`` sends and asks for by default) is
+supported both ways: the body is a JSON header of ``Inference-Header-Content-Length``
+bytes followed by each binary input's raw little-endian data (its size in the tensor's
+``binary_data_size`` parameter); outputs asked for with ``binary_data`` (or every output
+with the request's ``binary_data_output``) come back the same way. 1000-row FP64 batches
+then skip a JSON number per value each way.
 """
 
 from __future__ import annotations
@@ -30,12 +37,31 @@ NUMERIC = {
 }
 
 
+# the extension's fixed-size types, little-endian as the protocol specifies
+BINARY_DTYPES: dict[str, str] = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+HEADER_LENGTH = "inference-header-content-length"
+
+
 class InferTensor(BaseModel):
     name: str
     shape: list[int] = Field(min_length=1, max_length=2)
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="absent when sent as binary data")
     parameters: dict[str, Any] | None = None
+    binary: bytes | None = Field(None, exclude=True, description="set by split_binary")
 
 
 class InferRequest(BaseModel):
@@ -45,11 +71,52 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+def split_binary(body: bytes, header_length: str) -> tuple[bytes, bytes]:
+    """The JSON header and the binary part of a binary-extension request body."""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length '{header_length}' is not a number", 400
+        ) from None
+    if not 0 < length <= len(body):
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes",
+            400,
+        )
+    return body[:length], body[length:]
+
+
+def _attach_binary(request: InferRequest, blob: bytes) -> None:
+    """Hand each binary input its slice of ``blob``, in input order."""
+    offset = 0
+    for tensor in request.inputs:
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+            raise InvalidRequest(
+                f"input '{tensor.name}': binary_data_size {size!r} does not fit the"
+                f" {len(blob) - offset} bytes left in the body",
+                400,
+            )
+        tensor.binary = blob[offset : offset + size]
+        offset += size
+    if offset != len(blob):
+        raise InvalidRequest(
+            f"the body has {len(blob) - offset} bytes after the binary inputs' data", 400
+        )
+
+
 def _array(tensor: InferTensor) -> np.ndarray:
     if tensor.datatype not in NUMERIC:
         raise InvalidRequest(
             f"input '{tensor.name}': datatype {tensor.datatype} is not numeric", 400
         )
+    if tensor.binary is not None:
+        return _binary_array(tensor)
+    if tensor.data is None:
+        raise InvalidRequest(f"input '{tensor.name}' has neither data nor binary_data_size", 400)
     try:
         values = np.asarray(tensor.data, dtype=np.float64).reshape(tensor.shape)
     except (ValueError, TypeError) as exc:
@@ -61,16 +128,33 @@ def _array(tensor: InferTensor) -> np.ndarray:
     return values
 
 
+def _binary_array(tensor: InferTensor) -> np.ndarray:
+    dtype = np.dtype(BINARY_DTYPES[tensor.datatype])
+    expected = int(np.prod(tensor.shape)) * dtype.itemsize
+    if len(tensor.binary) != expected:
+        raise InvalidRequest(
+            f"input '{tensor.name}': {len(tensor.binary)} bytes of binary data; shape"
+            f" {tensor.shape} of {tensor.datatype} needs {expected}",
+            400,
+        )
+    values = np.frombuffer(tensor.binary, dtype=dtype).reshape(tensor.shape).astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InvalidRequest(f"input '{tensor.name}': values must be finite", 400)
+    return values
+
+
 def parse_infer(
-    payload: Any, features: list[str], max_rows: int
+    payload: Any, features: list[str], max_rows: int, binary: bytes | None = None
 ) -> tuple[InferRequest, np.ndarray]:
-    """Validate an OIP inference request and return its ``(rows, features)`` array."""
+    """Validate an OIP inference request and return its ``(rows, features)`` array.
+    ``binary``: the body after the JSON header, for the binary tensor extension."""
     try:
         request = InferRequest.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidRequest(f"invalid inference request: {where}: {first['msg']}", 400) from exc
+    _attach_binary(request, binary or b"")
     by_name = {t.name: t for t in request.inputs}
     if len(request.inputs) == 1 and request.inputs[0].name not in features:
         rows = _array(request.inputs[0])
@@ -117,6 +201,32 @@ def _tensor(name: str, values: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _binary_tensor(tensor: dict[str, Any], values: np.ndarray) -> bytes:
+    """Move ``tensor``'s data to the binary part: raw little-endian values, or for BYTES
+    each element as a 4-byte little-endian length and its UTF-8 bytes."""
+    del tensor["data"]
+    if tensor["datatype"] == "BYTES":
+        parts = [str(v).encode() for v in values.reshape(-1)]
+        blob = b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    else:
+        blob = values.astype(BINARY_DTYPES[tensor["datatype"]]).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    return blob
+
+
+def binary_outputs(request: InferRequest) -> set[str]:
+    """Outputs the client asked to get as binary data."""
+    everything = bool((request.parameters or {}).get("binary_data_output"))
+    names = {"predict", "predict_proba"}
+    if request.outputs is None:
+        return names if everything else set()
+    return {
+        o.get("name")
+        for o in request.outputs
+        if (o.get("parameters") or {}).get("binary_data", everything)
+    } & names
+
+
 def infer_response(
     model_name: str,
     version: str | None,
@@ -124,14 +234,23 @@ def infer_response(
     variant: str,
     predictions: list[Any],
     probabilities: list[list[float]] | None,
-) -> dict[str, Any]:
-    outputs = [_tensor("predict", np.asarray(predictions))]
+    binary: set[str] = frozenset(),
+) -> tuple[dict[str, Any], bytes]:
+    """The response's JSON and, for outputs in ``binary``, their data to send after it."""
+    values = {"predict": np.asarray(predictions)}
     if probabilities is not None:
-        outputs.append(_tensor("predict_proba", np.asarray(probabilities, dtype=np.float64)))
-    return {
+        values["predict_proba"] = np.asarray(probabilities, dtype=np.float64)
+    outputs, blobs = [], []
+    for name, array in values.items():
+        tensor = _tensor(name, array)
+        if name in binary:
+            blobs.append(_binary_tensor(tensor, array))
+        outputs.append(tensor)
+    body = {
         "model_name": model_name,
         "model_version": version,
         "id": request_id,
         "parameters": {"variant": variant},
         "outputs": outputs,
     }
+    return body, b"".join(blobs)

@@ -7,10 +7,11 @@ protocol specifies (see :mod:`serve_app.http_errors`).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from serve_app.errors import InvalidRequest
-from serve_app.oip import infer_response, parse_infer
+from serve_app.oip import HEADER_LENGTH, binary_outputs, infer_response, parse_infer, split_binary
 from serve_app.responses import JSONResponse
 from serve_app.routes.base import Replica, ReplicaDep
 from serve_app.schemas import parse_json, request_id_of
@@ -71,16 +72,11 @@ async def oip_model_ready(replica: ReplicaDep, name: str):
 
 @router.post("/v2/models/{name}/infer")
 async def oip_infer(replica: ReplicaDep, name: str, request: Request):
-    if "inference-header-content-length" in request.headers:
-        raise InvalidRequest(
-            "the binary tensor extension is not supported; send JSON tensors"
-            " (tritonclient: binary_data=False)",
-            400,
-        )
     state, forced = oip_target(replica, name)
-    infer, rows = parse_infer(
-        parse_json(await request.body()), state.features, state.config.max_batch_rows
-    )
+    body, blob = await request.body(), None
+    if HEADER_LENGTH in request.headers:  # the binary tensor extension
+        body, blob = split_binary(body, request.headers[HEADER_LENGTH])
+    infer, rows = parse_infer(parse_json(body), state.features, state.config.max_batch_rows, blob)
     request_id = request_id_of(infer.id or request.headers.get("x-request-id"))
     answer = await replica.predictor.predict(
         state,
@@ -89,12 +85,18 @@ async def oip_infer(replica: ReplicaDep, name: str, request: Request):
         request.headers.get(state.config.sticky_key),
         forced or request.headers.get("x-variant"),
     )
-    body = infer_response(
+    payload, binary = infer_response(
         name,
         answer.model.resolved.version,
         request_id,
         answer.assignment.variant,
         answer.predictions,
         answer.probabilities,
+        binary_outputs(infer),
     )
-    return JSONResponse(body, headers=replica.answer_headers(answer))
+    headers = replica.answer_headers(answer)
+    if not binary:
+        return JSONResponse(payload, headers=headers)
+    header = orjson.dumps(payload)
+    headers["Inference-Header-Content-Length"] = str(len(header))
+    return Response(header + binary, media_type="application/octet-stream", headers=headers)

@@ -120,7 +120,8 @@ def test_oip_mistakes_are_400(payload: dict, message: str) -> None:
 
 
 def test_oip_response_tensors() -> None:
-    response = infer_response("iris", "2", "r1", "champion", ["setosa"], [[0.9, 0.1, 0.0]])
+    response, binary = infer_response("iris", "2", "r1", "champion", ["setosa"], [[0.9, 0.1, 0.0]])
+    assert binary == b""  # nothing asked as binary data
     predict, proba = response["outputs"]
     assert predict == {"name": "predict", "shape": [1], "datatype": "BYTES", "data": ["setosa"]}
     assert proba["shape"] == [1, 3] and proba["datatype"] == "FP64"
