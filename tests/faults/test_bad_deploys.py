@@ -81,13 +81,14 @@ def test_a_bad_variant_is_refused_and_the_running_ones_keep_serving(
     deployer: Deployer, broken_models: dict[str, str], case: str
 ) -> None:
     uri, expected = CASES[case]
-    deployer.ensure(user_config(variants=variants(50, 50)))  # running already after a case
-    try:
-        refused_under_load(
-            deployer, user_config(variants=challenger(broken_models.get(uri, uri))), expected
-        )
-    finally:
-        deployer.deploy(user_config(variants=variants(50, 50)))  # a good deploy recovers
+    # a good deploy recovers after the previous case: Serve kept one replica serving the
+    # refused deploy's predecessor, and ensure() (the last deploy did not reach RUNNING)
+    # deploys that config again, which starts the second replica; after the last case the
+    # next test's own deploy replaces them
+    deployer.ensure(user_config(variants=variants(50, 50)))
+    refused_under_load(
+        deployer, user_config(variants=challenger(broken_models.get(uri, uri))), expected
+    )
 
 
 @pytest.fixture
@@ -124,13 +125,8 @@ def test_an_unreachable_tracking_server_refuses_the_deploy_and_serving_continues
         {"name": "champion", "model_uri": "models:/iris-remote@champion", "weight": 50},
         {"name": "challenger", "model_uri": "models:/iris-remote/2", "weight": 50},
     ]
-    try:
-        deployer.deploy(user_config(variants=good), actor_options=env)
-        server.terminate()
-        server.wait(timeout=30)
-        bad = [good[0], {**good[1], "model_uri": "models:/iris-remote/1"}]
-        refused_under_load(
-            deployer, user_config(variants=bad), "Connection refused", actor_options=env
-        )
-    finally:
-        deployer.deploy(user_config())
+    deployer.deploy(user_config(variants=good), actor_options=env)
+    server.terminate()
+    server.wait(timeout=30)
+    bad = [good[0], {**good[1], "model_uri": "models:/iris-remote/1"}]
+    refused_under_load(deployer, user_config(variants=bad), "Connection refused", actor_options=env)

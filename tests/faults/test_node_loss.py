@@ -105,66 +105,63 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         "MLFLOW_REGISTRY_URI": mlflow_server,
         "RAYSPLIT_EVENT_STORE_URL": events_postgres,
     }
-    try:
-        deployer.deploy(
-            user_config(experiment=name, durable_events=True),
-            actor_options={"runtime_env": {"env_vars": shared}},
-            deployment_options={"max_replicas_per_node": 1},  # one replica on each node
-            serve_options={"proxy_location": "HeadOnly"},  # one HTTP port on this machine
-        )
-        nodes = deployer.replica_nodes()
-        assert len(set(nodes.values())) == 2, nodes
+    deployer.deploy(
+        user_config(experiment=name, durable_events=True),
+        actor_options={"runtime_env": {"env_vars": shared}},
+        deployment_options={"max_replicas_per_node": 1},  # one replica on each node
+        serve_options={"proxy_location": "HeadOnly"},  # one HTTP port on this machine
+    )
+    nodes = deployer.replica_nodes()
+    assert len(set(nodes.values())) == 2, nodes
 
-        replies = deployer.load(200, lambda i: {"X-Request-Id": f"{name}-{i}"}, threads=4)
-        assert {r.status for r in replies} == {200}
-        served_by = Counter(nodes[r.replica] for r in replies)
-        # both nodes answer; HAProxy's balancing decides the split (181/19 seen), not the test
-        assert len(served_by) == 2, served_by
-        print(f"requests per node: {sorted(served_by.values())}")
+    replies = deployer.load(200, lambda i: {"X-Request-Id": f"{name}-{i}"}, threads=4)
+    assert {r.status for r in replies} == {200}
+    served_by = Counter(nodes[r.replica] for r in replies)
+    # both nodes answer; HAProxy's balancing decides the split (181/19 seen), not the test
+    assert len(served_by) == 2, served_by
+    print(f"requests per node: {sorted(served_by.values())}")
 
-        engine = sa.create_engine(events_postgres)  # both nodes wrote the same database
-        for _ in range(60):
-            with engine.connect() as conn:
-                written = conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM raysplit_predictions"
-                        " WHERE experiment = :e AND request_id LIKE :p"
-                    ),
-                    {"e": name, "p": f"{name}-%"},
-                ).scalar()
-            if written == 200:
-                break
-            time.sleep(0.5)
-        engine.dispose()
-        assert written == 200
+    engine = sa.create_engine(events_postgres)  # both nodes wrote the same database
+    for _ in range(60):
+        with engine.connect() as conn:
+            written = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM raysplit_predictions"
+                    " WHERE experiment = :e AND request_id LIKE :p"
+                ),
+                {"e": name, "p": f"{name}-%"},
+            ).scalar()
+        if written == 200:
+            break
+        time.sleep(0.5)
+    engine.dispose()
+    assert written == 200
 
-        # the worker machine goes away while clients keep sending
-        with BackgroundLoad(deployer.url, f"{name}-loss", connections=4, pause_s=0.005) as load:
-            load.wait_for(300)
-            stopped_at = time.monotonic()
-            os.killpg(worker_node.pid, signal.SIGTERM)
-            worker_node.wait(timeout=60)
-            load.wait_for(load.answered() + 600)
-        samples = load.samples
-        failed = load.failures()
-        # durable_events: an answer saying "stored" is a promise the event is in PostgreSQL
-        acknowledged = {s.request_id for s in samples if s.event == "stored"}
-        assert len(acknowledged) == sum(s.status == 200 for s in samples)
-        survivor = next(r for r, n in nodes.items() if n == cluster_head(cluster))
-        late = [s for s in samples[-300:] if s.status != 200]
-        assert not late, late[:5]  # the head's replica answers everything once Serve noticed
-        assert survivor in {s.replica for s in samples[-300:]}
-        assert len(failed) / len(samples) < 0.01, failed[:5]
-        missing = acknowledged - stored_ids(events_postgres, f"{name}-loss-%", acknowledged)
-        print(
-            f"node loss: {len(samples)} requests, {len(failed)} failed"
-            f" ({sorted({s.status for s in failed})}), last failure"
-            f" {max((s.sent_at for s in failed), default=stopped_at) - stopped_at:.1f}s after"
-            f" the node stopped; acknowledged {len(acknowledged)}, events missing {len(missing)}"
-        )
-        assert not missing, sorted(missing)[:10]
-    finally:
-        deployer.deploy(user_config())
+    # the worker machine goes away while clients keep sending
+    with BackgroundLoad(deployer.url, f"{name}-loss", connections=4, pause_s=0.005) as load:
+        load.wait_for(300)
+        stopped_at = time.monotonic()
+        os.killpg(worker_node.pid, signal.SIGTERM)
+        worker_node.wait(timeout=60)
+        load.wait_for(load.answered() + 600)
+    samples = load.samples
+    failed = load.failures()
+    # durable_events: an answer saying "stored" is a promise the event is in PostgreSQL
+    acknowledged = {s.request_id for s in samples if s.event == "stored"}
+    assert len(acknowledged) == sum(s.status == 200 for s in samples)
+    survivor = next(r for r, n in nodes.items() if n == cluster_head(cluster))
+    late = [s for s in samples[-300:] if s.status != 200]
+    assert not late, late[:5]  # the head's replica answers everything once Serve noticed
+    assert survivor in {s.replica for s in samples[-300:]}
+    assert len(failed) / len(samples) < 0.01, failed[:5]
+    missing = acknowledged - stored_ids(events_postgres, f"{name}-loss-%", acknowledged)
+    print(
+        f"node loss: {len(samples)} requests, {len(failed)} failed"
+        f" ({sorted({s.status for s in failed})}), last failure"
+        f" {max((s.sent_at for s in failed), default=stopped_at) - stopped_at:.1f}s after"
+        f" the node stopped; acknowledged {len(acknowledged)}, events missing {len(missing)}"
+    )
+    assert not missing, sorted(missing)[:10]
 
 
 def stored_ids(url: str, pattern: str, expected: set[str], timeout: float = 10.0) -> set[str]:

@@ -36,7 +36,12 @@ class Reply:
 
 
 class Deployer:
-    """Deploys variations of the repository's serve_config.yaml to the session cluster."""
+    """Deploys variations of the repository's serve_config.yaml to the session cluster.
+
+    A test leaves what it deployed running (no deploy back to the default afterwards: one
+    with other actor options replaces every replica, twice over): each test deploys the
+    config it needs, or ensure()s it when any deploy of that config will do.
+    """
 
     def __init__(self, cluster: Cluster, workdir: Path):
         self.cluster = cluster

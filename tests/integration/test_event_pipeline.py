@@ -33,43 +33,40 @@ def test_request_ids_postgresql_cannot_hold_are_refused_and_later_events_are_wri
     failed every write of its batch, forever, and every later event queued behind it."""
     env = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": events_postgres}}}
     deployer.deploy(user_config(durable_events=True), actor_options=env)
-    try:
-        long_id = deployer.predict(RECORD, {"X-Request-Id": "x" * 200})
-        assert long_id.status == 400
-        assert long_id.body["detail"] == ("request id is 200 characters long; the limit is 128")
-        infer = requests.post(
-            f"{deployer.url}/v2/models/iris-ab/infer",
-            json={
-                "id": "nul\x00byte",
-                "inputs": [
-                    {
-                        "name": "x",
-                        "shape": [1, 4],
-                        "datatype": "FP64",
-                        "data": [list(RECORD.values())],
-                    }
-                ],
-            },
-            timeout=10,
-        )
-        assert infer.status_code == 400
-        assert "non-printable character" in infer.json()["error"]
-        feedback = requests.post(
-            f"{deployer.url}/feedback",
-            json={"request_id": "y" * 129, "label": "setosa"},
-            timeout=10,
-        )
-        assert feedback.status_code == 422
-        assert "129 characters long" in feedback.json()["detail"]
+    long_id = deployer.predict(RECORD, {"X-Request-Id": "x" * 200})
+    assert long_id.status == 400
+    assert long_id.body["detail"] == ("request id is 200 characters long; the limit is 128")
+    infer = requests.post(
+        f"{deployer.url}/v2/models/iris-ab/infer",
+        json={
+            "id": "nul\x00byte",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 4],
+                    "datatype": "FP64",
+                    "data": [list(RECORD.values())],
+                }
+            ],
+        },
+        timeout=10,
+    )
+    assert infer.status_code == 400
+    assert "non-printable character" in infer.json()["error"]
+    feedback = requests.post(
+        f"{deployer.url}/feedback",
+        json={"request_id": "y" * 129, "label": "setosa"},
+        timeout=10,
+    )
+    assert feedback.status_code == 422
+    assert "129 characters long" in feedback.json()["detail"]
 
-        prefix = f"after-{uuid.uuid4().hex[:6]}-"
-        replies = deployer.load(40, headers=lambda i: {"X-Request-Id": f"{prefix}{i}"})
-        assert {r.status for r in replies} == {200}
-        assert {r.body["request_id"] for r in replies} == {f"{prefix}{i}" for i in range(40)}
-        assert stored_ids(events_postgres, prefix) == {f"{prefix}{i}" for i in range(40)}
-        for _ in range(4):  # each replica's writer: nothing refused, nothing left behind
-            events = requests.get(f"{deployer.url}/models", timeout=10).json()["events"]
-            assert events["refused"] == 0 and events["refused_recent"] == []
-            assert events["last_error"] is None
-    finally:
-        deployer.deploy(user_config())
+    prefix = f"after-{uuid.uuid4().hex[:6]}-"
+    replies = deployer.load(40, headers=lambda i: {"X-Request-Id": f"{prefix}{i}"})
+    assert {r.status for r in replies} == {200}
+    assert {r.body["request_id"] for r in replies} == {f"{prefix}{i}" for i in range(40)}
+    assert stored_ids(events_postgres, prefix) == {f"{prefix}{i}" for i in range(40)}
+    for _ in range(4):  # each replica's writer: nothing refused, nothing left behind
+        events = requests.get(f"{deployer.url}/models", timeout=10).json()["events"]
+        assert events["refused"] == 0 and events["refused_recent"] == []
+        assert events["last_error"] is None

@@ -60,46 +60,41 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
 ) -> None:
     name = f"ramp-{uuid.uuid4().hex[:6]}"
     live_ids: list[str] = []
-    try:
-        for step, (champion, challenger) in enumerate([(95, 5), (75, 25), (50, 50)]):
-            config = user_config(
-                experiment=name,
-                durable_events=True,
-                variants=variants(champion, challenger, shadow=True),
-            )
-            deployer.deploy(config, cli=True)  # the user's own `serve deploy`
-            ids = [f"{name}-{step}-{i}" for i in range(300)]
-            send(deployer, ids)
-            live_ids += ids
-        forced = [f"{name}-qa-{i}" for i in range(200)]
-        send(deployer, forced, {"X-Variant": "challenger"})
-        users = [f"{name}-user-{u}" for u in range(30)]
-        sticky = [f"{name}-sticky-{i}" for i in range(300)]
-        deployer.load(
-            300, headers=lambda i: {"X-Request-Id": sticky[i], "X-User-Id": users[i % 30]}
+    for step, (champion, challenger) in enumerate([(95, 5), (75, 25), (50, 50)]):
+        config = user_config(
+            experiment=name,
+            durable_events=True,
+            variants=variants(champion, challenger, shadow=True),
         )
-        feedback(deployer, live_ids + forced + sticky)
-        labelled = len(live_ids) + len(sticky)
-        report = report_when(
-            deployer,
-            name,
-            lambda r: (
-                sum(v["feedback"] for v in r["variants"] if not v["shadow"]) == labelled
-                and r["shadows"]
-                and r["shadows"][0]["pairs"] == labelled
-            ),
-        )
-        logged = subprocess.run(  # while the experiment is served: its versions get tagged
-            [str(RAYSPLIT), "report", "--url", deployer.url, "--experiment", name, "--mlflow"],
-            env={**mlflow_free(os.environ), **deployer.cluster.env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert logged.returncode == 0, logged.stderr
-        served = requests.get(f"{deployer.url}/models", timeout=30).json()
-    finally:
-        deployer.deploy(user_config())
+        deployer.deploy(config, cli=True)  # the user's own `serve deploy`
+        ids = [f"{name}-{step}-{i}" for i in range(300)]
+        send(deployer, ids)
+        live_ids += ids
+    forced = [f"{name}-qa-{i}" for i in range(200)]
+    send(deployer, forced, {"X-Variant": "challenger"})
+    users = [f"{name}-user-{u}" for u in range(30)]
+    sticky = [f"{name}-sticky-{i}" for i in range(300)]
+    deployer.load(300, headers=lambda i: {"X-Request-Id": sticky[i], "X-User-Id": users[i % 30]})
+    feedback(deployer, live_ids + forced + sticky)
+    labelled = len(live_ids) + len(sticky)
+    report = report_when(
+        deployer,
+        name,
+        lambda r: (
+            sum(v["feedback"] for v in r["variants"] if not v["shadow"]) == labelled
+            and r["shadows"]
+            and r["shadows"][0]["pairs"] == labelled
+        ),
+    )
+    logged = subprocess.run(  # while the experiment is served: its versions get tagged
+        [str(RAYSPLIT), "report", "--url", deployer.url, "--experiment", name, "--mlflow"],
+        env={**mlflow_free(os.environ), **deployer.cluster.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert logged.returncode == 0, logged.stderr
+    served = requests.get(f"{deployer.url}/models", timeout=30).json()
 
     assert report["epochs"] == 3
     srm = report["sample_ratio"]

@@ -24,7 +24,7 @@ from raysplit.core.registry import move_alias
 from raysplit.traffic import send
 from tests.conftest import Cluster
 from tests.integration.serving import Deployer
-from tests.integration.test_observability import scrape
+from tests.integration.test_observability import dashboard_metrics, scrape
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
 
@@ -162,16 +162,18 @@ def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
     seen = rollout_series(cluster, name)
     assert seen["decisions"]["start"] == seen["decisions"]["rollback"] == 1.0, seen
     assert seen["phase"] == "rolled_back" and seen["share"] == 0.0
+    assert dashboard_metrics(rollout=True) <= seen["names"]  # every rollout panel has data
 
 
 def rollout_series(cluster: Cluster, experiment: str, timeout: float = 60) -> dict[str, Any]:
     """The rollout's Prometheus series as Ray exports them, once the rollback is counted."""
     deadline = time.monotonic() + timeout
     while True:
-        found: dict[str, Any] = {"decisions": {}, "phase": None, "share": None}
+        found: dict[str, Any] = {"decisions": {}, "phase": None, "share": None, "names": set()}
         for sample, labels, value in scrape(cluster):
             if labels.get("experiment") != experiment:
                 continue
+            found["names"].add(sample)
             if sample == "ray_raysplit_rollout_decisions_total":
                 kind = labels["kind"]
                 found["decisions"][kind] = found["decisions"].get(kind, 0.0) + value

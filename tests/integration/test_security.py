@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ PREDICT, ADMIN = new_key(), new_key()
 
 
 @pytest.fixture(scope="module")
-def secured(deployer: Deployer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployer]:
+def secured(deployer: Deployer, tmp_path_factory: pytest.TempPathFactory) -> Deployer:
     """The predict key's hash in RAYSPLIT_API_KEYS, the admin key's in a secret file."""
     secret = tmp_path_factory.mktemp("secrets") / "api-keys"
     secret.write_text(f"# mounted secret\n{entry_for(ADMIN, Scope.ADMIN)}\n")
@@ -31,9 +30,9 @@ def secured(deployer: Deployer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "RAYSPLIT_API_KEYS": entry_for(PREDICT, Scope.PREDICT),
         "RAYSPLIT_API_KEYS_FILE": str(secret),
     }
+    # left running: every test that needs the keys off deploys or ensure()s its config
     deployer.deploy(user_config(), actor_options={"runtime_env": {"env_vars": env}})
-    yield deployer
-    deployer.deploy(user_config())  # keys off again for the rest of the suite
+    return deployer
 
 
 def call(deployer: Deployer, method: str, path: str, key: str | None, bearer: bool = True):

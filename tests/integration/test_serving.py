@@ -23,7 +23,32 @@ from tests.integration.serving import RECORD, Deployer, Reply, user_config, vari
 pytestmark = pytest.mark.integration
 
 
+# First: it deploys replicas with an environment of their own, as test_security.py (run
+# just before) does, so the suite replaces replicas once between the two, not twice.
+def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Deployer) -> None:
+    """Replicas pointed at a database nobody listens on: every prediction still answers,
+    the events wait in the queue and the failure is visible."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    env = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": dead}}}
+    deployer.deploy(user_config(), actor_options=env)
+    replies = deployer.load(200, threads=4)
+    assert {r.status for r in replies} == {200}
+    for _ in range(60):
+        events = [
+            requests.get(f"{deployer.url}/models", timeout=10).json()["events"] for _ in range(6)
+        ]
+        if all(e["failed_flushes"] > 0 for e in events):
+            break
+        time.sleep(0.5)
+    assert any(e["queued"] > 0 for e in events)
+    assert all("OperationalError" in (e["last_error"] or "") for e in events)
+    history = requests.get(f"{deployer.url}/predictions/history", timeout=10)
+    assert history.status_code == 503
+    assert "event store unavailable" in history.json()["detail"]
+
+
 def test_deployed_app_reports_its_variants(deployer: Deployer) -> None:
+    deployer.ensure(user_config())
     models = requests.get(f"{deployer.url}/models", timeout=10).json()
     assert models["experiment"] == "iris-ab"
     assert models["last_reconfigure"]["status"] == "ok"
@@ -35,6 +60,7 @@ def test_deployed_app_reports_its_variants(deployer: Deployer) -> None:
 
 
 def test_prediction_response_shape(deployer: Deployer) -> None:
+    deployer.ensure(user_config())
     reply = deployer.predict(RECORD, {"X-Request-Id": "req-shape-1"})
     assert reply.status == 200
     assert reply.body["request_id"] == "req-shape-1"
@@ -181,6 +207,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_input_gets_a_4xx_naming_the_problem(deployer: Deployer, case: str) -> None:
+    deployer.ensure(user_config())  # the default limits (1000 rows), no API keys
     body, status, message = MALFORMED[case]
     kwargs = {"data": body} if isinstance(body, str) else {"json": body}
     response = requests.post(f"{deployer.url}/predict", timeout=10, **kwargs)
@@ -214,10 +241,15 @@ def test_oip_v2_inference_from_tritonclient(deployer: Deployer) -> None:
     assert routed.get_response()["parameters"]["variant"] in {"champion", "challenger"}
     with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
         client.infer("nope", [tensor], outputs=outputs)
-    binary = triton.InferInput("input-0", [1, 4], "FP64")
-    binary.set_data_from_numpy(np.array([list(RECORD.values())]))  # Triton's binary extension
-    with pytest.raises(triton.InferenceServerException, match="binary tensor extension"):
-        client.infer("iris", [binary])
+    # tritonclient's defaults: binary tensor extension both ways, every output asked for
+    binary = triton.InferInput("input-0", [2, 4], "FP32")
+    binary.set_data_from_numpy(np.array([list(RECORD.values()), [6.7, 3.0, 5.2, 2.3]], "f4"))
+    answer = client.infer("challenger", [binary])
+    assert [p.decode() for p in answer.as_numpy("predict")] == ["setosa", "virginica"]
+    np.testing.assert_allclose(
+        answer.as_numpy("predict_proba"), result.as_numpy("predict_proba"), atol=1e-5
+    )
+    assert all("binary_data_size" in o["parameters"] for o in answer.get_response()["outputs"])
 
 
 def test_promoted_alias_is_followed_without_a_deploy(deployer: Deployer, cluster: Cluster) -> None:
@@ -316,32 +348,6 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     assert "challenger vs champion: accuracy difference" in text
 
 
-def test_predictions_keep_succeeding_while_the_event_store_is_down(deployer: Deployer) -> None:
-    """Replicas pointed at a database nobody listens on: every prediction still answers,
-    the events wait in the queue and the failure is visible."""
-    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
-    env = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": dead}}}
-    deployer.deploy(user_config(), actor_options=env)
-    try:
-        replies = deployer.load(200, threads=4)
-        assert {r.status for r in replies} == {200}
-        for _ in range(60):
-            events = [
-                requests.get(f"{deployer.url}/models", timeout=10).json()["events"]
-                for _ in range(6)
-            ]
-            if all(e["failed_flushes"] > 0 for e in events):
-                break
-            time.sleep(0.5)
-        assert any(e["queued"] > 0 for e in events)
-        assert all("OperationalError" in (e["last_error"] or "") for e in events)
-        history = requests.get(f"{deployer.url}/predictions/history", timeout=10)
-        assert history.status_code == 503
-        assert "event store unavailable" in history.json()["detail"]
-    finally:
-        deployer.deploy(user_config())
-
-
 def register_iris_model(cluster: Cluster, model: Any, alias: str) -> str:
     """Fit ``model`` on iris, log it and register it as models:/iris@ALIAS; its version."""
     from tests.models import iris, log_model
@@ -380,32 +386,29 @@ def test_a_failing_model_is_a_500_counted_against_its_variant(
     fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 100}
     deployer.deploy(user_config(experiment=name, variants=[champion, fragile]))
     negative = {**RECORD, "sepal_width": -1.0}
-    try:
-        failed = deployer.load(20, threads=2, body=negative)
-        assert {r.status for r in failed} == {500}
-        detail = failed[0].body["detail"]
-        assert f"variant 'fragile' (models:/iris/{fragile_version}) failed to predict" in detail
-        assert "NaN" in detail  # scikit-learn's own reason
-        fine = deployer.load(10, threads=2)
-        forced = deployer.load(10, lambda i: {"X-Variant": "champion"}, threads=2, body=negative)
-        assert {r.status for r in fine + forced} == {200}
-        for _ in range(60):  # events are written off the request path
-            report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
-            by_name = {v["name"]: v for v in report["variants"]}
-            if report["requests"] == 40:
-                break
-            time.sleep(0.5)
-        assert (by_name["fragile"]["assigned"], by_name["fragile"]["served"]) == (30, 10)
-        assert by_name["fragile"]["errors"] == report["errors"] == 20
-        # forced requests: on their own line, never counted as assigned by the split
-        assert (by_name["champion"]["assigned"], by_name["champion"]["forced"]) == (0, 10)
-        assert [(f["variant"], f["requests"], f["errors"]) for f in report["forced"]] == [
-            ("champion", 10, 0)
-        ]
-        summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
-        assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
-    finally:
-        deployer.deploy(user_config())
+    failed = deployer.load(20, threads=2, body=negative)
+    assert {r.status for r in failed} == {500}
+    detail = failed[0].body["detail"]
+    assert f"variant 'fragile' (models:/iris/{fragile_version}) failed to predict" in detail
+    assert "NaN" in detail  # scikit-learn's own reason
+    fine = deployer.load(10, threads=2)
+    forced = deployer.load(10, lambda i: {"X-Variant": "champion"}, threads=2, body=negative)
+    assert {r.status for r in fine + forced} == {200}
+    for _ in range(60):  # events are written off the request path
+        report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+        by_name = {v["name"]: v for v in report["variants"]}
+        if report["requests"] == 40:
+            break
+        time.sleep(0.5)
+    assert (by_name["fragile"]["assigned"], by_name["fragile"]["served"]) == (30, 10)
+    assert by_name["fragile"]["errors"] == report["errors"] == 20
+    # forced requests: on their own line, never counted as assigned by the split
+    assert (by_name["champion"]["assigned"], by_name["champion"]["forced"]) == (0, 10)
+    assert [(f["variant"], f["requests"], f["errors"]) for f in report["forced"]] == [
+        ("champion", 10, 0)
+    ]
+    summary = requests.get(f"{deployer.url}/metrics/summary", timeout=30).json()
+    assert summary["variants"]["fragile"]["error_rate"] == pytest.approx(20 / 30)
 
 
 def test_concurrent_requests_share_model_calls_without_mixing_answers(
@@ -421,42 +424,39 @@ def test_concurrent_requests_share_model_calls_without_mixing_answers(
     negative = {**RECORD, "sepal_width": -1.0}
     fragile = {"name": "fragile", "model_uri": "models:/iris@fragile", "weight": 50}
     deployer.deploy(user_config(variants=[*variants(50, 0)[:1], fragile]))
-    try:
-        alone = {
-            (variant, i): deployer.predict(row, {"X-Variant": variant}).body["predictions"]
-            for i, row in enumerate(rows)
-            for variant in ("champion", "fragile")
-        }
-        plan = [
-            ("fragile" if i % 2 else "champion", None if i % 7 == 0 else i % len(rows))
-            for i in range(200)
-        ]
-        local = threading.local()
+    alone = {
+        (variant, i): deployer.predict(row, {"X-Variant": variant}).body["predictions"]
+        for i, row in enumerate(rows)
+        for variant in ("champion", "fragile")
+    }
+    plan = [
+        ("fragile" if i % 2 else "champion", None if i % 7 == 0 else i % len(rows))
+        for i in range(200)
+    ]
+    local = threading.local()
 
-        def one(step: tuple[str, int | None]) -> Reply:
-            if not hasattr(local, "session"):
-                local.session = requests.Session()
-            variant, row = step
-            body = negative if row is None else rows[row]
-            return deployer.predict(body, {"X-Variant": variant}, local.session)
+    def one(step: tuple[str, int | None]) -> Reply:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        variant, row = step
+        body = negative if row is None else rows[row]
+        return deployer.predict(body, {"X-Variant": variant}, local.session)
 
-        with ThreadPoolExecutor(16) as pool:
-            replies = list(pool.map(one, plan))
-        for (variant, row), reply in zip(plan, replies, strict=True):
-            if row is None and variant == "fragile":
-                assert reply.status == 500, reply.body
-                assert "failed to predict" in reply.body["detail"]
-            elif row is None:
-                assert reply.status == 200
-            else:
-                assert reply.status == 200, reply.body
-                assert reply.variant == variant
-                assert reply.body["predictions"] == alone[(variant, row)]
-        assert sum(r.status == 500 for r in replies) == sum(
-            1 for v, row in plan if v == "fragile" and row is None
-        )
-    finally:
-        deployer.deploy(user_config())
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(one, plan))
+    for (variant, row), reply in zip(plan, replies, strict=True):
+        if row is None and variant == "fragile":
+            assert reply.status == 500, reply.body
+            assert "failed to predict" in reply.body["detail"]
+        elif row is None:
+            assert reply.status == 200
+        else:
+            assert reply.status == 200, reply.body
+            assert reply.variant == variant
+            assert reply.body["predictions"] == alone[(variant, row)]
+    assert sum(r.status == 500 for r in replies) == sum(
+        1 for v, row in plan if v == "fragile" and row is None
+    )
 
 
 def test_a_known_better_challenger_wins_over_http(deployer: Deployer, cluster: Cluster) -> None:
@@ -474,28 +474,25 @@ def test_a_known_better_challenger_wins_over_http(deployer: Deployer, cluster: C
     deployer.deploy(user_config(experiment=name, control="weak", variants=[weak, good]))
     data = load_dataset("iris")
     records = data.features.to_dict(orient="records")
-    try:
-        truth = {}
-        for i in range(300):
-            rid = f"{name}-{i}"
-            truth[rid] = data.target.iloc[i % 150]
-            assert deployer.predict(records[i % 150], {"X-Request-Id": rid}).status == 200
-        deployer.history(set(truth), shadow=False)
-        feedback = [{"request_id": rid, "label": label} for rid, label in truth.items()]
-        assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).ok
-        for _ in range(60):
-            report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
-            if sum(v["feedback"] for v in report["variants"]) == 300:
-                break
-            time.sleep(0.5)
-        (comparison,) = report["comparisons"]
-        assert (comparison["control"], comparison["challenger"]) == ("weak", "good")
-        assert comparison["verdict"] == "challenger better"
-        assert comparison["always_valid_p_value"] < 0.05 and comparison["p_value"] < 0.001
-        assert comparison["difference"]["low"] > 0.4  # about 0.33 against about 0.97
-        by_name = {v["name"]: v for v in report["variants"]}
-        # the intervals do not overlap; where the weak one lies depends on which records the
-        # random split gave it (a third of iris is the class it always predicts)
-        assert by_name["weak"]["accuracy"]["high"] < by_name["good"]["accuracy"]["low"]
-    finally:
-        deployer.deploy(user_config())
+    truth = {}
+    for i in range(300):
+        rid = f"{name}-{i}"
+        truth[rid] = data.target.iloc[i % 150]
+        assert deployer.predict(records[i % 150], {"X-Request-Id": rid}).status == 200
+    deployer.history(set(truth), shadow=False)
+    feedback = [{"request_id": rid, "label": label} for rid, label in truth.items()]
+    assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).ok
+    for _ in range(60):
+        report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+        if sum(v["feedback"] for v in report["variants"]) == 300:
+            break
+        time.sleep(0.5)
+    (comparison,) = report["comparisons"]
+    assert (comparison["control"], comparison["challenger"]) == ("weak", "good")
+    assert comparison["verdict"] == "challenger better"
+    assert comparison["always_valid_p_value"] < 0.05 and comparison["p_value"] < 0.001
+    assert comparison["difference"]["low"] > 0.4  # about 0.33 against about 0.97
+    by_name = {v["name"]: v for v in report["variants"]}
+    # the intervals do not overlap; where the weak one lies depends on which records the
+    # random split gave it (a third of iris is the class it always predicts)
+    assert by_name["weak"]["accuracy"]["high"] < by_name["good"]["accuracy"]["low"]
