@@ -16,7 +16,6 @@ from serve_app.event_schema import cells, pairs, units
 from serve_app.event_store import EventStore
 from serve_app.experiment_queries import ExperimentQueries
 from tests.events import feedback, prediction
-from tests.integration.test_event_store import store_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +27,7 @@ SPLIT, STICKY, FORCED, SHADOW = (
 )
 
 
-def test_aggregates_count_what_was_stored(store_url: str) -> None:  # noqa: F811
+def test_aggregates_count_what_was_stored(store_url: str) -> None:
     store = EventStore(store_url)
     first = AllocationEvent("iris-ab", "k1", {"champion": 0.9, "challenger": 0.1}, 100.0)
     second = AllocationEvent("iris-ab", "k2", {"champion": 0.5, "challenger": 0.5}, 200.0)
@@ -97,7 +96,7 @@ def test_aggregates_count_what_was_stored(store_url: str) -> None:  # noqa: F811
     store.dispose()
 
 
-def test_regression_sums_absolute_errors(store_url: str) -> None:  # noqa: F811
+def test_regression_sums_absolute_errors(store_url: str) -> None:
     store = EventStore(store_url)
     store.write(
         [
@@ -120,7 +119,7 @@ def test_regression_sums_absolute_errors(store_url: str) -> None:  # noqa: F811
     store.dispose()
 
 
-def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:  # noqa: F811
+def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
     """Two replicas write predictions, shadows, errors, repeats and feedback (some before
     its prediction, some for unknown requests) in random batches at the same time: the
     rollup each write keeps must equal the aggregate of every stored row."""
