@@ -161,15 +161,17 @@ def test_a_constant_candidate_is_rolled_back_and_every_replica_sends_it_nothing(
     assert "pause " in status and "resume " in status and "rollback " in status
     seen = rollout_series(cluster, name)
     assert seen["decisions"]["start"] == seen["decisions"]["rollback"] == 1.0, seen
-    assert seen["phase"] == "rolled_back" and seen["share"] == 0.0
+    assert seen["phases"] == {"rolled_back"} and seen["shares"] == {0.0}, seen
     assert dashboard_metrics(rollout=True) <= seen["names"]  # every rollout panel has data
 
 
-def rollout_series(cluster: Cluster, experiment: str, timeout: float = 60) -> dict[str, Any]:
-    """The rollout's Prometheus series as Ray exports them, once the rollback is counted."""
+def rollout_series(cluster: Cluster, experiment: str, timeout: float = 90) -> dict[str, Any]:
+    """The rollout's Prometheus series as Ray exports them, once every replica's export
+    shows the rollback (each replica sets its own gauges when its follower polls, and
+    exporters lag by seconds)."""
     deadline = time.monotonic() + timeout
     while True:
-        found: dict[str, Any] = {"decisions": {}, "phase": None, "share": None, "names": set()}
+        found: dict[str, Any] = {"decisions": {}, "phases": set(), "shares": set(), "names": set()}
         for sample, labels, value in scrape(cluster):
             if labels.get("experiment") != experiment:
                 continue
@@ -178,10 +180,11 @@ def rollout_series(cluster: Cluster, experiment: str, timeout: float = 60) -> di
                 kind = labels["kind"]
                 found["decisions"][kind] = found["decisions"].get(kind, 0.0) + value
             elif sample == "ray_raysplit_rollout_phase" and value == 1:
-                found["phase"] = labels["phase"]
+                found["phases"].add(labels["phase"])
             elif sample == "ray_raysplit_rollout_share":
-                found["share"] = value
-        if "rollback" in found["decisions"] or time.monotonic() > deadline:
+                found["shares"].add(value)
+        settled = found["phases"] == {"rolled_back"} and found["shares"] == {0.0}
+        if ("rollback" in found["decisions"] and settled) or time.monotonic() > deadline:
             return found
         time.sleep(1)
 
