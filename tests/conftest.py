@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -234,6 +234,20 @@ def mlflow_server(
         yield url
 
 
+@contextmanager
+def cluster_registry(cluster: Cluster) -> Iterator[tuple[Any, str]]:
+    """The session cluster's MLflow (client, the iris experiment's id), for registering
+    fixture models; the environment connect() exports is undone on exit."""
+    from tune.tracking import connect, ensure_experiment
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
+        patch.setenv("MLFLOW_TRACKING_URI", cluster.locations.mlflow_tracking_uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", cluster.locations.mlflow_registry_uri)
+        client = connect(cluster.locations)
+        yield client, ensure_experiment(client, "raysplit-iris", cluster.locations)
+
+
 @pytest.fixture(scope="session")
 def deployer(
     cluster: Cluster, ray_address: str, tmp_path_factory: pytest.TempPathFactory
@@ -247,15 +261,8 @@ def deployer(
 
     from tests.integration.serving import Deployer, user_config
     from tests.models import iris, log_model
-    from tune.tracking import connect, ensure_experiment
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
-        # connect() exports both URIs to os.environ: set here so they are undone on exit
-        patch.setenv("MLFLOW_TRACKING_URI", cluster.locations.mlflow_tracking_uri)
-        patch.setenv("MLFLOW_REGISTRY_URI", cluster.locations.mlflow_registry_uri)
-        client = connect(cluster.locations)
-        experiment = ensure_experiment(client, "raysplit-iris", cluster.locations)
+    with cluster_registry(cluster) as (_, experiment):
         x, y = iris()
         for model, alias in (
             (KNeighborsClassifier(n_neighbors=7), "champion"),

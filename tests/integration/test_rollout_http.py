@@ -22,11 +22,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from raysplit.cli import main as raysplit
 from raysplit.core.registry import move_alias
 from raysplit.traffic import send
-from tests.conftest import Cluster
+from tests.conftest import Cluster, cluster_registry
 from tests.integration.serving import Deployer
 from tests.integration.test_observability import dashboard_metrics, scrape
 from tests.models import iris, log_model
-from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +35,7 @@ MODEL = "iris-rollout"
 @pytest.fixture(scope="module")
 def rollout_models(cluster: Cluster, deployer: Deployer) -> MlflowClient:
     """iris-rollout v1: a constant model ('weak', 'prod'); v2: k-NN ('strong')."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAYSPLIT_HOME", str(cluster.locations.home))
-        patch.setenv("MLFLOW_TRACKING_URI", cluster.locations.mlflow_tracking_uri)
-        patch.setenv("MLFLOW_REGISTRY_URI", cluster.locations.mlflow_registry_uri)
-        client = connect(cluster.locations)
-        experiment = ensure_experiment(client, "raysplit-iris", cluster.locations)
+    with cluster_registry(cluster) as (client, experiment):
         x, y = iris()
         log_model(DummyClassifier(), x, y, name=MODEL, alias="weak", experiment_id=experiment)
         move_alias(client, MODEL, "prod", "1")  # with raysplit's history, as tune sets it
