@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from raysplit.core.errors import RaysplitError, describe_validation_error
+from raysplit.core.labelled_events import TIME_HELP, parse_time_bound
 from tune.datasets import Task
 from tune.families import FAMILIES, FAMILY_NAMES, Family, families_for
 from tune.scoring import DEFAULT_METRIC, METRICS, Metric
@@ -100,6 +105,57 @@ class Distribution(BaseModel):
         return self.kind in ("constant", "choice")
 
 
+class EventsConfig(BaseModel):
+    """Labelled production predictions from the event store as training rows
+    (:mod:`tune.event_data`); times are checked here, resolved when the search starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(min_length=1, description="the serving experiment to learn from")
+    url: str | None = Field(None, description="event store (default: RAYSPLIT_EVENT_STORE_URL)")
+    since: str | None = Field(None, description="a duration back from now (7d) or a time")
+    until: str | None = Field(None, description="same forms; default: now")
+    min_rows: int = Field(100, ge=1, description="refuse to train on fewer labelled rows")
+    model_uri: str | None = Field(
+        None, description="whose signature orders the features (default: NAME@champion)"
+    )
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-05-01 as a date and an unquoted time as a datetime
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"{value} has no unit; {TIME_HELP}")
+        return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _time_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time_bound(value, time.time())
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                make_url(value)
+            except (ArgumentError, ValueError):
+                raise ValueError("not a database URL (e.g. postgresql://user@host/db)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _window_order(self) -> EventsConfig:
+        if self.since is not None and self.until is not None:
+            now = time.time()  # durations are back from the same moment
+            if parse_time_bound(self.since, now) >= parse_time_bound(self.until, now):
+                raise ValueError(f"since ({self.since}) must be before until ({self.until})")
+        return self
+
+
 class DatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,13 +163,16 @@ class DatasetConfig(BaseModel):
     path: Path | None = Field(None, description="CSV or Parquet file")
     target: str | None = Field(None, description="target column of the file")
     task: Task | None = Field(None, description="override the task inferred from the target")
-    test_size: float = Field(0.2, gt=0, lt=1)
+    test_size: float = Field(0.2, gt=0, lt=1, description="with events: the newest share")
     seed: int = 42
+    events: EventsConfig | None = Field(
+        None, description="train on labelled production predictions (with name/path: joined)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
-        if self.name is None and self.path is None:
-            raise ValueError("give a bundled dataset 'name' or a file 'path'")
+        if self.name is None and self.path is None and self.events is None:
+            raise ValueError("give a bundled dataset 'name', a file 'path' or 'events'")
         return self
 
 
@@ -184,6 +243,17 @@ class TuneSpec(BaseModel):
     search: SearchConfig = SearchConfig()
     # `register` in YAML; renamed here because BaseModel has a `register` attribute
     registration: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+
+    @model_validator(mode="after")
+    def _events_name_the_model(self) -> TuneSpec:
+        data = self.dataset
+        alone = data.events is not None and data.name is None and data.path is None
+        if alone and self.registration.model_name is None:
+            raise ValueError(
+                "register.model_name is needed when the dataset is events alone: it names"
+                " the registered model, and its @champion's signature orders the features"
+            )
+        return self
 
 
 @dataclass(frozen=True)

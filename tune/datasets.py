@@ -7,8 +7,9 @@ is touched, so bad data fails fast and leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -219,16 +220,63 @@ def split_dataset(dataset: Dataset, test_size: float, seed: int, cv_folds: int) 
         )
     except ValueError as exc:
         raise RaysplitError(f"dataset {dataset.name}: cannot split: {exc}") from exc
-    if dataset.task is Task.CLASSIFICATION:
+    check_folds(y_train, dataset.task, cv_folds, dataset.name)
+    return Split(x_train, x_test, y_train, y_test)
+
+
+def check_folds(y_train: pd.Series, task: Task, cv_folds: int, source: str) -> None:
+    """Refuse a training split the cross-validation cannot fold, before any trial runs."""
+    if task is Task.CLASSIFICATION:
         counts = y_train.value_counts()
+        if len(counts) < 2:
+            raise RaysplitError(f"dataset {source}: the training split has only one class")
         if counts.min() < cv_folds:
             raise RaysplitError(
-                f"dataset {dataset.name}: class {counts.idxmin()!r} has {counts.min()} training"
+                f"dataset {source}: class {counts.idxmin()!r} has {counts.min()} training"
                 f" rows, fewer than cv_folds={cv_folds}; add rows or lower cv_folds"
             )
     elif len(y_train) < cv_folds * 2:
         raise RaysplitError(
-            f"dataset {dataset.name}: {len(y_train)} training rows are too few for"
-            f" cv_folds={cv_folds}"
+            f"dataset {source}: {len(y_train)} training rows are too few for cv_folds={cv_folds}"
         )
-    return Split(x_train, x_test, y_train, y_test)
+
+
+def split_by_time(
+    features: pd.DataFrame,
+    target: pd.Series,
+    created_at: Sequence[float],
+    test_size: float,
+    source: str,
+) -> Split:
+    """Hold out the newest ``test_size`` of the rows, by time, as the test split.
+
+    Production rows are not exchangeable: a random split would let the model see the
+    future it is scored on. The test rows are the newest ``ceil(test_size * n)``, as
+    scikit-learn rounds a fractional test size; both splits keep time order (ties keep
+    their given order).
+    """
+    rows = len(target)
+    if not len(features) == rows == len(created_at):
+        raise ValueError("features, target and created_at differ in length")
+    n_test = math.ceil(test_size * rows)
+    if rows < 2 or n_test >= rows:
+        raise RaysplitError(
+            f"dataset {source}: {rows} rows cannot be split into train and test"
+            f" with test_size={test_size}"
+        )
+    order = np.argsort(np.asarray(created_at, dtype=float), kind="stable")
+    train, test = order[: rows - n_test], order[rows - n_test :]
+    return Split(
+        features.iloc[train].reset_index(drop=True),
+        features.iloc[test].reset_index(drop=True),
+        target.iloc[train].reset_index(drop=True),
+        target.iloc[test].reset_index(drop=True),
+    )
+
+
+def with_training_rows(split: Split, features: pd.DataFrame, target: pd.Series) -> Split:
+    """``split`` with more rows (the original dataset) ahead of its training rows; the
+    test split is untouched, so it still measures the newest rows only."""
+    x_train = pd.concat([features, split.x_train], ignore_index=True)
+    y_train = pd.concat([target, split.y_train], ignore_index=True).rename(split.y_train.name)
+    return Split(x_train, split.x_test, y_train, split.y_test)

@@ -33,8 +33,9 @@ from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from raysplit.core.settings import Locations
 from raysplit.core.trust import untrusted
 from tune.config import SearchPlan, TuneSpec, resolve_plan
-from tune.datasets import Split, Task, load_dataset, split_dataset
+from tune.datasets import Dataset, Split, Task, load_dataset, split_dataset
 from tune.evaluation import diagnostic_figure, holdout_metrics
+from tune.event_data import EventSourceSummary, EventStoreSource, load_event_split
 from tune.onnx_export import export_onnx
 from tune.registry import register_version
 from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
@@ -283,26 +284,52 @@ def _log_best_model(
     return info, scores, check
 
 
-def _log_inputs(split: Split, dataset_name: str) -> dict[str, str]:
+def _log_inputs(
+    split: Split, dataset_name: str, events: EventSourceSummary | None = None
+) -> dict[str, str]:
+    """Log both splits as the run's dataset inputs; event rows carry their store, window,
+    row count and digest as the source (see :class:`tune.event_data.EventStoreSource`)."""
     digests = {}
+    source = EventStoreSource.of(events) if events is not None else None
     for context, features, target in (
         ("training", split.x_train, split.y_train),
         ("testing", split.x_test, split.y_test),
     ):
         frame = features.assign(target=target.to_numpy())
-        data = mlflow.data.from_pandas(frame, targets="target", name=f"{dataset_name}-{context}")
+        data = mlflow.data.from_pandas(
+            frame, source=source, targets="target", name=f"{dataset_name}-{context}"
+        )
         mlflow.log_input(data, context=context)
         digests[f"dataset_digest_{context}"] = data.digest
     return digests
 
 
-def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
-    """Validate everything, then search, log, refit and register; see the module docstring."""
+def _data(
+    spec: TuneSpec, locations: Locations
+) -> tuple[Dataset, SearchPlan, Split, EventSourceSummary | None]:
+    """The dataset, the plan for its task and the split: random and stratified for a
+    dataset, by time for event rows (the newest are the test split)."""
+    if spec.dataset.events is not None:
+        dataset, split, events = load_event_split(
+            spec.dataset,
+            locations,
+            cv_folds=spec.search.cv_folds,
+            model_name=spec.registration.model_name,
+        )
+        return dataset, resolve_plan(spec.search, dataset.task), split, events
     dataset = load_dataset(
         spec.dataset.name, spec.dataset.path, spec.dataset.target, spec.dataset.task
     )
     plan = resolve_plan(spec.search, dataset.task)
     split = split_dataset(dataset, spec.dataset.test_size, spec.dataset.seed, spec.search.cv_folds)
+    return dataset, plan, split, None
+
+
+def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
+    """Validate everything, then search, log, refit and register; see the module docstring."""
+    dataset, plan, split, events = _data(spec, locations)
+    source_tags = events.tags() if events is not None else {}
+    data_name = events.input_name if events is not None else dataset.name
     model_name = spec.registration.model_name or dataset.name
     client = connect(locations)
     experiment_id = ensure_experiment(
@@ -317,7 +344,7 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
             parent = run.info.run_id
             mlflow.log_params(
                 {
-                    "dataset": dataset.name,
+                    "dataset": data_name,
                     "task": str(dataset.task),
                     "metric": plan.metric.name,
                     "families": ",".join(plan.spaces),
@@ -327,8 +354,8 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                     "test_rows": len(split.x_test),
                 }
             )
-            mlflow.set_tag("raysplit.kind", "search")
-            digests = _log_inputs(split, dataset.name)
+            mlflow.set_tags({"raysplit.kind": "search", **source_tags})
+            digests = _log_inputs(split, data_name, events)
             logger = TrialLogger(
                 locations.mlflow_tracking_uri, experiment_id, parent, spec.search.cv_folds
             )
@@ -359,10 +386,11 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                 "raysplit.test_score": f"{scores['test_' + plan.metric.name]:.6f}",
                 "raysplit.family": best.family,
                 "raysplit.task": str(dataset.task),
-                "raysplit.dataset": dataset.name,
+                "raysplit.dataset": data_name,
                 "raysplit.dataset_digest": digests["dataset_digest_training"],
                 "raysplit.serialization_format": model_info.metadata["serialization_format"],
                 **onnx_tags(onnx_check),
+                **source_tags,
             }
             version = register_version(
                 client,
