@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
+import mlflow.artifacts
 import numpy as np
-import skops.io
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from raysplit.core.model_files import UnsafeModel, read_model
 from raysplit.core.onnx_check import (
     ONNX_CHECK_FILE,
     ONNX_FILE,
@@ -32,7 +31,6 @@ from raysplit.core.onnx_check import (
     is_classifier,
 )
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, ReferenceStats
-from raysplit.core.trust import untrusted
 from serve_app.config import VariantConfig
 
 logger = logging.getLogger("ray.serve")
@@ -177,29 +175,15 @@ def load(variant: VariantConfig, resolved: ResolvedUri, allow_pickle: bool = Fal
 
     Unpickling runs whatever code the file names, so anyone who can register a model
     version could run code in every replica. skops files (what ``raysplit tune`` logs) load
-    only scikit-learn, NumPy and SciPy types (see :func:`_load_skops`); pickle files are
-    refused unless the deployment says ``allow_pickle: true``.
+    only scikit-learn, NumPy and SciPy types, and pickle files are refused unless the
+    deployment says ``allow_pickle: true`` (:mod:`raysplit.core.model_files`).
     """
     try:
         local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
-        description = Model.load(str(local / "MLmodel"))
-        flavor = description.flavors.get("sklearn")
-        if flavor is None:
-            raise ModelLoadError("not a scikit-learn model (no sklearn flavor in MLmodel)")
-        serialization = flavor.get("serialization_format", "cloudpickle")
-        if serialization != "skops" and not allow_pickle:
-            raise ModelLoadError(
-                f"it is serialised with {serialization}, and loading a pickle runs arbitrary"
-                " code; log it with serialization_format='skops' (as `raysplit tune` does),"
-                " or set allow_pickle: true in the user_config if you trust its source"
-            )
-        signature = description.signature
-        if serialization == "skops":
-            estimator, pickled = _load_skops(local / flavor["pickled_model"], allow_pickle)
-        else:
-            estimator, pickled = mlflow.sklearn.load_model(str(local)), True
+        files = read_model(local, allow_pickle)
+        estimator, pickled, signature = files.estimator, files.pickled, files.description.signature
     except Exception as exc:  # corrupt artifacts, untrusted types, missing flavor...
-        reason = str(exc) if isinstance(exc, ModelLoadError) else _first_line(exc)
+        reason = str(exc) if isinstance(exc, UnsafeModel) else _first_line(exc)
         raise ModelLoadError(f"variant '{variant.name}' ({resolved.uri}): {reason}") from exc
     if signature is None:
         raise ModelLoadError(
@@ -259,23 +243,3 @@ def compiled_runtime(extra: Path, estimator: Any) -> tuple[OnnxModel | None, str
     if not agreement.agrees:
         return None, f"ONNX disagrees with scikit-learn at load: {agreement.describe()}"
     return graph, f"ONNX verified at training and at load ({agreement.describe()})"
-
-
-def _load_skops(path: Path, allow_pickle: bool) -> tuple[Any, bool]:
-    """The estimator in a skops file, and whether it needed types beyond scikit-learn/NumPy/
-    SciPy.
-
-    The types to trust are read from the file and checked here, never taken from the
-    MLmodel's ``skops_trusted_types``: that list is written by whoever logged the model, so
-    a file trusting its own types would be as unsafe as a pickle. Such a model loads only
-    with ``allow_pickle`` and is then treated like a pickle.
-    """
-    types = skops.io.get_untrusted_types(file=path)
-    foreign = untrusted(types)
-    if foreign and not allow_pickle:
-        raise ModelLoadError(
-            f"its skops file holds types outside scikit-learn/NumPy/SciPy: {foreign}; loading"
-            " them could run their code, so set allow_pickle: true in the user_config only if"
-            " you trust its source"
-        )
-    return skops.io.load(path, trusted=types), bool(foreign)
