@@ -47,18 +47,25 @@ test: system-deps-test lint
 
 DASHBOARD ?= http://127.0.0.1:8265
 
-# Two searches on iris (a broad one becomes the champion, a k-NN-only one the challenger),
-# a local Ray head, serve_config.yaml deployed with Ray's own CLI, sample traffic, the report;
-# then serve_config_rollout.yaml: an automatic rollout of the challenger to a decision.
+# Two searches on iris (a broad one becomes the champion, a k-NN-only one the challenger) and
+# two on diabetes (ridge the champion, a random forest the challenger), a local Ray head,
+# serve_config.yaml (iris at /, diabetes at /diabetes) deployed with Ray's own CLI, sample
+# traffic to each, each one's report; then serve_config_rollout.yaml: an automatic rollout
+# of the iris challenger to a decision.
 demo: system-deps-demo install
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --alias champion
 	$(BIN)/raysplit tune --config tune/configs/iris.yaml --families knn --num-samples 8 --alias challenger
+	$(BIN)/raysplit tune --config tune/configs/diabetes.yaml --families ridge --num-samples 6 --alias champion
+	$(BIN)/raysplit tune --config tune/configs/diabetes.yaml --families random_forest --num-samples 4 --alias challenger
 	$(BIN)/raysplit down
 	$(BIN)/raysplit up
 	RAY_AUTH_MODE=token $(BIN)/serve deploy serve_config.yaml -a $(DASHBOARD)
 	$(BIN)/raysplit traffic --requests 300 --users 50 --feedback
+	$(BIN)/raysplit traffic --app diabetes --requests 300 --users 50 --feedback
 	@sleep 2  # feedback is written off the request path
 	$(BIN)/raysplit report
+	@echo
+	$(BIN)/raysplit report --app diabetes
 	@echo
 	@echo "A rollout: the controller moves the challenger through 10% and 50% of live traffic,"
 	@echo "gated by the experiment's statistics on labelled requests (docs/rollouts.md)"
@@ -70,6 +77,8 @@ demo: system-deps-demo install
 	@echo
 	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
 	@echo "Variants:    curl http://127.0.0.1:8000/models    API docs: http://127.0.0.1:8000/docs"
+	@echo "Diabetes:    curl -X POST http://127.0.0.1:8000/diabetes/predict -d '{\"instances\": [[0.04, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}'"
+	@echo "             raysplit report --app diabetes    API docs: http://127.0.0.1:8000/diabetes/docs"
 	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.core.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"
 	@echo "The cluster keeps running; stop it with: $(BIN)/raysplit down"

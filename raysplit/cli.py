@@ -127,30 +127,29 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from raysplit.traffic import auth_headers, send, wait_ready
+    from raysplit.traffic import app_url, auth_headers, default_dataset, send, wait_ready
 
-    url = args.url or Locations.resolve().ingress_url
+    url = app_url(args.url or Locations.resolve().ingress_url, args.app, args.wait)
+    dataset = args.dataset or default_dataset(args.app)
     wait_ready(url, args.wait)
     headers = auth_headers(args.api_key)
     if args.until_rollout_ends:
         from raysplit.traffic import drive_rollout
 
         print(f"sending labelled traffic in rounds of {args.requests} until the rollout ends")
-        for line in drive_rollout(
-            url, args.dataset, args.requests, args.users, headers, args.timeout
-        ):
+        for line in drive_rollout(url, dataset, args.requests, args.users, headers, args.timeout):
             print(line, flush=True)
         return 0
-    print("\n".join(send(url, args.dataset, args.requests, args.users, args.feedback, headers)))
+    print("\n".join(send(url, dataset, args.requests, args.users, args.feedback, headers)))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import requests
 
-    from raysplit.traffic import auth_headers, refusal
+    from raysplit.traffic import app_url, auth_headers, refusal
 
-    url = args.url or Locations.resolve().ingress_url
+    url = app_url(args.url or Locations.resolve().ingress_url, args.app)
     params = {"experiment": args.experiment} if args.experiment else None
     try:
         response = requests.get(
@@ -231,6 +230,15 @@ def add_api_key(parser: argparse.ArgumentParser, scope: str) -> None:
     )
 
 
+def add_app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app",
+        metavar="NAME",
+        help="Serve application to address (e.g. diabetes): its route prefix, from the"
+        " ingress's route table, is added to the URL (default: the application at the URL)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raysplit", description="Tune, register and A/B-serve scikit-learn models on Ray."
@@ -296,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     traffic = commands.add_parser("traffic", help="send sample predictions, show the split")
     traffic.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
-    traffic.add_argument("--dataset", default="iris", help="bundled dataset to sample rows from")
+    add_app(traffic)
+    traffic.add_argument(
+        "--dataset",
+        help="bundled dataset to sample rows from (default: the --app name if it is one, else"
+        " iris)",
+    )
     traffic.add_argument("--requests", type=int, default=300)
     traffic.add_argument("--users", type=int, default=50, help="distinct sticky user ids")
     traffic.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
@@ -318,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print the A/B experiment report")
     report.add_argument("--experiment", help="experiment name (default: the deployed one)")
     report.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
+    add_app(report)
     report.add_argument("--json", action="store_true", help="the raw JSON of GET /experiment")
     report.add_argument(
         "--mlflow",

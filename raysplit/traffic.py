@@ -38,6 +38,45 @@ def refusal(response: requests.Response) -> RaysplitError:
     )
 
 
+def app_url(url: str, app: str | None, timeout: float = 10.0) -> str:
+    """The URL of the Serve application ``app`` behind the ingress at ``url``: the ingress
+    URL plus the application's route prefix, read from Serve's own route table
+    (``GET /-/routes``: ``{prefix: application}``, answered by the proxy without a key).
+    Without ``app``, ``url`` itself. Waits up to ``timeout`` for a deploy to publish it."""
+    if not app:
+        return url
+    deadline = time.monotonic() + timeout
+    routes: dict[str, str] = {}
+    while True:
+        try:
+            response = requests.get(f"{url}/-/routes", timeout=5)
+            routes = response.json() if response.ok else {}
+        except requests.RequestException as exc:
+            if time.monotonic() > deadline:
+                raise RaysplitError(
+                    f"cannot reach the ingress at {url}: {type(exc).__name__}"
+                ) from exc
+        except ValueError:
+            routes = {}
+        prefixes = sorted(prefix for prefix, name in routes.items() if name == app)
+        if prefixes:
+            return url.rstrip("/") + prefixes[0].rstrip("/")
+        if time.monotonic() > deadline:
+            deployed = ", ".join(f"{n} at {p}" for p, n in sorted(routes.items())) or "none"
+            raise RaysplitError(
+                f"no application '{app}' is deployed behind {url} (deployed: {deployed})"
+            )
+        time.sleep(1)
+
+
+def default_dataset(app: str | None) -> str:
+    """The bundled dataset to sample rows from: the application's name when it names one
+    (the shipped `diabetes` application), else iris."""
+    from tune.datasets import BUNDLED
+
+    return app if app in BUNDLED else "iris"
+
+
 def wait_ready(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -187,9 +187,15 @@ class EventStore:
             return {r.request_id: dict(r._mapping) for r in conn.execute(query)}
 
     def recent_predictions(
-        self, limit: int, variant: str | None = None, shadow: bool | None = None
+        self,
+        limit: int,
+        variant: str | None = None,
+        shadow: bool | None = None,
+        experiment: str | None = None,
     ) -> list[dict[str, Any]]:
         query = sa.select(predictions).order_by(predictions.c.id.desc()).limit(limit)
+        if experiment is not None:
+            query = query.where(predictions.c.experiment == experiment)
         if variant is not None:
             query = query.where(predictions.c.variant == variant)
         if shadow is not None:

@@ -46,6 +46,13 @@ class GuardSettings:
 SETTINGS = GuardSettings()
 
 
+def app_path(scope: Scope) -> str:
+    """The request path within this application: an application deployed at a route prefix
+    (``/diabetes``) sees ``/diabetes/v2/...`` in ``path`` and the prefix in ``root_path``,
+    as ASGI specifies and Serve sets both."""
+    return scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+
+
 async def _answer(
     send: Any, status: int, message: str, key: str, extra: list | None = None
 ) -> None:
@@ -82,14 +89,14 @@ class Guard:
             self.settings.on_reject(status)
         extra = [(b"www-authenticate", b'Bearer realm="raysplit"')] if status == 401 else None
         # the Open Inference Protocol names its error field "error"; the rest of the API "detail"
-        key = "error" if scope["path"].startswith("/v2/") else "detail"
+        key = "error" if app_path(scope).startswith("/v2/") else "detail"
         await _answer(send, status, message, key, extra)
 
     def _authorize(self, scope: Scope) -> tuple[int, str] | None:
         keys = SETTINGS.keys
         if not keys.enabled:
             return None
-        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+        path = app_path(scope)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route = f"{scope['method']} {path}"
         decision = keys.authorize(

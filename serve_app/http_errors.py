@@ -16,7 +16,7 @@ OIP_PREFIX = "/v2/"
 
 
 def error_response(request: Request, status: int, message: str) -> JSONResponse:
-    key = "error" if request.url.path.startswith(OIP_PREFIX) else "detail"
+    key = "error" if guard.app_path(request.scope).startswith(OIP_PREFIX) else "detail"
     return JSONResponse({key: message}, status_code=status)
 
 

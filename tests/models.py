@@ -16,6 +16,7 @@ import skops.io
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from sklearn.base import is_classifier
 
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from raysplit.core.registry import move_alias
@@ -26,6 +27,14 @@ def iris() -> tuple[pd.DataFrame, pd.Series]:
     from tune.datasets import load_dataset
 
     data = load_dataset("iris")
+    return data.features, data.target
+
+
+def diabetes() -> tuple[pd.DataFrame, pd.Series]:
+    """Diabetes (regression) as `raysplit tune` sees it: ten numeric features, progression."""
+    from tune.datasets import load_dataset
+
+    data = load_dataset("diabetes")
     return data.features, data.target
 
 
@@ -54,7 +63,8 @@ def log_model(
         extra_files = []
         if y is not None:
             stats = Path(tmp) / REFERENCE_STATS_FILE
-            stats.write_text(reference_stats(x, y, classification=True).model_dump_json())
+            classification = is_classifier(model)  # regressors: no label distribution
+            stats.write_text(reference_stats(x, y, classification).model_dump_json())
             extra_files.append(str(stats))
         info = mlflow.sklearn.log_model(
             model,

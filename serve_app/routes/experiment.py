@@ -60,11 +60,19 @@ async def models(replica: ReplicaDep):
 
 @router.get("/predictions/history", summary="Recent predictions from the event store")
 async def history(
-    replica: ReplicaDep, variant: str | None = None, limit: int = 100, shadow: bool | None = None
+    replica: ReplicaDep,
+    variant: str | None = None,
+    limit: int = 100,
+    shadow: bool | None = None,
+    experiment: str | None = None,
 ):
+    """The served experiment's predictions (``?experiment=`` for another one): the event
+    store is shared by every application on the cluster, each sees its own rows."""
     store = await replica.store()
+    if experiment is None and replica.state is not None:
+        experiment = replica.state.config.experiment
     rows = await asyncio.to_thread(
-        store.recent_predictions, max(1, min(limit, MAX_HISTORY)), variant, shadow
+        store.recent_predictions, max(1, min(limit, MAX_HISTORY)), variant, shadow, experiment
     )
     return {"predictions": rows, "events": replica.events.stats().model_dump()}
 

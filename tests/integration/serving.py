@@ -93,6 +93,9 @@ class Deployer:
     ) -> dict[str, Any]:
         """The repository's serve_config.yaml with this deploy's changes."""
         config = {**copy.deepcopy(self.base), **(serve_options or {})}
+        # the iris application alone (serve_config.yaml also ships diabetes at /diabetes:
+        # test_two_applications.py deploys both)
+        config["applications"] = [a for a in config["applications"] if a["name"] == APP]
         config["http_options"]["port"] = self.port
         deployment = config["applications"][0]["deployments"][0]
         deployment.pop("autoscaling_config", None)

@@ -194,7 +194,8 @@ def test_the_shipped_rollout_config_is_serve_config_yaml_with_a_rollout() -> Non
         config = yaml.safe_load((REPO / name).read_text())
         return config["applications"][0]["deployments"][0]
 
-    plain, rollout = ingress("serve_config.yaml"), ingress("serve_config_rollout.yaml")
+    name = "serve_config_rollout.yaml"
+    plain, rollout = ingress("serve_config.yaml"), ingress(name)
     parsed = IngressConfig.model_validate(rollout["user_config"])
     assert parsed.rollout is not None and parsed.rollout.candidate == "challenger"
     assert {v.name: v.weight for v in parsed.variants} == {"champion": 100, "challenger": 0}
@@ -205,3 +206,10 @@ def test_the_shipped_rollout_config_is_serve_config_yaml_with_a_rollout() -> Non
     assert {k: v for k, v in rollout.items() if k != "user_config"} == {
         k: v for k, v in plain.items() if k != "user_config"
     }
+    # every other part of the file (the second application, HTTP options) is the same, so
+    # deploying the rollout file leaves the diabetes application untouched
+    files = [yaml.safe_load((REPO / n).read_text()) for n in ("serve_config.yaml", name)]
+    for config in files:
+        del config["applications"][0]["deployments"][0]["user_config"]
+    assert files[0] == files[1]
+    assert [a["name"] for a in files[0]["applications"]] == ["iris", "diabetes"]
