@@ -199,6 +199,68 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain_client(args: argparse.Namespace) -> Any:
+    from raysplit.cluster import read_state
+    from raysplit.core.retrain_jobs import job_client
+
+    locations = Locations.resolve()
+    state = read_state(locations)
+    address = args.address or (state.dashboard_url if state else locations.ray_dashboard_url)
+    return job_client(address)
+
+
+def _print_retrain(job: Any) -> None:
+    print(f"job {job.job_id}: {job.status} (model {job.model})")
+    if job.error:
+        print(f"  error: {job.error}")
+    elif job.status == "FAILED" and job.message:
+        print(f"  {job.message.splitlines()[0]}")
+    outcome = job.outcome or {}
+    if outcome:
+        moved = f"alias @{outcome['alias']} moved" if outcome["promoted"] else "no alias moved"
+        print(f"  registered: models:/{outcome['model']}/{outcome['version']} ({moved})")
+        if outcome.get("gate"):
+            print(f"  gate: {outcome['gate']['reason']}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import time
+
+    from raysplit.core.retrain_jobs import retrain_status, submit_retrain
+    from tune.config import load_raw, parse_override
+    from tune.event_data import load_event_split
+    from tune.retrain import retrain_spec
+
+    if args.status:
+        job = retrain_status(_retrain_client(args), args.status)
+        print(job.model_dump_json(indent=2) if args.json else "", end="")
+        if not args.json:
+            _print_retrain(job)
+        return 0
+    if args.config is None:
+        raise RaysplitError("retrain: give --config FILE (or --status ID)")
+    raw = load_raw(args.config, dict(parse_override(item) for item in args.overrides))
+    spec = retrain_spec(raw)
+    # the same checks the job makes first, here, so a retrain that cannot run is refused
+    # with its reason instead of becoming a failed job
+    load_event_split(
+        spec.dataset,
+        Locations.resolve(),
+        cv_folds=spec.search.cv_folds,
+        model_name=spec.registration.model_name,
+    )
+    client = _retrain_client(args)
+    job_id = submit_retrain(client, raw)
+    print(f"submitted retrain job {job_id} (Ray dashboard: Jobs)")
+    if not args.wait:
+        print(f"  status: raysplit retrain --status {job_id}")
+        return 0
+    while (job := retrain_status(client, job_id)).status in ("PENDING", "RUNNING"):
+        time.sleep(2)
+    _print_retrain(job)
+    return 0 if job.status == "SUCCEEDED" else 1
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, Scope, entry_for, new_key
 
@@ -355,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--json", action="store_true", help="the raw JSON of GET /rollout")
     add_api_key(rollout, "admin scope")
     rollout.set_defaults(func=cmd_rollout)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="retrain from production feedback as a Ray job on the running cluster",
+        description="Submit a tune config whose dataset is dataset.events (labelled production"
+        " predictions) as a Ray job; the new version takes register.alias only if it beats"
+        " register.gate's aliases on the newest events (docs/training.md).",
+    )
+    retrain.add_argument("--config", type=Path, help="tune config (YAML) with dataset.events")
+    retrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    retrain.add_argument("--status", metavar="JOB_ID", help="show a retrain job's state")
+    retrain.add_argument("--wait", action="store_true", help="wait for the job and show it")
+    retrain.add_argument("--json", action="store_true", help="--status as JSON")
+    retrain.add_argument("--address", help="Ray dashboard URL (default: the local cluster's)")
+    retrain.set_defaults(func=cmd_retrain)
 
     keys = commands.add_parser("keys", help="API keys for the ingress (see docs/security.md)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -145,6 +145,9 @@ def up(
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     env = {**os.environ, **serving_environment(locations, temp_dir, fast_path)}
+    # a Ray job's entrypoint (`python -m tune.retrain`) must find the Python raysplit is
+    # installed in, even when the user's shell never activated its virtual environment
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])

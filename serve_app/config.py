@@ -7,6 +7,7 @@ with a message naming the mistake, before any live state is touched.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -127,6 +128,12 @@ class IngressConfig(BaseModel):
         None,
         description="move the candidate's share through steps gated by the experiment's"
         " statistics; the controller owns the live weights while it runs (docs/rollouts.md)",
+    )
+    retrain: dict[str, Any] | None = Field(
+        None,
+        description="the tune config (docs/training.md) POST /retrain submits as a Ray job;"
+        " a request body overrides its keys. The job validates it: serving does not import"
+        " training code. Without it, POST /retrain is refused",
     )
 
     @field_validator("sticky_key")

@@ -216,6 +216,33 @@ class SearchConfig(BaseModel):
         return value
 
 
+class GateConfig(BaseModel):
+    """``register.gate`` in a tune config: who to beat, and by how much."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    against: tuple[str, ...] = Field(
+        ("champion", "challenger"),
+        description="aliases whose versions the new one must beat on the new test slice",
+    )
+    margin: float = Field(
+        0.01,
+        gt=0,
+        description="how much better the new version's test score must be, in the metric's"
+        " units (higher for accuracy and r2, lower for rmse)",
+    )
+
+    @field_validator("against")
+    @classmethod
+    def _aliases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in value:
+            if not re.fullmatch(ALIAS_PATTERN, alias):
+                raise ValueError(f"'{alias}' is not an alias name")
+        if len(set(value)) != len(value):
+            raise ValueError(f"aliases repeat in {list(value)}")
+        return value
+
+
 class RegisterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -223,6 +250,11 @@ class RegisterConfig(BaseModel):
         None, pattern=NAME_PATTERN, description="registered model name (default: dataset name)"
     )
     alias: str = Field("challenger", pattern=ALIAS_PATTERN)
+    gate: GateConfig | None = Field(
+        None,
+        description="take the alias only when beating these aliases' versions on the new"
+        " test split (retraining); without it the alias always moves",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -338,8 +370,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RaysplitError(f"override '{text}': value is not valid YAML") from exc
 
 
-def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> TuneSpec:
-    """Read and validate a config file; relative dataset paths are relative to the file."""
+def load_raw(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config file as a mapping with ``overrides`` applied, not yet validated: what a
+    retrain job receives (its driver validates it on the cluster); relative dataset paths
+    are made relative to the file."""
     if not path.is_file():
         raise RaysplitError(f"config file not found: {path}")
     try:
@@ -353,6 +387,12 @@ def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> TuneSpec:
         dataset["path"] = str((path.parent / str(dataset["path"])).resolve())
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
+    return data
+
+
+def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> TuneSpec:
+    """Read and validate a config file; relative dataset paths are relative to the file."""
+    data = load_raw(path, overrides)
     try:
         return TuneSpec.model_validate(data)
     except ValidationError as exc:

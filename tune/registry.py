@@ -23,10 +23,11 @@ def register_version(
     model_uri: str,
     run_id: str,
     tags: dict[str, str],
-    alias: str,
+    alias: str | None,
     model_id: str | None = None,
 ) -> ModelVersion:
-    """Create a version with its tags and alias, or nothing at all if any step fails.
+    """Create a version with its tags and alias (none: the version alone), or nothing at
+    all if any step fails.
 
     A tracking server insists on the logged model's id alongside a ``models:/m-...``
     source; it is taken from the URI when not given.
@@ -44,7 +45,8 @@ def register_version(
         version = client.create_model_version(
             name, model_uri, run_id=run_id, tags=tags, model_id=model_id
         )
-        move_alias(client, name, alias, version.version)
+        if alias is not None:
+            move_alias(client, name, alias, version.version)
         return client.get_model_version(name, version.version)
     except Exception:
         if version is not None:

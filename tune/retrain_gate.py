@@ -9,39 +9,11 @@ tested in milliseconds; loading and scoring the incumbents is :mod:`tune.retrain
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
-from tune.config import ALIAS_PATTERN
-
-
-class GateConfig(BaseModel):
-    """``register.gate`` in a tune config: who to beat, and by how much."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    against: tuple[str, ...] = Field(
-        ("champion", "challenger"),
-        description="aliases whose versions the new one must beat on the new test slice",
-    )
-    margin: float = Field(
-        0.01,
-        gt=0,
-        description="how much better the new version's test score must be, in the metric's"
-        " units (higher for accuracy and r2, lower for rmse)",
-    )
-
-    @field_validator("against")
-    @classmethod
-    def _aliases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for alias in value:
-            if not re.fullmatch(ALIAS_PATTERN, alias):
-                raise ValueError(f"'{alias}' is not an alias name")
-        if len(set(value)) != len(value):
-            raise ValueError(f"aliases repeat in {list(value)}")
-        return value
+from tune.config import GateConfig
 
 
 class IncumbentScore(BaseModel):

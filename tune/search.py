@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import ray
 import skops.io
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -36,8 +37,10 @@ from tune.config import SearchPlan, TuneSpec, resolve_plan
 from tune.datasets import Dataset, Split, Task, load_dataset, split_dataset
 from tune.evaluation import diagnostic_figure, holdout_metrics
 from tune.event_data import EventSourceSummary, EventStoreSource, load_event_split
+from tune.incumbents import score_incumbent
 from tune.onnx_export import export_onnx
 from tune.registry import register_version
+from tune.retrain_gate import GateDecision, decide_gate
 from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
 from tune.tracking import TrialLogger, connect, ensure_experiment
 from tune.trainable import TrialData, cross_validate
@@ -61,10 +64,12 @@ class SearchOutcome:
     test_scores: dict[str, float]
     model_name: str
     model_version: str
-    alias: str
+    alias: str | None
     search_seconds: float  # the Tune run alone, without set-up, refit and registration
     folds_fitted: int  # over every trial; what early stopping saves shows here
     onnx: str = ""  # the ONNX verdict's reason, prefixed with verified/not verified
+    gate: GateDecision | None = None  # register.gate's verdict; alias None when it said no
+    events: dict[str, str] = field(default_factory=dict)  # the event-store source, if any
 
 
 @dataclass(frozen=True)
@@ -325,6 +330,40 @@ def _data(
     return dataset, plan, split, None
 
 
+def gate_tags(gate: GateDecision) -> dict[str, str]:
+    """The gate's verdict on the version (and the search run), with the figures it used."""
+    return {
+        "raysplit.gate": "promoted" if gate.promote else "not_promoted",
+        "raysplit.gate_reason": gate.reason[:500],
+        "raysplit.gate_figures": gate.model_dump_json(include={"score", "margin", "incumbents"})[
+            :5000
+        ],
+    }
+
+
+def _gate(
+    client: MlflowClient,
+    spec: TuneSpec,
+    plan: SearchPlan,
+    split: Split,
+    model_name: str,
+    scores: dict[str, float],
+) -> GateDecision | None:
+    """``register.gate``'s verdict: the new version against each incumbent alias's version,
+    all scored on this search's test split (for events: the newest slice)."""
+    gate = spec.registration.gate
+    if gate is None:
+        return None
+    metric = plan.metric.name
+    incumbents = [
+        score_incumbent(client, model_name, alias, split.x_test, split.y_test, plan.task, metric)
+        for alias in gate.against
+    ]
+    decision = decide_gate(metric, plan.metric.mode, scores[f"test_{metric}"], incumbents, gate)
+    _log.info("retrain gate: %s", decision.reason)
+    return decision
+
+
 def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
     """Validate everything, then search, log, refit and register; see the module docstring."""
     dataset, plan, split, events = _data(spec, locations)
@@ -392,13 +431,18 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
                 **onnx_tags(onnx_check),
                 **source_tags,
             }
+            gate = _gate(client, spec, plan, split, model_name, scores)
+            alias = spec.registration.alias if gate is None or gate.promote else None
+            if gate is not None:
+                tags.update(gate_tags(gate))
+                mlflow.set_tags(gate_tags(gate))
             version = register_version(
                 client,
                 model_name,
                 model_info.model_uri,
                 parent,
                 tags,
-                spec.registration.alias,
+                alias,
                 model_id=model_info.model_id,
             )
             mlflow.set_tag("raysplit.registered_version", f"{model_name}/{version.version}")
@@ -418,10 +462,12 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
         test_scores=scores,
         model_name=model_name,
         model_version=str(version.version),
-        alias=spec.registration.alias,
+        alias=alias,
         search_seconds=search_seconds,
         folds_fitted=sum(s.folds_done for s in summaries),
         onnx=("verified: " if onnx_check.verified else "not verified: ") + onnx_check.reason,
+        gate=gate,
+        events=events.tags() if events is not None else {},
     )
 
 
@@ -434,7 +480,23 @@ def outcome_lines(outcome: SearchOutcome) -> list[str]:
         f"cv {outcome.metric}: {outcome.best_cv_score:.4f}; test: "
         + ", ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in outcome.test_scores.items()),
         f"registered: models:/{outcome.model_name}/{outcome.model_version}"
-        f" (alias @{outcome.alias} -> models:/{outcome.model_name}@{outcome.alias})",
+        + (
+            f" (alias @{outcome.alias} -> models:/{outcome.model_name}@{outcome.alias})"
+            if outcome.alias
+            else " (no alias moved)"
+        ),
+        *([f"gate: {outcome.gate.reason}"] if outcome.gate else []),
+        *(
+            [
+                f"events: {outcome.events.get('raysplit.events.rows')} labelled rows of"
+                f" {outcome.events.get('raysplit.events.experiment')} from"
+                f" {outcome.events.get('raysplit.events.url')}"
+                f" ({outcome.events.get('raysplit.events.since')} to"
+                f" {outcome.events.get('raysplit.events.until')})"
+            ]
+            if outcome.events
+            else []
+        ),
         f"MLflow search run: {outcome.parent_run_id} (experiment {outcome.experiment_id})",
         f"ONNX: {outcome.onnx}",
     ]
