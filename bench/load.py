@@ -11,7 +11,7 @@ import re
 import resource
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -68,6 +68,19 @@ class Run:
     p99_ms: float
     errors: int
     generator_cpu: float  # cores wrk used on average during the run
+    requests: int = 0  # completed in the run, as wrk counts them
+    seconds: float = 0.0  # the run's wall time
+    server_cpu: dict[str, float] = field(default_factory=dict)  # CPU s by group (bench/cpu.py)
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU microseconds per request served (NaN when not measured)."""
+        total = sum(self.server_cpu.values())
+        return total / self.requests * 1e6 if self.server_cpu and self.requests else float("nan")
+
+    @property
+    def server_cores(self) -> float:
+        return sum(self.server_cpu.values()) / self.seconds if self.seconds else float("nan")
 
 
 def write_scripts(directory: Path) -> dict[str, Path]:
@@ -118,6 +131,8 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> Run:
         p99_ms=_millis(percentiles["99"]),
         errors=errors,
         generator_cpu=cpu / wall,
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),
+        seconds=wall,
     )
 
 

@@ -2,9 +2,13 @@
 
 1. A cluster of raysplit's own with the flags a user gets from `raysplit up` (HAProxy
    fast path, throughput-optimised Serve), models registered by `raysplit tune`, and the
-   shipped `serve_config.yaml` deployed with Ray's CLI; beside it the single-process
-   FastAPI + uvicorn baseline (bench/baselines/fastapi_server.py) on the same model.
-   Scenarios of both are interleaved round by round, so a noisy machine hits them alike.
+   shipped `serve_config.yaml` deployed with Ray's CLI; beside it the tuned FastAPI
+   baseline (bench/baselines/fastapi_tuned.py: one uvicorn worker per core), the
+   seed-style single-process one (bench/baselines/fastapi_server.py) on the same model,
+   and Ray's ceiling: a no-op Serve application (bench/baselines/noop_serve.py) on the
+   same cluster and HAProxy port. Scenarios of all are interleaved round by round, so a
+   noisy machine hits them alike, and every measured run also records the CPU time the
+   serving processes spent per request (bench/cpu.py).
 2. Memory per ingress replica with 1, 2 and 4 variants, and an autoscaling step load
    (1 -> 64 -> 1 connections) read back from Ray's metrics through a real Prometheus.
 3. The same cluster restarted on Ray's default proxy, with the textbook composition
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import pickle
 import shutil
 import signal
 import statistics
@@ -32,13 +37,16 @@ from pathlib import Path
 import psutil
 import requests
 import yaml
+from cpu import ray_cluster, snapshot, tree, used
 from load import BATCH_ROWS, FEEDBACK_IDS, IRIS_RECORD, Run, write_scripts, wrk
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SWEEP = [1, 4, 16, 32, 64]
-FASTAPI, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
-    "FastAPI baseline",
+FASTAPI, TUNED, NOOP, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
+    "FastAPI, seed-style",
+    "FastAPI, tuned",
+    "no-op Serve (ceiling)",
     "raysplit",
     "textbook Serve",
     "raysplit, default proxy",
@@ -83,7 +91,10 @@ def free_port() -> int:
 class Cluster:
     """A raysplit cluster of its own: data directory, ports and models."""
 
+    extra_apps: list[dict]  # deployed beside iris by every `deploy` that names none
+
     def __init__(self) -> None:
+        self.extra_apps = []
         self.home = Path(tempfile.mkdtemp(prefix="raysplit-bench-"))
         self.ports = {
             "ray": free_port(),
@@ -150,12 +161,18 @@ class Cluster:
         ingress = config["applications"][0]["deployments"][0]
         ingress["user_config"] = {**ingress["user_config"], **user_config}
         ingress.update(deployment or {})
-        config["applications"] += extra_apps or []
+        config["applications"] += self.extra_apps if extra_apps is None else extra_apps
         path = self.home / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config))
         self.run(str(BIN / "serve"), "deploy", str(path), "-a", self.dashboard)
         time.sleep(3)  # the controller applies it asynchronously
         wait_ready(self.url, 180)
+
+    def serving(self, app: str):
+        """Processes serving ``app`` on this cluster, for CPU accounting (bench/cpu.py)."""
+        from raysplit.cluster import temp_dir_for
+
+        return ray_cluster(temp_dir_for(self.home), app)
 
     def stop(self) -> None:
         from raysplit.cluster import temp_dir_for
@@ -165,21 +182,54 @@ class Cluster:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-class FastAPIBaseline:
-    """bench/baselines/fastapi_server.py as its own process, on the cluster's registry."""
+# NOOP's deployment options are the ingress's in serve_config.yaml but for 0 logical CPUs:
+# with 0.5 each, iris' replicas and its would compete for the cluster's 2 logical CPUs and
+# neither could scale as it would alone (both still share the same 2 physical cores)
+NOOP_APP = {
+    "name": "noop",
+    "route_prefix": "/noop",
+    "import_path": "bench.baselines.noop_serve:app",
+    "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
+    "logging_config": {"enable_access_log": False},
+    "deployments": [
+        {
+            "name": "Noop",
+            "max_ongoing_requests": 64,
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": 4,
+                "target_ongoing_requests": 8,
+            },
+            "ray_actor_options": {"num_cpus": 0},
+        }
+    ],
+}
 
-    def __init__(self, cluster: Cluster) -> None:
+
+def seed_style_command(port: int) -> list[str]:
+    return [str(BIN / "python"), "-m", "bench.baselines.fastapi_server", f"--port={port}"]
+
+
+def tuned_command(port: int) -> list[str]:
+    """uvicorn as its docs advise for production: one worker per core, uvloop, httptools."""
+    return [
+        *(str(BIN / "python"), "-m", "uvicorn", "bench.baselines.fastapi_tuned:app"),
+        *("--host=127.0.0.1", f"--port={port}", f"--workers={os.cpu_count()}"),
+        *("--loop=uvloop", "--http=httptools", "--no-access-log", "--log-level=warning"),
+    ]
+
+
+class FastAPIBaseline:
+    """A FastAPI baseline as its own process (tree), on the cluster's registry."""
+
+    def __init__(self, cluster: Cluster, command=seed_style_command) -> None:
         port = free_port()
         env = {
             **cluster.env,
             "MODEL_URI": "models:/iris@champion",
             "MLFLOW_TRACKING_URI": f"sqlite:///{cluster.home / 'mlflow.db'}",  # the embedded store
         }
-        self.process = subprocess.Popen(
-            [str(BIN / "python"), "-m", "bench.baselines.fastapi_server", f"--port={port}"],
-            env=env,
-            cwd=REPO,
-        )
+        self.process = subprocess.Popen(command(port), env=env, cwd=REPO)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -190,9 +240,16 @@ class FastAPIBaseline:
                 time.sleep(1)
         raise RuntimeError("the FastAPI baseline did not start")
 
+    def serving(self) -> list[psutil.Process]:
+        return tree(self.process.pid)
+
     def stop(self) -> None:
+        processes = self.serving()
         self.process.terminate()
         self.process.wait(timeout=30)
+        _, alive = psutil.wait_procs(processes, timeout=10)
+        for process in alive:
+            process.kill()
 
 
 def wait_answering(url: str, timeout: float = 180) -> None:
@@ -221,10 +278,16 @@ def seed_feedback_targets(url: str) -> None:
 
 
 def measure(
-    scenarios: list[Scenario], urls: dict[str, str], scripts: dict[str, Path], args, deploy=None
+    scenarios: list[Scenario],
+    urls: dict[str, str],
+    scripts: dict[str, Path],
+    args,
+    servers: dict,
+    deploy=None,
 ) -> None:
     """Every scenario ``args.repeats`` times, round by round, alternating the order; a
-    raysplit scenario with another ``user_config`` is deployed first."""
+    raysplit scenario with another ``user_config`` is deployed first. ``servers`` lists
+    each system's serving processes, whose CPU time is read around every measured run."""
     current: dict | None = None
     for repeat in range(args.repeats):
         for scenario in scenarios if repeat % 2 == 0 else scenarios[::-1]:
@@ -235,13 +298,60 @@ def measure(
             url = urls[scenario.system] + scenario.path
             script = scripts[scenario.script]
             wrk(url, script, scenario.connections, args.warmup)
+            processes = servers[scenario.system]
+            before = snapshot(processes())
             run = wrk(url, script, scenario.connections, args.duration)
+            run.server_cpu = used(before, snapshot(processes()))
             scenario.runs.append(run)
             print(
                 f"{scenario.system} / {scenario.name} / {scenario.connections}c"
-                f" #{repeat + 1}: {run}",
+                f" #{repeat + 1}: {run.requests_per_s:.0f} req/s, p50 {run.p50_ms:.2f} ms,"
+                f" p99 {run.p99_ms:.2f} ms, {run.cpu_us:.0f} CPU us/req,"
+                f" {run.server_cores:.2f} cores, errors {run.errors}",
                 flush=True,
             )
+
+
+def model_cost_us(cluster: Cluster, calls: int = 2000) -> dict[str, float | str]:
+    """CPU microseconds of the champion's scikit-learn calls on one row, in this process:
+    the floor under any server's CPU per prediction (read with the loader serving uses)."""
+    import warnings
+
+    import mlflow
+    import mlflow.artifacts
+    import numpy as np
+
+    from raysplit.core.model_files import read_model
+
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    mlflow.set_tracking_uri(f"sqlite:///{cluster.home / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts("models:/iris@champion"))
+    files = read_model(local)
+    features = files.description.signature.inputs.input_names()
+    row = np.array([[IRIS_RECORD[f] for f in features]], dtype=np.float64)
+    costs = {}
+    for name in ("predict", "predict_proba"):
+        method = getattr(files.estimator, name, None)
+        if method is None:
+            continue
+        method(row)
+        started = time.process_time()
+        for _ in range(calls):
+            method(row)
+        costs[name] = (time.process_time() - started) / calls * 1e6
+    costs["estimator"] = type(files.estimator).__name__
+    # what raysplit's replicas call instead when training verified an ONNX graph of it
+    from serve_app.models import compiled_runtime
+
+    graph, reason = compiled_runtime(local / "extra_files", files.estimator)
+    costs["runtime"] = "ONNX Runtime" if graph is not None else f"scikit-learn ({reason})"
+    if graph is not None:
+        graph.run(row)
+        started = time.process_time()
+        for _ in range(calls):
+            graph.run(row)
+        costs["onnx"] = (time.process_time() - started) / calls * 1e6
+    return costs
 
 
 def replica_rss_mib() -> list[float]:
@@ -335,26 +445,46 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a short step load, for trying the harness out"
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "raysplit-bench-results.pickle",
+        help="where the measurements are kept, so --render-only can rewrite the doc",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the doc from --results; no run"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        from report_bench import render
+
+        *measured, saved, seconds = pickle.loads(args.results.read_bytes())
+        saved.output = args.output
+        render(*measured, saved, seconds)
+        return
     args.step_load = [(1, 10), (64, 20), (1, 10)] if args.quick else STEP_LOAD
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the cluster on kill too
     for tool in ("wrk", "prometheus"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install {tool}")
-    from report_bench import render
 
     started = time.monotonic()
     # one connection first, while the ingress is at the one replica the autoscaler keeps
     # for that load; the soak below then scales it for the rest
     idle = [
         Scenario(RAYSPLIT, "single row", "predict", 1),
+        Scenario(TUNED, "single row", "predict", 1),
         Scenario(FASTAPI, "single row", "predict", 1),
+        Scenario(NOOP, "single row", "predict", 1),
     ]
     sweep = [Scenario(RAYSPLIT, "single row", "predict", c) for c in SWEEP[1:]]
+    sweep += [Scenario(TUNED, "single row", "predict", c) for c in SWEEP[1:]]
     sweep += [Scenario(FASTAPI, "single row", "predict", c) for c in SWEEP[1:]]
+    sweep += [Scenario(NOOP, "single row", "predict", c) for c in (32, 64)]
     phase1 = [
         *sweep,
         Scenario(RAYSPLIT, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
+        Scenario(TUNED, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(FASTAPI, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(RAYSPLIT, "sticky A/B users", "sticky", 32),
         Scenario(RAYSPLIT, "feedback posts", "feedback", 32, path="/feedback"),
@@ -370,20 +500,41 @@ def main() -> None:
     ]
     workdir = Path(tempfile.mkdtemp(prefix="raysplit-bench-prom-"))
     cluster = Cluster()
-    baseline = None
+    baselines: list[FastAPIBaseline] = []
     try:
         print(f"setting up a cluster in {cluster.home} (four searches, raysplit up)", flush=True)
         cluster.start(extra_models=True)
+        cluster.extra_apps = [NOOP_APP]  # the ceiling, beside iris, for the first phase
         cluster.deploy({})
+        wait_answering(f"{cluster.url}/noop/predict")
         seed_feedback_targets(cluster.url)
-        baseline = FastAPIBaseline(cluster)
+        model_cost = model_cost_us(cluster)
+        print(f"model alone, CPU us per one-row call: {model_cost}", flush=True)
+        seed = FastAPIBaseline(cluster)
+        baselines.append(seed)
+        tuned = FastAPIBaseline(cluster, tuned_command)
+        baselines.append(tuned)
         scripts = write_scripts(workdir)
-        urls = {RAYSPLIT: cluster.url, FASTAPI: baseline.url}
-        measure(idle, urls, scripts, args)
-        wrk(f"{cluster.url}/predict", scripts["predict"], 32, 60)  # let autoscaling settle
-        measure(phase1, urls, scripts, args, deploy=cluster.deploy)
-        baseline.stop()
-        baseline = None
+        urls = {
+            RAYSPLIT: cluster.url,
+            NOOP: f"{cluster.url}/noop",
+            FASTAPI: seed.url,
+            TUNED: tuned.url,
+        }
+        servers = {
+            RAYSPLIT: cluster.serving("iris"),
+            NOOP: cluster.serving("noop"),
+            FASTAPI: seed.serving,
+            TUNED: tuned.serving,
+        }
+        measure(idle, urls, scripts, args, servers)
+        # let autoscaling settle, for raysplit and the ceiling alike
+        wrk(f"{cluster.url}/predict", scripts["predict"], 32, 60)
+        wrk(f"{cluster.url}/noop/predict", scripts["predict"], 32, 60)
+        measure(phase1, urls, scripts, args, servers, deploy=cluster.deploy)
+        while baselines:
+            baselines.pop().stop()
+        cluster.extra_apps = []
         memory = measure_memory(cluster)
         step = step_load(cluster, workdir, args.step_load)
         print("restarting the cluster on Ray's default proxy", flush=True)
@@ -397,15 +548,21 @@ def main() -> None:
         }
         cluster.deploy({}, extra_apps=[textbook])
         urls = {TEXTBOOK: f"{cluster.url}/textbook", DEFAULT_PROXY: cluster.url}
+        servers = {TEXTBOOK: cluster.serving("textbook"), DEFAULT_PROXY: cluster.serving("iris")}
         wait_answering(f"{cluster.url}/textbook/predict")
         wrk(f"{cluster.url}/textbook/predict", scripts["predict"], 32, 10)
-        measure(phase2, urls, scripts, args)
+        measure(phase2, urls, scripts, args, servers)
     finally:
-        if baseline is not None:
+        for baseline in baselines:
             baseline.stop()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    render(idle + phase1 + phase2, memory, step, args, time.monotonic() - started)
+    measured = (idle + phase1 + phase2, memory, step, model_cost, args)
+    args.results.write_bytes(pickle.dumps((*measured, time.monotonic() - started)))
+    print(f"measurements kept in {args.results}", flush=True)
+    from report_bench import render  # imported last: the run takes a while
+
+    render(*measured, time.monotonic() - started)
 
 
 if __name__ == "__main__":
