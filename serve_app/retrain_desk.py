@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from raysplit.core.errors import RaysplitError
 from raysplit.core.labelled_events import (
+    DEFAULT_MIN_ROWS,
     EventQuery,
-    parse_time_bound,
-    read_labelled_events,
+    count_labelled_events,
     require_rows,
+    window_bounds,
 )
 from raysplit.core.retrain_jobs import (
     RetrainConflict,
@@ -31,8 +34,6 @@ from raysplit.core.retrain_jobs import (
 )
 from serve_app.errors import ServingError
 from serve_app.state import ServingState
-
-DEFAULT_MIN_ROWS = 100  # tune.config.EventsConfig's default, for the check before submitting
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -76,14 +77,16 @@ def with_defaults(body: dict[str, Any], state: ServingState) -> dict[str, Any]:
 
 
 def check_events(spec: dict[str, Any], store_url: str, width: int) -> int:
-    """How many labelled rows the retrain would learn from; refuses (422) an unknown
-    experiment or fewer than ``min_rows`` before anything is submitted."""
+    """How many labelled rows the retrain would learn from, counted by the database;
+    refuses (422) a bad window, an unknown experiment or fewer than ``min_rows`` before
+    anything is submitted. The job reads and checks the rows themselves."""
     events = spec["dataset"]["events"]
-    now = time.time()
     try:
-        since = parse_time_bound(str(events["since"]), now) if events.get("since") else None
-        until = parse_time_bound(str(events["until"]), now) if events.get("until") else now
-        found = read_labelled_events(
+        since, until = window_bounds(
+            *(None if events.get(k) is None else str(events[k]) for k in ("since", "until")),
+            time.time(),
+        )
+        found = count_labelled_events(
             EventQuery(
                 url=events.get("url") or store_url,
                 experiment=str(events["experiment"]),
@@ -98,20 +101,26 @@ def check_events(spec: dict[str, Any], store_url: str, width: int) -> int:
     return found.rows
 
 
-def submit(spec: dict[str, Any]) -> str:
-    """Submit through the job API of the cluster this replica runs in."""
+@contextmanager
+def _job_api() -> Iterator[None]:
+    """Ray's job API refusals as HTTP statuses: a running retrain 409, an unknown job 404,
+    an unreachable API 503."""
     try:
-        return submit_retrain(job_client(), spec)
+        yield
     except RetrainConflict as exc:
         raise ServingError(str(exc), 409) from exc
-    except RaysplitError as exc:
-        raise ServingError(str(exc), 503) from exc
-
-
-def status(job_id: str) -> RetrainJob:
-    try:
-        return retrain_status(job_client(), job_id)
     except RetrainNotFound as exc:
         raise ServingError(str(exc), 404) from exc
     except RaysplitError as exc:
         raise ServingError(str(exc), 503) from exc
+
+
+def submit(spec: dict[str, Any]) -> str:
+    """Submit through the job API of the cluster this replica runs in."""
+    with _job_api():
+        return submit_retrain(job_client(), spec)
+
+
+def status(job_id: str) -> RetrainJob:
+    with _job_api():
+        return retrain_status(job_client(), job_id)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from raysplit.core.errors import RaysplitError, describe_validation_error
-from raysplit.core.labelled_events import TIME_HELP, parse_time_bound
+from raysplit.core.labelled_events import DEFAULT_MIN_ROWS, TIME_HELP, parse_time_bound
 from tune.datasets import Task
 from tune.families import FAMILIES, FAMILY_NAMES, Family, families_for
 from tune.scoring import DEFAULT_METRIC, METRICS, Metric
@@ -115,7 +115,9 @@ class EventsConfig(BaseModel):
     url: str | None = Field(None, description="event store (default: RAYSPLIT_EVENT_STORE_URL)")
     since: str | None = Field(None, description="a duration back from now (7d) or a time")
     until: str | None = Field(None, description="same forms; default: now")
-    min_rows: int = Field(100, ge=1, description="refuse to train on fewer labelled rows")
+    min_rows: int = Field(
+        DEFAULT_MIN_ROWS, ge=1, description="refuse to train on fewer labelled rows"
+    )
     model_uri: str | None = Field(
         None, description="whose signature orders the features (default: NAME@champion)"
     )

@@ -26,12 +26,12 @@ from raysplit.core.labelled_events import (
     LabelKind,
     LabelledEvents,
     iso_time,
-    parse_time_bound,
     read_labelled_events,
     require_rows,
+    window_bounds,
 )
 from raysplit.core.settings import Locations
-from tune.config import DatasetConfig, EventsConfig
+from tune.config import DatasetConfig
 from tune.datasets import (
     Dataset,
     Split,
@@ -121,14 +121,6 @@ class EventStoreSource(DatasetSource):
     def of(cls, summary: EventSourceSummary) -> EventStoreSource:
         tags = summary.tags()
         return cls({key.removeprefix("raysplit.events."): value for key, value in tags.items()})
-
-
-def resolve_window(events: EventsConfig, now: float) -> tuple[float | None, float]:
-    """``(since, until)`` in unix seconds; ``until`` defaults to ``now`` so the run
-    records a closed window that a later run can read again."""
-    since = None if events.since is None else parse_time_bound(events.since, now)
-    until = now if events.until is None else parse_time_bound(events.until, now)
-    return since, until
 
 
 def signature_feature_names(model_uri: str, locations: Locations) -> list[str]:
@@ -222,7 +214,8 @@ def load_event_split(
     else:
         features_from = events_spec.model_uri or f"models:/{model_name}@champion"
         names = signature_feature_names(features_from, locations)
-    since, until = resolve_window(events_spec, time.time() if now is None else now)
+    now = time.time() if now is None else now
+    since, until = window_bounds(events_spec.since, events_spec.until, now)
     task = original.task if original is not None else spec.task
     events = read_labelled_events(
         EventQuery(

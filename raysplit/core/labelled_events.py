@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 TIME_HELP = "give a duration back from now (e.g. 90m, 36h, 7d) or an ISO-8601 time"
 CONNECT_TIMEOUT_S = 10
 SHOWN_EXPERIMENTS = 20
+DEFAULT_MIN_ROWS = 100  # a retrain's default floor (dataset.events.min_rows)
 
 _predictions = sa.table(
     "raysplit_predictions",
@@ -72,6 +73,13 @@ def parse_time_bound(text: str, now: float) -> float:
     return moment.timestamp()
 
 
+def window_bounds(since: str | None, until: str | None, now: float) -> tuple[float | None, float]:
+    """``(since, until)`` in unix seconds from a config's texts; ``until`` defaults to
+    ``now``, so a run records a closed window that a later run can read again."""
+    start = None if since is None else parse_time_bound(since, now)
+    return start, now if until is None else parse_time_bound(until, now)
+
+
 def iso_time(seconds: float) -> str:
     """``2026-05-01T12:00:00Z``: how windows are shown and recorded, always in UTC."""
     moment = datetime.fromtimestamp(seconds, tz=UTC)
@@ -107,13 +115,36 @@ class EventQuery:
 
 
 @dataclass(frozen=True)
-class LabelledEvents:
-    """The rows read, oldest first (ties by request id, so both databases agree)."""
+class EventWindow:
+    """Where labelled rows were looked for, for messages and the run's record."""
 
     url: str  # redacted
     experiment: str
     since: float | None
     until: float
+
+    @property
+    def window(self) -> str:
+        start = "the first event" if self.since is None else iso_time(self.since)
+        return f"from {start} to {iso_time(self.until)}"
+
+
+@dataclass(frozen=True)
+class EventCount(EventWindow):
+    """How many labelled rows a window holds, counted by the database: what the ingress
+    checks before it submits a retrain, without reading the rows the job reads again.
+    Rows the reader would skip (a wrong width, an unusable label) are counted too."""
+
+    rows: int
+
+    def skipped_text(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class LabelledEvents(EventWindow):
+    """The rows read, oldest first (ties by request id, so both databases agree)."""
+
     kind: LabelKind
     request_ids: tuple[str, ...]
     created_at: tuple[float, ...]
@@ -126,11 +157,6 @@ class LabelledEvents:
     @property
     def rows(self) -> int:
         return len(self.request_ids)
-
-    @property
-    def window(self) -> str:
-        start = "the first event" if self.since is None else iso_time(self.since)
-        return f"from {start} to {iso_time(self.until)}"
 
     @property
     def digest(self) -> str:
@@ -299,25 +325,9 @@ def _collect(
     )
 
 
-def _read(conn: sa.Connection, query: EventQuery, shown: str) -> Sequence[sa.Row]:
-    try:
-        tables = set(sa.inspect(conn).get_table_names())
-        if not {"raysplit_predictions", "raysplit_feedback"} <= tables:
-            raise RaysplitError(f"event store {shown} holds no raysplit event tables")
-        _require_experiment(conn, query.experiment, shown)
-        return conn.execute(_select(query)).all()
-    except sa.exc.DBAPIError as exc:
-        reason = _reason(exc, conn.engine.url)
-        raise RaysplitError(f"event store {shown} could not be read: {reason}") from exc
-
-
-def read_labelled_events(query: EventQuery) -> LabelledEvents:
-    """Read the experiment's labelled predictions in the window, oldest first.
-
-    Refuses (RaysplitError, one line) an unreachable store, a database without raysplit's
-    tables, an unknown experiment and an empty window; rows whose inputs do not fit the
-    model are skipped and counted (see :meth:`LabelledEvents.skipped_text`).
-    """
+def _query_store(query: EventQuery, run: Callable[[sa.Connection], Any]) -> Any:
+    """``run(conn)`` on the store once the window, the store, its tables and the experiment
+    have passed their checks; every failure is one RaysplitError line naming the store."""
     if query.since is not None and query.since >= query.until:
         raise RaysplitError(
             f"the window is empty: since {iso_time(query.since)} is not before until"
@@ -332,14 +342,40 @@ def read_labelled_events(query: EventQuery) -> LabelledEvents:
             reason = _reason(exc, engine.url)
             raise RaysplitError(f"event store {shown} is unreachable: {reason}") from exc
         with conn:
-            rows = _read(conn, query, shown)
+            try:
+                tables = set(sa.inspect(conn).get_table_names())
+                if not {"raysplit_predictions", "raysplit_feedback"} <= tables:
+                    raise RaysplitError(f"event store {shown} holds no raysplit event tables")
+                _require_experiment(conn, query.experiment, shown)
+                return run(conn)
+            except sa.exc.DBAPIError as exc:
+                reason = _reason(exc, conn.engine.url)
+                raise RaysplitError(f"event store {shown} could not be read: {reason}") from exc
     finally:
         engine.dispose()
+
+
+def read_labelled_events(query: EventQuery) -> LabelledEvents:
+    """Read the experiment's labelled predictions in the window, oldest first.
+
+    Refuses (RaysplitError, one line) an unreachable store, a database without raysplit's
+    tables, an unknown experiment and an empty window; rows whose inputs do not fit the
+    model are skipped and counted (see :meth:`LabelledEvents.skipped_text`).
+    """
+    rows = _query_store(query, lambda conn: conn.execute(_select(query)).all())
     kind = query.kind or _infer_kind(rows, query.experiment)
-    return _collect(rows, query, kind, shown)
+    return _collect(rows, query, kind, redact_url(query.url))
 
 
-def require_rows(events: LabelledEvents, min_rows: int) -> None:
+def count_labelled_events(query: EventQuery) -> EventCount:
+    """How many rows :func:`read_labelled_events` would consider, counted in SQL, with the
+    same refusals."""
+    counted = sa.select(sa.func.count()).select_from(_select(query).subquery())
+    rows = _query_store(query, lambda conn: int(conn.execute(counted).scalar_one()))
+    return EventCount(redact_url(query.url), query.experiment, query.since, query.until, rows)
+
+
+def require_rows(events: LabelledEvents | EventCount, min_rows: int) -> None:
     """Refuse to train on fewer rows than asked for, saying how many there are and where
     they were looked for, so the user can widen the window or lower the bar."""
     if events.rows >= min_rows:

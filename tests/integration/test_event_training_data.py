@@ -16,7 +16,12 @@ from sklearn.linear_model import LogisticRegression
 
 from raysplit.core.errors import RaysplitError
 from raysplit.core.events import FeedbackEvent
-from raysplit.core.labelled_events import EventQuery, read_labelled_events, require_rows
+from raysplit.core.labelled_events import (
+    EventQuery,
+    count_labelled_events,
+    read_labelled_events,
+    require_rows,
+)
 from raysplit.core.settings import Locations
 from serve_app.event_store import EventStore
 from tests.conftest import free_port
@@ -120,6 +125,20 @@ def test_the_window_is_half_open(store: str) -> None:
     assert events.request_ids == tuple(f"r{i:03d}" for i in range(10, 20))
     everything = read_labelled_events(query(store, since=None))
     assert "old" in everything.request_ids
+
+
+def test_the_database_count_is_what_the_reader_considers(store: str) -> None:
+    """The ingress counts before it submits; the count includes the rows the reader then
+    skips (the narrow one), and refuses what the reader refuses."""
+    events = read_labelled_events(query(store))
+    counted = count_labelled_events(query(store))
+    assert counted.rows == events.rows + events.skipped_width + events.skipped_invalid
+    window = count_labelled_events(query(store, since=T0 + 60 * 10, until=T0 + 60 * 20))
+    assert window.rows == 10
+    with pytest.raises(RaysplitError, match="fewer than min_rows=11"):
+        require_rows(window, 11)
+    with pytest.raises(RaysplitError, match="no predictions for experiment 'iris-abc'"):
+        count_labelled_events(query(store, experiment="iris-abc"))
 
 
 def test_too_few_rows_are_refused_saying_how_many_and_where(store: str) -> None:
