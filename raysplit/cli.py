@@ -233,8 +233,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     if args.status:
         job = retrain_status(_retrain_client(args), args.status)
-        print(job.model_dump_json(indent=2) if args.json else "", end="")
-        if not args.json:
+        if args.json:
+            print(job.model_dump_json(indent=2))
+        else:
             _print_retrain(job)
         return 0
     if args.config is None:

@@ -19,14 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from raysplit.core.errors import RaysplitError, describe_validation_error
-from raysplit.core.retrain_jobs import (
-    ERROR_PREFIX,
-    OUTCOME_PREFIX,
-    SPEC_ENV,
-    active_retrain_ids,
-    job_client,
-    model_name_of,
-)
+from raysplit.core.retrain_jobs import ERROR_PREFIX, OUTCOME_PREFIX, SPEC_ENV, model_name_of
 from raysplit.core.settings import Locations
 from tune.config import GateConfig, TuneSpec
 from tune.search import SearchOutcome, outcome_lines, run_search
@@ -67,27 +60,10 @@ def outcome_record(outcome: SearchOutcome) -> dict[str, Any]:
     }
 
 
-def _refuse_if_racing(model: str) -> None:
-    """The submitter refuses a second retrain while one runs; two submitted at the same
-    instant both pass that check, so the later-submitted of them stops here."""
-    own = os.environ.get("RAY_JOB_SUBMISSION_ID") or _own_submission_id()
-    if not own:
-        return
-    ids = active_retrain_ids(job_client(), model)
-    if own in ids and ids.index(own) > 0:
-        raise RaysplitError(f"a retrain of '{model}' is already running (job {ids[0]})")
-
-
-def _own_submission_id() -> str | None:
-    config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    return (config.get("metadata") or {}).get("job_submission_id")
-
-
 def main() -> int:
     try:
         raw = json.loads(os.environ[SPEC_ENV])
         spec = retrain_spec(raw)
-        _refuse_if_racing(model_name_of(raw))
         outcome = run_search(spec, Locations.resolve())
     except KeyError:
         print(f"{ERROR_PREFIX}{SPEC_ENV} is not set; submit with `raysplit retrain`", flush=True)

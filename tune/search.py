@@ -434,8 +434,9 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
             gate = _gate(client, spec, plan, split, model_name, scores)
             alias = spec.registration.alias if gate is None or gate.promote else None
             if gate is not None:
-                tags.update(gate_tags(gate))
-                mlflow.set_tags(gate_tags(gate))
+                verdict = gate_tags(gate)
+                tags.update(verdict)
+                mlflow.set_tags(verdict)
             version = register_version(
                 client,
                 model_name,

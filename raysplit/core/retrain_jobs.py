@@ -84,30 +84,24 @@ def job_client(address: str | None = None) -> Any:
         raise RaysplitError(f"cannot reach Ray's job API at {where}: {first}") from exc
 
 
-def active_retrain_ids(client: Any, model: str) -> list[str]:
-    """The ids of the pending or running retrains of ``model``, oldest submission first."""
-    jobs = [
-        job
-        for job in client.list_jobs()
-        if (job.metadata or {}).get(KIND_KEY) == "retrain"
-        and (job.metadata or {}).get(MODEL_KEY) == model
-        and str(getattr(job.status, "value", job.status)) in ACTIVE
-    ]
-    jobs.sort(key=lambda job: (job.start_time or 0, job.submission_id or ""))
-    return [job.submission_id for job in jobs]
-
-
 def active_retrain(client: Any, model: str) -> str | None:
     """The id of a retrain of ``model`` that is pending or running, if any."""
-    ids = active_retrain_ids(client, model)
-    return ids[0] if ids else None
+    for job in client.list_jobs():
+        metadata = job.metadata or {}
+        status = str(getattr(job.status, "value", job.status))
+        ours = metadata.get(KIND_KEY) == "retrain" and metadata.get(MODEL_KEY) == model
+        if ours and status in ACTIVE:
+            return job.submission_id
+    return None
 
 
 def submit_retrain(client: Any, spec: dict[str, Any], entrypoint_num_cpus: float = 0.25) -> str:
     """Submit the search in ``spec`` (a tune config as a mapping) as a job; its id.
 
     Refused with :class:`RetrainConflict` while a retrain of the same model runs: two
-    searches racing to move one alias would leave it to whichever ends last. The driver
+    searches racing to move one alias would leave it to whichever ends last. (The check
+    and the submission are two calls to Ray's job API, which has no compare-and-set: two
+    submissions in the same instant can both pass.) The driver
     asks for a quarter CPU; the trials ask for their own (``search.cpus_per_trial``).
     """
     model = model_name_of(spec)
