@@ -55,14 +55,17 @@ class Deployer:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN_PATH.read_text().strip()}"}
 
-    def _status(self) -> dict[str, Any]:
+    def _applications(self) -> dict[str, Any]:
         response = requests.get(
             f"{self.cluster.info.dashboard_url}/api/serve/applications/",
             headers=self._headers(),
             timeout=10,
         )
         response.raise_for_status()
-        return response.json().get("applications", {}).get(APP, {})
+        return response.json().get("applications", {})
+
+    def _status(self) -> dict[str, Any]:
+        return self._applications().get(APP, {})
 
     def replica_ids(self) -> set[str]:
         """The running replicas, as Serve's controller lists them."""
@@ -134,42 +137,63 @@ class Deployer:
         ``options``: ``deployment_options`` and ``serve_options`` for :meth:`config`.
         """
         config = self.config(user_config, actor_options, **options)
-        before = self._status().get("last_deployed_time_s", 0)
+        if not cli:
+            return self.apply(config, expect)
+        before = self._deploy_times()
         self._running = None
-        if cli:
-            subprocess.run(
-                [
-                    str(SERVE),
-                    "deploy",
-                    str(self.config_file(user_config, actor_options, **options)),
-                    "-a",
-                    self.cluster.info.dashboard_url,
-                ],
-                env={**os.environ, **self.cluster.env},
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        else:
-            response = requests.put(
-                f"{self.cluster.info.dashboard_url}/api/serve/applications/",
-                json=config,
-                headers=self._headers(),
-                timeout=120,
-            )
-            assert response.status_code == 200, f"deploy refused: {response.text[:2000]}"
+        subprocess.run(
+            [
+                str(SERVE),
+                "deploy",
+                str(self.config_file(user_config, actor_options, **options)),
+                "-a",
+                self.cluster.info.dashboard_url,
+            ],
+            env={**os.environ, **self.cluster.env},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return self._wait(config, before, expect)
+
+    def apply(self, config: dict[str, Any], expect: str = "RUNNING") -> dict[str, Any]:
+        """PUT a whole serve config (every application in it) to the dashboard, the
+        request `serve deploy` sends, and wait as :meth:`deploy` does."""
+        before = self._deploy_times()
+        self._running = None
+        response = requests.put(
+            f"{self.cluster.info.dashboard_url}/api/serve/applications/",
+            json=config,
+            headers=self._headers(),
+            timeout=120,
+        )
+        assert response.status_code == 200, f"deploy refused: {response.text[:2000]}"
+        return self._wait(config, before, expect)
+
+    def _deploy_times(self) -> dict[str, float]:
+        return {n: a.get("last_deployed_time_s", 0) for n, a in self._applications().items()}
+
+    def _wait(
+        self, config: dict[str, Any], before: dict[str, float], expect: str
+    ) -> dict[str, Any]:
+        """Until every application of ``config`` reports ``expect`` for this deploy; the
+        iris application's status."""
+        names = [a["name"] for a in config["applications"]]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            status = self._status()
-            fresh = status.get("last_deployed_time_s", 0) > before
-            if fresh and status.get("status") == expect:
+            apps = self._applications()
+            if all(
+                apps.get(n, {}).get("last_deployed_time_s", 0) > before.get(n, 0)
+                and apps[n].get("status") == expect
+                for n in names
+            ):
                 if expect == "RUNNING":
                     # the proxy learns of new replicas after Serve says RUNNING
                     wait_ready(self.url, max(60.0, deadline - time.monotonic()))
                     self._running = config
-                return status
+                return apps.get(APP, {})
             time.sleep(0.2)
-        raise AssertionError(f"application never reached {expect}: {self._status()}")
+        raise AssertionError(f"not every application reached {expect}: {self._applications()}")
 
     def ensure(
         self,

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from sklearn.dummy import DummyClassifier
 
 from raysplit.cli import main as raysplit
+from raysplit.core.labelled_events import EventQuery, count_labelled_events
 from raysplit.core.retrain_jobs import job_client
 from raysplit.traffic import send
 from tests.conftest import Cluster, cluster_registry
@@ -58,7 +59,7 @@ def registry(cluster: Cluster, deployer: Deployer) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def served(registry: MlflowClient, deployer: Deployer) -> Deployer:
+def served(registry: MlflowClient, deployer: Deployer, cluster: Cluster) -> Deployer:
     """The experiment deployed with a retrain config, and 600 labelled predictions in it."""
     deployer.deploy(
         {
@@ -74,7 +75,14 @@ def served(registry: MlflowClient, deployer: Deployer) -> Deployer:
     )
     lines = send(deployer.url, "iris", 600, users=40, feedback=True)
     assert " 0 failed" in lines[0], lines
-    time.sleep(2)  # feedback is written off the request path
+    # feedback is written off the request path: until all 600 pairs are in the store
+    query = EventQuery(
+        cluster.locations.event_store_url, EXPERIMENT, until=time.time() + 3600, width=4
+    )
+    deadline = time.monotonic() + 30
+    while (rows := count_labelled_events(query).rows) < 600:
+        assert time.monotonic() < deadline, f"{rows} of 600 labelled predictions stored"
+        time.sleep(0.2)
     return deployer
 
 

@@ -24,7 +24,6 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from raysplit.cluster import TOKEN_PATH
 from raysplit.traffic import wait_ready
 from tests.conftest import Cluster, cluster_registry
 from tests.integration.serving import RECORD, Deployer, user_config, variants
@@ -90,16 +89,6 @@ def diabetes_models(deployer: Deployer, cluster: Cluster) -> DiabetesModels:
     return DiabetesModels(versions, estimators)
 
 
-def _dashboard(cluster: Cluster, method: str, **kwargs: Any) -> requests.Response:
-    return requests.request(
-        method,
-        f"{cluster.info.dashboard_url}/api/serve/applications/",
-        headers={"Authorization": f"Bearer {TOKEN_PATH.read_text().strip()}"},
-        timeout=120,
-        **kwargs,
-    )
-
-
 def two_app_config(deployer: Deployer, iris_user_config: dict[str, Any]) -> dict[str, Any]:
     """The iris application as the other tests deploy it (test port, two replicas), plus
     serve_config.yaml's diabetes application exactly as shipped but for a fast report."""
@@ -111,26 +100,6 @@ def two_app_config(deployer: Deployer, iris_user_config: dict[str, Any]) -> dict
     app["deployments"][0]["user_config"]["report_interval_s"] = 1
     config["applications"].append(app)
     return config
-
-
-def deploy_both(cluster: Cluster, config: dict[str, Any]) -> None:
-    names = [a["name"] for a in config["applications"]]
-    before = _dashboard(cluster, "GET").json().get("applications", {})
-    times = {n: before.get(n, {}).get("last_deployed_time_s", 0) for n in names}
-    response = _dashboard(cluster, "PUT", json=config)
-    assert response.status_code == 200, f"deploy refused: {response.text[:2000]}"
-    deadline = time.monotonic() + 240
-    while True:
-        apps = _dashboard(cluster, "GET").json().get("applications", {})
-        ready = all(
-            apps.get(n, {}).get("status") == "RUNNING"
-            and apps[n].get("last_deployed_time_s", 0) > times[n]
-            for n in names
-        )
-        if ready:
-            return
-        assert time.monotonic() < deadline, f"not RUNNING: { {n: apps.get(n) for n in names} }"
-        time.sleep(0.3)
 
 
 def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> requests.Response:
@@ -147,8 +116,7 @@ def two_apps(deployer: Deployer, cluster: Cluster, diabetes_models: DiabetesMode
     config = two_app_config(
         deployer, user_config(experiment=iris_experiment, variants=variants(50, 50))
     )
-    deployer._running = None  # the next ensure() deploys iris alone again (see module doc)
-    deploy_both(cluster, config)
+    deployer.apply(config)  # the next test's ensure() deploys iris alone again
     iris_url, diabetes_url = deployer.url, f"{deployer.url}{PREFIX}"
     wait_ready(iris_url, 120)
     wait_ready(diabetes_url, 120)
