@@ -88,8 +88,11 @@ def ingress_config(**rollout: Any) -> IngressConfig:
                 "min_scored_per_step": 40,
                 "min_step_s": 0.01,
                 "non_inferiority_margin": 0.05,
-                # k-NN is slower than a constant: latency is not what this test is about
-                "guardrails": {"max_p95_latency_ratio": None},
+                # k-NN is slower than a constant, and the traffic draws from all 150 iris
+                # rows while the reference holds the training split's: with ~100 candidate
+                # rows a step's PSI can pass 0.25 on that alone (CI saw 0.30). Neither
+                # latency nor drift is what these tests are about.
+                "guardrails": {"max_p95_latency_ratio": None, "max_psi": None},
                 "evaluation_interval_s": 0.2,
                 **rollout,
             },

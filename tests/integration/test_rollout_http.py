@@ -63,8 +63,10 @@ def rollout_config(experiment: str, control: str, candidate: str, steps: list[fl
             "min_scored_per_step": 30,
             "min_step_s": 1,
             "non_inferiority_margin": 0.05,
-            # a k-NN is slower than a constant: latency is not what these tests are about
-            "guardrails": {"max_p95_latency_ratio": None},
+            # a k-NN is slower than a constant, and a few dozen rows' PSI against the
+            # training split's reference is noise that can pass 0.25: neither latency
+            # nor drift is what these tests are about
+            "guardrails": {"max_p95_latency_ratio": None, "max_psi": None},
             "evaluation_interval_s": 1,
         },
     }
