@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +32,9 @@ OUTCOME_PREFIX = "raysplit-retrain-outcome: "
 ERROR_PREFIX = "raysplit-retrain-error: "
 KIND_KEY, MODEL_KEY = "raysplit.kind", "raysplit.model"
 ACTIVE = ("PENDING", "RUNNING")
+# Ray's job API answers this (HTTP 500) until the head's job agent has registered
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_ATTEMPTS = 15
 
 
 class RetrainConflict(RaysplitError):
@@ -95,8 +100,16 @@ def active_retrain(client: Any, model: str) -> str | None:
     return None
 
 
-def submit_retrain(client: Any, spec: dict[str, Any], entrypoint_num_cpus: float = 0.25) -> str:
+def submit_retrain(
+    client: Any,
+    spec: dict[str, Any],
+    entrypoint_num_cpus: float = 0.25,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Submit the search in ``spec`` (a tune config as a mapping) as a job; its id.
+
+    ``env`` is laid over the cluster's environment for the job's driver and trials (for
+    example MLflow's client settings, such as ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``).
 
     Refused with :class:`RetrainConflict` while a retrain of the same model runs: two
     searches racing to move one alias would leave it to whichever ends last. (The check
@@ -112,13 +125,23 @@ def submit_retrain(client: Any, spec: dict[str, Any], entrypoint_num_cpus: float
             f" stop it with `ray job stop {running}`"
         )
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", model)[:40]
-    return client.submit_job(
-        entrypoint=ENTRYPOINT,
-        submission_id=f"raysplit-retrain-{safe}-{uuid.uuid4().hex[:8]}",
-        runtime_env={"env_vars": {SPEC_ENV: json.dumps(spec)}},
-        metadata={KIND_KEY: "retrain", MODEL_KEY: model},
-        entrypoint_num_cpus=entrypoint_num_cpus,
-    )
+    submission_id = f"raysplit-retrain-{safe}-{uuid.uuid4().hex[:8]}"
+    attempts = AGENT_WAIT_ATTEMPTS
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=ENTRYPOINT,
+                submission_id=submission_id,
+                runtime_env={"env_vars": {**(env or {}), SPEC_ENV: json.dumps(spec)}},
+                metadata={KIND_KEY: "retrain", MODEL_KEY: model},
+                entrypoint_num_cpus=entrypoint_num_cpus,
+            )
+        except RuntimeError as exc:
+            # a head that just started has no job agent registered yet: Ray asks to retry
+            attempts -= 1
+            if NO_AGENT not in str(exc) or attempts == 0:
+                raise
+            time.sleep(2)
 
 
 def last_marked(logs: str, prefix: str) -> str | None:
