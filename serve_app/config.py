@@ -131,7 +131,7 @@ class IngressConfig(BaseModel):
     )
     retrain: dict[str, Any] | None = Field(
         None,
-        description="the tune config (docs/training.md) POST /retrain submits as a Ray job;"
+        description="the tune config (docs/retraining.md) POST /retrain submits as a Ray job;"
         " a request body overrides its keys. The job validates it: serving does not import"
         " training code. Without it, POST /retrain is refused",
     )

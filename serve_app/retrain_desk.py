@@ -59,7 +59,7 @@ def with_defaults(body: dict[str, Any], state: ServingState) -> dict[str, Any]:
     if state.config.retrain is None:
         raise ServingError(
             "this deployment has no retrain config: add `retrain:` (a tune config) to the"
-            " Ingress user_config to allow POST /retrain (docs/training.md)",
+            " Ingress user_config to allow POST /retrain (docs/retraining.md)",
             409,
         )
     spec = merged(state.config.retrain, body)

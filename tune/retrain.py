@@ -36,7 +36,7 @@ def retrain_spec(raw: dict[str, Any]) -> TuneSpec:
     if spec.dataset.events is None:
         raise RaysplitError(
             "retrain config: dataset.events is required (a retrain learns from labelled"
-            " production predictions); see docs/training.md"
+            " production predictions); see docs/retraining.md"
         )
     if spec.registration.gate is None:
         registration = spec.registration.model_copy(update={"gate": GateConfig()})

@@ -30,7 +30,7 @@ class RetrainSubmitted(BaseModel):
     status_code=202,
 )
 async def submit(replica: ReplicaDep, config: Annotated[dict[str, Any] | None, Body()] = None):
-    """The body is a tune config (docs/training.md) as JSON; ``register.model_name`` and
+    """The body is a tune config (docs/retraining.md) as JSON; ``register.model_name`` and
     ``dataset.events.experiment`` default to the control's model and the served experiment.
     The new version takes ``register.alias`` (default ``challenger``) only if it beats
     ``register.gate``'s aliases on the newest events."""
