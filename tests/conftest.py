@@ -99,6 +99,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for name, value in SERVE_TEST_ENV.items():
             patch.setenv(name, value)
         locations = Locations.resolve()
+        # not from the checkout, as a node runs an installed package: Ray puts the directory
+        # the cluster was started from first on every worker's sys.path, where the
+        # checkout's serve_app would shadow the package a deploy ships in its runtime_env
+        # (tests/faults/test_upgrade_under_load.py)
+        patch.chdir(home)
         info = up(
             locations,
             ray_port=free_port(),
@@ -183,11 +188,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @contextmanager
 def running_mlflow_server(
-    backend_store_uri: str, workdir: Path
+    backend_store_uri: str, workdir: Path, port: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `mlflow server` with proxied artifact storage under ``workdir``: its URL and
-    process (a test may stop it early to make it unreachable)."""
-    port = free_port()
+    process (a test may stop it early to make it unreachable: :func:`kill_server`; a
+    ``port`` of an earlier one starts it again where its clients look)."""
+    port = port or free_port()
     log = open(workdir / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [
@@ -223,6 +229,14 @@ def running_mlflow_server(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
         log.close()
+
+
+def kill_server(process: subprocess.Popen) -> None:
+    """Kill a server started in a session of its own, workers included: `mlflow server`
+    answers from worker processes that outlive a killed parent."""
+    if process.poll() is None:
+        os.killpg(process.pid, 9)
+        process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,7 @@ deploy. The CLI's ``raysplit retrain`` submits the same way and waits.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +23,7 @@ from raysplit.cli import main as raysplit
 from raysplit.core.labelled_events import EventQuery, count_labelled_events
 from raysplit.core.retrain_jobs import ACTIVE, job_client, retrain_status, submit_retrain
 from raysplit.traffic import send
-from tests.conftest import Cluster, cluster_registry, free_port
+from tests.conftest import Cluster, cluster_registry, kill_server, running_mlflow_server
 from tests.integration.serving import Deployer
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
@@ -219,56 +214,21 @@ def test_a_retrain_that_is_not_better_moves_no_alias_and_a_failed_one_says_why(
     assert aliases(registry) == before
 
 
-@contextmanager
-def tracking_server(backend: Path, port: int) -> Iterator[subprocess.Popen]:
-    """A real ``mlflow server`` on ``backend`` (SQLite), up once it answers /health.
-
-    The server serves from worker processes of its own: stopping it means its whole
-    process group (:func:`stop`), or the workers go on answering."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
-         "--artifacts-destination", str(backend.parent / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=10).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or busy starting
-                pass
-            assert process.poll() is None, "mlflow server exited at start"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
-        yield process
-    finally:
-        stop(process)
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 def test_a_job_whose_tracking_server_stops_mid_search_fails_and_moves_no_alias(
     served: Deployer, cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The search logs to a real tracking server that is killed once the search's run
     exists: the job ends FAILED, names the failure, and (the server back) no alias moved."""
-    backend, port = tmp_path / "tracking.db", free_port()
-    uri = f"http://127.0.0.1:{port}"
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(name, uri)
+    backend = f"sqlite:///{tmp_path / 'tracking.db'}"
     config = {
         **SEARCH,
         "experiment": "raysplit-iris-retrain-server",
         "dataset": {"events": {"experiment": EXPERIMENT, "min_rows": 500}, "test_size": 0.25},
         "register": {"model_name": MODEL, "gate": {"margin": 0.05}},
     }
-    with tracking_server(backend, port) as server:
+    with running_mlflow_server(backend, tmp_path) as (uri, server):
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            monkeypatch.setenv(name, uri)
         client = connect(cluster.locations.model_copy(
             update={"mlflow_tracking_uri": uri, "mlflow_registry_uri": uri}
         ))  # fmt: skip
@@ -289,14 +249,15 @@ def test_a_job_whose_tracking_server_stops_mid_search_fails_and_moves_no_alias(
             assert retrain_status(jobs, job_id).status in ACTIVE, "the job ended before its run"
             assert time.monotonic() < deadline, "the search's run never appeared"
             time.sleep(0.5)
-        stop(server)
+        kill_server(server)
         deadline = time.monotonic() + 300
         while (job := retrain_status(jobs, job_id)).status in ACTIVE:
             assert time.monotonic() < deadline, "the job outlived its tracking server by 5 min"
             time.sleep(2)
     assert job.status == "FAILED", job
     assert job.outcome is None, job
-    assert job.error and f"127.0.0.1:{port}" in job.error, job.error
-    with tracking_server(backend, port):  # back up: the registry is as the job found it
+    assert job.error and uri.removeprefix("http://") in job.error, job.error
+    port = int(uri.rpartition(":")[2])
+    with running_mlflow_server(backend, tmp_path, port):  # back: as the job found it
         registry = MlflowClient(uri, uri)
         assert aliases(registry) == {"champion": "1", "challenger": "2"}
