@@ -94,8 +94,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         node_ip=args.node_ip_address,
         fast_path=not args.no_fast_path,
+        gcs_redis=args.gcs_redis,
     )
     print(f"Ray head running at {info.address} (dashboard {info.dashboard_url})")
+    if info.gcs_redis:
+        print(
+            f"GCS fault tolerance on: Ray's control-plane state is in Redis at"
+            f" {info.gcs_redis.shown()} (namespace {info.gcs_redis.namespace}); restart a dead"
+            " gcs_server within RAY_gcs_rpc_server_reconnect_timeout_s (default 60 s)"
+        )
     print("Serve replicas use:")
     print(f"  RAYSPLIT_HOME={locations.home}")
     print(f"  MLFLOW_TRACKING_URI={locations.mlflow_tracking_uri}")
@@ -354,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-fast-path", action="store_true", help="without Ray Serve's HAProxy ingress"
     )
+    up.add_argument(
+        "--gcs-redis",
+        metavar="URL",
+        help="turn on Ray's GCS fault tolerance: the GCS keeps the cluster's state in this"
+        " Redis (redis://[[USER]:PASSWORD@]HOST[:PORT], rediss:// for TLS; always database"
+        " 0, under a key namespace of this RAYSPLIT_HOME), so a gcs_server restarted within"
+        " RAY_gcs_rpc_server_reconnect_timeout_s (default 60 s) resumes the cluster while"
+        " Serve's replicas keep answering (docs/reliability.md); `raysplit down` deletes"
+        " that state",
+    )
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser(
@@ -424,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain from production feedback as a Ray job on the running cluster",
         description="Submit a tune config whose dataset is dataset.events (labelled production"
         " predictions) as a Ray job; the new version takes register.alias only if it beats"
-        " register.gate's aliases on the newest events (docs/training.md).",
+        " register.gate's aliases on the newest events (docs/retraining.md).",
     )
     retrain.add_argument("--config", type=Path, help="tune config (YAML) with dataset.events")
     retrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psutil
 from pydantic import BaseModel
@@ -37,6 +38,71 @@ HAPROXY_FILES = {
 }
 
 
+class GcsRedis(BaseModel):
+    """Where Ray's GCS keeps its tables when `up --gcs-redis URL` turns on GCS fault
+    tolerance: a restarted gcs_server reloads them instead of starting an empty cluster."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    # Ray's key prefix (RAY_external_storage_namespace): clusters sharing one Redis apart
+    namespace: str
+
+    @property
+    def address(self) -> str:
+        """The form ``RAY_REDIS_ADDRESS`` takes (``rediss://`` turns on TLS in Ray)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss://' if self.tls else ''}{host}:{self.port}"
+
+    def shown(self) -> str:
+        """The URL without its password, for output and logs."""
+        user = f"{self.username}:***@" if self.password else (self.username and f"{self.username}@")
+        return f"{'rediss' if self.tls else 'redis'}://{user}{self.address.split('//')[-1]}"
+
+
+def gcs_namespace(home: Path) -> str:
+    """One Redis key namespace per data directory: stable, so a head restarted for the
+    same RAYSPLIT_HOME finds its state; distinct, so two homes never read each other's."""
+    return f"raysplit_{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
+
+
+def parse_gcs_redis(url: str, namespace: str) -> GcsRedis:
+    """``redis://[[USER]:PASSWORD@]HOST[:PORT]`` (``rediss://`` for TLS) as Ray's GCS can
+    use it, or a RaysplitError naming what it cannot use."""
+    problem = f"--gcs-redis {url!r}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise RaysplitError(
+            f"{problem}: expected redis://HOST:PORT (or rediss://HOST:PORT for TLS)"
+        )
+    try:
+        port = 6379 if parts.port is None else parts.port
+    except ValueError as exc:
+        raise RaysplitError(f"{problem}: {exc}") from None
+    if not parts.hostname:
+        raise RaysplitError(f"{problem}: no host")
+    if port == 0:
+        raise RaysplitError(f"{problem}: port 0 is not a Redis server's port")
+    if parts.path not in ("", "/", "/0"):
+        raise RaysplitError(
+            f"{problem}: Ray's GCS always uses Redis database 0 and cannot select"
+            f" {parts.path.lstrip('/')!r}; clusters sharing a Redis are kept apart by key"
+            " namespace (raysplit uses one per RAYSPLIT_HOME)"
+        )
+    if parts.query or parts.fragment:
+        raise RaysplitError(f"{problem}: Ray's GCS takes no options after the address")
+    return GcsRedis(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        tls=parts.scheme == "rediss",
+        namespace=namespace,
+    )
+
+
 class ClusterInfo(BaseModel):
     """What `up` started, kept in RAYSPLIT_HOME/cluster.json for `down` and `info`."""
 
@@ -45,6 +111,7 @@ class ClusterInfo(BaseModel):
     metrics_export_port: int
     temp_dir: Path
     fast_path: bool
+    gcs_redis: GcsRedis | None = None  # GCS fault tolerance on, with its state there
 
 
 def _ray_bin(name: str) -> str:
@@ -119,8 +186,14 @@ def up(
     num_cpus: int | None = None,
     node_ip: str = "127.0.0.1",
     fast_path: bool = True,
+    gcs_redis: str | None = None,
 ) -> ClusterInfo:
-    """Start the head; refuse if this data directory already has one running."""
+    """Start the head; refuse if this data directory already has one running.
+
+    ``gcs_redis``: a Redis URL that turns on Ray's GCS fault tolerance (the GCS writes its
+    tables there, under this home's namespace, and a restarted gcs_server reloads them).
+    """
+    redis = parse_gcs_redis(gcs_redis, gcs_namespace(locations.home)) if gcs_redis else None
     existing = read_state(locations)
     if existing and _processes(existing.temp_dir):
         raise RaysplitError(
@@ -145,6 +218,13 @@ def up(
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     env = {**os.environ, **serving_environment(locations, temp_dir, fast_path)}
+    if redis is not None:
+        env["RAY_REDIS_ADDRESS"] = redis.address
+        env["RAY_external_storage_namespace"] = redis.namespace
+        if redis.username:
+            command.append(f"--redis-username={redis.username}")
+        if redis.password:  # Ray passes it on to gcs_server's command line as well
+            command.append(f"--redis-password={redis.password}")
     # a Ray job's entrypoint (`python -m tune.retrain`) must find the Python raysplit is
     # installed in, even when the user's shell never activated its virtual environment
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -158,8 +238,12 @@ def up(
         metrics_export_port=metrics_port,
         temp_dir=temp_dir,
         fast_path=fast_path,
+        gcs_redis=redis,
     )
-    _state_path(locations).write_text(info.model_dump_json(indent=2))
+    state = _state_path(locations)
+    state.touch(mode=0o600)  # it may hold the Redis password `down` needs
+    state.chmod(0o600)
+    state.write_text(info.model_dump_json(indent=2))
     write_prometheus_config(locations.prometheus_config, temp_dir)
     return info
 
@@ -196,9 +280,33 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
     info = read_state(locations)
     temp_dir = info.temp_dir if info else temp_dir_for(locations.home)
     processes = _processes(temp_dir)
-    if not processes:
-        _state_path(locations).unlink(missing_ok=True)
-        return 0
+    if processes:
+        _stop(temp_dir, processes, timeout)
+    if info and info.gcs_redis:
+        forget_gcs_state(info.gcs_redis)
+    _state_path(locations).unlink(missing_ok=True)
+    return len(processes)
+
+
+def forget_gcs_state(redis: GcsRedis) -> None:
+    """Delete the stopped cluster's GCS tables from Redis, as KubeRay's cleanup job does
+    when a RayCluster is deleted: the next `up` for this home starts a fresh cluster
+    instead of restoring the actors of one that was stopped on purpose."""
+    from ray._private.gcs_utils import cleanup_redis_storage
+
+    try:
+        cleanup_redis_storage(
+            redis.host, redis.port, redis.password, redis.tls, redis.namespace, redis.username
+        )
+    except Exception as exc:  # Ray raises RuntimeError, or whatever its Redis client met
+        raise RaysplitError(
+            f"the cluster is stopped, but its GCS state (namespace {redis.namespace}) in"
+            f" Redis at {redis.shown()} could not be deleted: {exc}; run `raysplit down`"
+            " again once Redis answers"
+        ) from exc
+
+
+def _stop(temp_dir: Path, processes: list[psutil.Process], timeout: float) -> None:
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
@@ -212,5 +320,3 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
     if left:
         names = ", ".join(f"{p.pid}" for p in left)
         raise RaysplitError(f"{len(left)} Ray processes of this cluster survived: pids {names}")
-    _state_path(locations).unlink(missing_ok=True)
-    return len(processes)
