@@ -42,14 +42,14 @@ from serve_app.predictor import Predictor
 from serve_app.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout_state import RolloutRecord
 from serve_app.rollout_store import RolloutStore
-from serve_app.routes import experiment, health, oip, predict, retrain, rollout
+from serve_app.routes import experiment, health, oip, predict, retrain, rollout, ui
 from serve_app.routes.base import Replica, current_replica
 from serve_app.state import IncompatibleVariants, ServingState
 
 logger = logging.getLogger("ray.serve")
 
 
-for routes in (predict, experiment, oip, health, rollout, retrain):
+for routes in (predict, experiment, oip, health, rollout, retrain, ui):
     api.include_router(routes.router)
 api.dependency_overrides[current_replica] = lambda: serve.get_replica_context().servable_object
 

@@ -23,6 +23,8 @@ request ``keys.authorize(presented_key(request.headers), required_scope(method, 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -40,6 +42,10 @@ KEY_PREFIX = "rsk_"
 DIGEST_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SEPARATORS = re.compile(r"[,\s]+")
+
+# A 401's WWW-Authenticate challenges, one header each: Bearer for API clients (RFC 6750),
+# Basic so that a browser asks its user for the key (as the password) and sends it
+CHALLENGES = ('Bearer realm="raysplit"', 'Basic realm="raysplit", charset="UTF-8"')
 
 MISSING_KEY_MESSAGE = (
     "missing or invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>"
@@ -243,14 +249,31 @@ class ApiKeys:
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key from ``Authorization: Bearer <key>`` (any case of "Bearer"), else from
-    ``X-API-Key``. Header names are looked up in lowercase, as Starlette stores them."""
+    ``X-API-Key``. Header names are looked up in lowercase, as Starlette stores them.
+
+    ``Authorization: Basic`` carries the key as its password (any user name): that is what
+    a browser sends for the results page (``GET /ui``) after asking its user, and then for
+    the page's own requests, so a person needs no extension to send a header."""
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
+        password = _basic_password(credentials.strip()) if scheme.lower() == "basic" else None
+        if password:
+            return password
     key = headers.get("x-api-key")
     return (key.strip() or None) if key else None
+
+
+def _basic_password(credentials: str) -> str | None:
+    """The password of Basic ``user:password`` credentials, None if they do not decode."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return (password.strip() or None) if colon else None
 
 
 OPEN_PATHS = frozenset(

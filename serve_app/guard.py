@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from serve_app.auth import ApiKeys, presented_key, required_scope
+from serve_app.auth import CHALLENGES, ApiKeys, presented_key, required_scope
 
 Scope = dict[str, Any]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -87,7 +87,7 @@ class Guard:
         status, message = refusal
         if self.settings.on_reject is not None:
             self.settings.on_reject(status)
-        extra = [(b"www-authenticate", b'Bearer realm="raysplit"')] if status == 401 else None
+        extra = [(b"www-authenticate", c.encode()) for c in CHALLENGES] if status == 401 else None
         # the Open Inference Protocol names its error field "error"; the rest of the API "detail"
         key = "error" if app_path(scope).startswith("/v2/") else "detail"
         await _answer(send, status, message, key, extra)

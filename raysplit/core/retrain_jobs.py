@@ -79,8 +79,13 @@ def job_client(address: str | None = None) -> Any:
     :class:`RaysplitError` naming the address.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
     from ray.job_submission import JobSubmissionClient  # Ray reads RAY_AUTH_MODE at import
 
+    if address is None and ray.is_initialized():
+        # this process's own cluster by its GCS: Ray's auto-detection scans the machine
+        # and refuses ("multiple active Ray instances") when another cluster runs beside
+        address = ray.get_runtime_context().gcs_address
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # ConnectionError, a 401 without the token...

@@ -9,6 +9,13 @@ import time
 from fastapi import APIRouter, Request
 
 from serve_app import feedback as feedback_desk
+from serve_app.experiment_history import (
+    MAX_POINTS,
+    ExperimentList,
+    ExperimentTimeline,
+    list_experiments,
+    read_timeline,
+)
 from serve_app.report import ExperimentReport
 from serve_app.rollout_state import weights_differ
 from serve_app.routes.base import ReplicaDep
@@ -82,6 +89,30 @@ async def experiment(replica: ReplicaDep, experiment: str | None = None):
     report = await replica.report(experiment)
     report.events = replica.events.stats().model_dump()
     return report
+
+
+@router.get(
+    "/experiment/timeline",
+    summary="The report at the end of each time bucket: intervals, shares, p-values, p95",
+    response_model=ExperimentTimeline,
+)
+async def timeline(replica: ReplicaDep, experiment: str | None = None, points: int = MAX_POINTS):
+    state = replica.serving()
+    store = await replica.store()
+    name = experiment or state.config.experiment
+    points = max(1, min(points, MAX_POINTS))
+    return await asyncio.to_thread(read_timeline, store, state, name, points)
+
+
+@router.get(
+    "/experiments",
+    summary="Every experiment the event store holds, the latest active first",
+    response_model=ExperimentList,
+)
+async def experiments(replica: ReplicaDep):
+    store = await replica.store()
+    current = replica.state.config.experiment if replica.state is not None else None
+    return await asyncio.to_thread(list_experiments, store, current)
 
 
 @router.get(

@@ -53,6 +53,11 @@ ADMIN_ROUTES = [
     ("GET", "/predictions/history"),
     ("GET", "/models"),
     ("GET", "/metrics/summary"),
+    ("GET", "/experiments"),
+    ("GET", "/experiment/timeline"),
+    ("GET", "/ui"),  # the results page and its assets: a browser sends the key as Basic
+    ("GET", "/ui/app.js"),
+    ("GET", "/ui/links"),
 ]
 OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json")]
 

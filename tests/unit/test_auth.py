@@ -307,9 +307,14 @@ def test_trailing_slash_is_classified_like_the_route_it_redirects_to() -> None:
         ({"x-api-key": "rsk_abc"}, "rsk_abc"),
         ({"x-api-key": " rsk_abc "}, "rsk_abc"),
         ({"authorization": "Bearer rsk_first", "x-api-key": "rsk_second"}, "rsk_first"),
-        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": "rsk_abc"}, "rsk_abc"),
+        # Basic: the key is the password (a browser on the results page), any user name
+        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": "rsk_abc"}, "pass"),
+        ({"authorization": "Basic dXNlcjpwYXNz"}, "pass"),
+        ({"authorization": "Basic OnJza19hYmM="}, "rsk_abc"),  # ":rsk_abc", no user name
+        ({"authorization": "Basic dXNlcg=="}, None),  # "user": no password
+        ({"authorization": "Basic dXNlcjo="}, None),  # "user:": an empty one
+        ({"authorization": "Basic not base64!", "x-api-key": "rsk_abc"}, "rsk_abc"),
         ({"authorization": "Bearer ", "x-api-key": "rsk_abc"}, "rsk_abc"),
-        ({"authorization": "Basic dXNlcjpwYXNz"}, None),
         ({"authorization": "rsk_abc"}, None),
         ({"x-api-key": ""}, None),
         ({"x-api-key": "   "}, None),
