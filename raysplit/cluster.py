@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ from pydantic import BaseModel
 from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPORT_PORT, Locations
 from raysplit.observability import write_prometheus_config
+
+DEFAULT_AGENT_PORT = 52365  # Ray's --dashboard-agent-listen-port default
 
 STATE_FILE = "cluster.json"
 MAX_TEMP_DIR = 24
@@ -212,6 +215,7 @@ def up(
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--metrics-export-port={metrics_port}",
+        f"--dashboard-agent-listen-port={agent_port()}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
@@ -246,6 +250,23 @@ def up(
     state.write_text(info.model_dump_json(indent=2))
     write_prometheus_config(locations.prometheus_config, temp_dir)
     return info
+
+
+def agent_port() -> int:
+    """Ray's dashboard agent port (52365) if it is free, else one the system picks.
+
+    The job API (``raysplit retrain``) goes through the head's agent. Every head on a
+    machine asks for 52365 by default; the second one's agent fails to bind and its job
+    API answers "No available agent to submit job" for as long as it runs.
+    """
+    for port in (DEFAULT_AGENT_PORT, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RaysplitError("no free port for Ray's dashboard agent")
 
 
 def _processes(temp_dir: Path) -> list[psutil.Process]:

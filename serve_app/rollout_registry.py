@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from raysplit.core.errors import RaysplitError
-from raysplit.core.registry import move_alias
+from raysplit.core.registry import ROLLED_BACK_TAG, move_alias
 from raysplit.core.settings import raysplit_home
 from serve_app.rollout_rule import ALPHA_PROMOTE, ALPHA_WORSE
 from serve_app.rollout_state import TERMINAL, DecisionEntry, RolloutPhase, RolloutRecord
@@ -40,7 +40,6 @@ REASON_TAG = "raysplit.rollout.reason"
 RUN_TAG = "raysplit.rollout.run"
 ALIAS_MOVED_TAG = "raysplit.rollout.alias_moved"
 ALIAS_REASON_TAG = "raysplit.rollout.alias_reason"
-ROLLED_BACK_TAG = "rolled_back"  # the plain tag on a rolled-back candidate version
 MAX_REASON = 500  # a reason is one line for a person, not a log
 P_VALUE_FLOOR = 1e-12  # a p-value of 0 has no place on a log axis
 

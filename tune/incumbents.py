@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from raysplit.core.model_files import read_model
-from raysplit.core.registry import current_holder
+from raysplit.core.registry import ROLLED_BACK_TAG, current_holder
 from tune.datasets import Task
 from tune.evaluation import holdout_metrics
 from tune.retrain_gate import IncumbentScore
@@ -33,6 +33,10 @@ def score_incumbent(
     version = current_holder(client, model_name, alias)
     if version is None:
         return IncumbentScore(alias=alias)
+    rolled_back = client.get_model_version(model_name, version).tags.get(ROLLED_BACK_TAG)
+    if rolled_back is not None:
+        why = f"a rollout rolled it back ({rolled_back[:200]})"
+        return IncumbentScore(alias=alias, version=version, skipped=why)
     try:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
         estimator = read_model(local).estimator

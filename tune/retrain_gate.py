@@ -23,6 +23,7 @@ class IncumbentScore(BaseModel):
     version: str | None = None  # None: nothing holds the alias
     score: float | None = None
     error: str | None = None  # it exists but could not be scored
+    skipped: str | None = None  # it exists but is no bar to clear, and why
 
 
 class GateDecision(BaseModel):
@@ -51,12 +52,13 @@ def decide_gate(
     """Promote only if the new score beats every scored incumbent by ``gate.margin``.
 
     An incumbent that exists but could not be scored blocks the promotion: a new version
-    must not take the alias on a comparison that was never made. Aliases nobody holds are
-    nothing to beat.
+    must not take the alias on a comparison that was never made. Aliases nobody holds, and
+    versions skipped with a reason (one a rollout rolled back: it lost to the champion in
+    live traffic, whatever it scores on paper), are nothing to beat.
     """
     shortfalls: list[str] = []
     for incumbent in incumbents:
-        if incumbent.version is None:
+        if incumbent.version is None or incumbent.skipped:
             continue
         if incumbent.score is None:
             shortfalls.append(
@@ -70,7 +72,7 @@ def decide_gate(
                 f"{metric} {score:.4f} against @{incumbent.alias} (version {incumbent.version})"
                 f" {incumbent.score:.4f}: {gain:+.4f}, below the margin {gate.margin:g}"
             )
-    held = [i for i in incumbents if i.version is not None]
+    held = [i for i in incumbents if i.version is not None and not i.skipped]
     if shortfalls:
         reason = "not promoted: " + "; ".join(shortfalls)
     elif held:
@@ -81,6 +83,11 @@ def decide_gate(
         )
     else:
         reason = f"no version holds {', '.join('@' + a for a in gate.against)}: nothing to beat"
+    skipped = [i for i in incumbents if i.version is not None and i.skipped]
+    if skipped:
+        reason += "; " + "; ".join(
+            f"@{i.alias} (version {i.version}) not compared: {i.skipped}" for i in skipped
+        )
     return GateDecision(
         promote=not shortfalls,
         reason=reason,

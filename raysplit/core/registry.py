@@ -16,6 +16,9 @@ from mlflow.tracking import MlflowClient
 from raysplit.core.errors import RaysplitError
 
 HISTORY_TAG = "raysplit.alias_history.{alias}"
+# on a candidate version a rollout rolled back, its value the reason: serving writes it, a
+# retrain's gate reads it (a version that lost in live traffic is not a bar to clear)
+ROLLED_BACK_TAG = "rolled_back"
 
 
 def _history(client: MlflowClient, name: str, alias: str) -> list[str]:

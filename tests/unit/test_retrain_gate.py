@@ -60,6 +60,18 @@ def test_an_incumbent_that_could_not_be_scored_blocks_the_promotion() -> None:
     assert "could not be scored: ModelLoadError: corrupt" in decision.reason
 
 
+def test_a_rolled_back_incumbent_is_no_bar_but_is_named() -> None:
+    """The challenger that lost its rollout may still score 1.0 on paper (a k-NN on
+    replayed rows): it must not block every later retrain, and the reason says why."""
+    lost = IncumbentScore(alias="challenger", version="4", skipped="a rollout rolled it back")
+    decision = decide_gate("accuracy", "max", 0.99, [held("champion", "1", 0.96), lost], GATE)
+    assert decision.promote
+    assert "beats @champion (version 1) 0.9600" in decision.reason
+    assert "@challenger (version 4) not compared: a rollout rolled it back" in decision.reason
+    only = decide_gate("accuracy", "max", 0.5, [lost], GATE)
+    assert only.promote and "nothing to beat" in only.reason
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
