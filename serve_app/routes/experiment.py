@@ -18,7 +18,7 @@ from serve_app.experiment_history import (
 )
 from serve_app.report import ExperimentReport
 from serve_app.rollout_state import weights_differ
-from serve_app.routes.base import ReplicaDep
+from serve_app.routes.base import Replica, ReplicaDep
 from serve_app.schemas import parse_feedback, parse_json
 from serve_app.summary import MetricsSummary, summarize
 
@@ -26,6 +26,24 @@ MAX_HISTORY = 2000
 
 
 router = APIRouter()
+
+
+DEPLOY_STATUS_TIMEOUT_S = 5.0
+
+
+async def deploy_status(replica: Replica) -> dict[str, str]:
+    """Serve's view of the last deploy, or UNKNOWN if its controller does not answer in
+    time: the status call goes through the GCS, and while the GCS is down it hangs (a
+    GCS restart took one such call 57 s), which must not take /models down with it."""
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(replica.deploy_status), DEPLOY_STATUS_TIMEOUT_S
+        )
+    except TimeoutError:
+        return {
+            "status": "UNKNOWN",
+            "message": f"Serve's controller did not answer within {DEPLOY_STATUS_TIMEOUT_S:g} s",
+        }
 
 
 @router.get("/models", summary="Variants, weights, resolved versions and load state")
@@ -52,7 +70,7 @@ async def models(replica: ReplicaDep):
             )
     return {
         "experiment": state.config.experiment if state else None,
-        "deploy": await asyncio.to_thread(replica.deploy_status),
+        "deploy": await deploy_status(replica),
         "control": state.config.control_variant if state else None,
         "sticky_key": state.config.sticky_key if state else None,
         "features": state.features if state else [],
