@@ -232,7 +232,10 @@ def up(
     # a Ray job's entrypoint (`python -m tune.retrain`) must find the Python raysplit is
     # installed in, even when the user's shell never activated its virtual environment
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    # started from the data directory, not the caller's: Ray puts that directory first on
+    # every worker's sys.path, where a checkout's serve_app would shadow the installed
+    # package (and the one a deploy ships in its runtime_env)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=locations.home)
     if result.returncode != 0:
         tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
         raise RaysplitError(f"ray start failed: {tail}")

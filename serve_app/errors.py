@@ -31,6 +31,8 @@ class NotReady(ServingError):
     """No experiment is configured yet, or a dependency (the event store) is down."""
 
     status = 503
+    #: seconds a client should wait before trying again (the Retry-After header)
+    retry_after_s: int | None = 5
 
 
 class RoutingError(ServingError):

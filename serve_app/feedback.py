@@ -12,9 +12,11 @@ import asyncio
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel
 
 from raysplit.core.events import FeedbackEvent, Judgement
+from serve_app.errors import NotReady
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
 from serve_app.schemas import FeedbackItem
@@ -42,9 +44,16 @@ async def receive(
     items: list[FeedbackItem], store: EventStore, events: EventBuffer
 ) -> FeedbackReceipt:
     ids = {i.request_id for i in items}
+    try:
+        stored = await asyncio.to_thread(store.live_predictions, ids)
+    except sa.exc.OperationalError as exc:  # the database is down or unreachable
+        # feedback must be matched to its prediction to be scored: take none of it, and
+        # say so in a way clients retry on, rather than a bare 500
+        raise NotReady(
+            "the event store is unreachable, so no feedback was accepted; retry later"
+        ) from exc
     found: dict[str, tuple[str, str, list[Any]]] = {
-        rid: (row["experiment"], row["variant"], row["predictions"])
-        for rid, row in (await asyncio.to_thread(store.live_predictions, ids)).items()
+        rid: (row["experiment"], row["variant"], row["predictions"]) for rid, row in stored.items()
     }
     for rid, event in events.pending_predictions(ids - found.keys()).items():
         found[rid] = (event.experiment, event.variant, event.predictions)

@@ -15,9 +15,11 @@ from serve_app.responses import JSONResponse
 OIP_PREFIX = "/v2/"
 
 
-def error_response(request: Request, status: int, message: str) -> JSONResponse:
+def error_response(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     key = "error" if guard.app_path(request.scope).startswith(OIP_PREFIX) else "detail"
-    return JSONResponse({key: message}, status_code=status)
+    return JSONResponse({key: message}, status_code=status, headers=headers)
 
 
 async def serving_error(request: Request, exc: Exception) -> JSONResponse:
@@ -25,7 +27,9 @@ async def serving_error(request: Request, exc: Exception) -> JSONResponse:
     # through the module: Serve ships the ingress by value (see serve_app.guard)
     if exc.before_model and guard.SETTINGS.on_reject is not None:
         guard.SETTINGS.on_reject(exc.status)
-    return error_response(request, exc.status, str(exc))
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry)} if retry else None
+    return error_response(request, exc.status, str(exc), headers)
 
 
 def install(api: FastAPI) -> None:

@@ -137,9 +137,16 @@ def test_predictions_survive_the_database_stopping_and_every_event_lands_after(
     noticed = [
         requests.get(f"{deployer.url}/models", timeout=10).json()["events"] for _ in range(6)
     ]
+    # feedback must be matched to its stored prediction: refused as retryable, not a 500
+    refused = requests.post(
+        f"{deployer.url}/feedback", json={"request_id": f"{name}-0", "label": "setosa"}, timeout=30
+    )
     private_postgres.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == "5"
+    assert "event store is unreachable" in refused.json()["detail"]
     assert len(statuses) == 300 and set(statuses) == {200}
     assert any(e["queued"] > 0 or e["failed_flushes"] > 0 for e in noticed)
     written = 0
