@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.faults.test_event_store_outage import PG_BIN, PrivatePostgres
+from tests.faults.test_event_store_outage import PrivatePostgres, running_private_postgres
 
 
 @pytest.fixture(scope="session")
@@ -22,15 +16,5 @@ def stoppable_postgres() -> Iterator[PrivatePostgres]:
     database. One for the session, so the upgrade test's first deploy, with the same store
     URL in its runtime_env, reconfigures the replicas the rollout test left instead of
     replacing them (a replacement costs ~15 s here)."""
-    assert PG_BIN, "PostgreSQL server binaries not found under /usr/lib/postgresql"
-    root = Path(tempfile.mkdtemp(prefix="rs-pg-faults-"))  # the postgres user must reach it
-    shutil.chown(root, "postgres", "postgres")
-    server = PrivatePostgres(root, free_port())
-    server.init()
-    server.start()
-    try:
+    with running_private_postgres("rs-pg-faults-") as server:
         yield server
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)

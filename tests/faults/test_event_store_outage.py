@@ -60,10 +60,12 @@ class PrivatePostgres:
         self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
+@contextlib.contextmanager
+def running_private_postgres(prefix: str) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of its own (data directory, port) that a test may stop, removed
+    on exit whether or not the test left it running."""
     assert PG_BIN, "PostgreSQL server binaries not found under /usr/lib/postgresql"
-    root = Path(tempfile.mkdtemp(prefix="rs-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))  # the postgres user must reach it
     shutil.chown(root, "postgres", "postgres")
     server = PrivatePostgres(root, free_port())
     server.init()
@@ -74,6 +76,12 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    with running_private_postgres("rs-pg-") as server:
+        yield server
 
 
 def live_events(url: str, experiment: str) -> int:
