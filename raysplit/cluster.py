@@ -27,6 +27,14 @@ from raysplit.core.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPOR
 from raysplit.observability import write_prometheus_config
 
 DEFAULT_AGENT_PORT = 52365  # Ray's --dashboard-agent-listen-port default
+# Serve's fast-path replica ports (see replica_port_range): blocks of 2 x 200 from 20000
+REPLICA_PORT_VARS = (
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
+)
+REPLICA_PORT_BASE, REPLICA_PORTS, REPLICA_PORT_BLOCKS = 20000, 200, 25
 
 STATE_FILE = "cluster.json"
 MAX_TEMP_DIR = 24
@@ -157,7 +165,45 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         haproxy = temp_dir / "haproxy"
         env.update({var: str(haproxy / name) for var, name in HAPROXY_FILES.items()})
+        if not any(var in os.environ for var in REPLICA_PORT_VARS):
+            env.update(replica_port_range(locations.home))
     return env
+
+
+def _block_free(first: int, size: int) -> bool:
+    for port in range(first, first + size):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                return False
+    return True
+
+
+def replica_port_range(home: Path) -> dict[str, str]:
+    """Ports for this cluster's replicas on the fast path, a block of its own.
+
+    HAProxy reaches each replica on a port Serve hands out from one fixed range
+    (30000-31000 for HTTP) per cluster, so two clusters on one host hand out the same
+    ports: a port one cluster's replica freed is taken by the other's while the first
+    cluster's HAProxy still routes to it, and its clients get answers (and events) from
+    the wrong cluster. Each data directory gets a block in 20000-29999 (below the
+    ephemeral ports, above Ray's worker ports 10002-19999), chosen from its path and moved
+    past any block with a port already bound.
+    """
+    start = int(hashlib.sha1(str(home).encode()).hexdigest(), 16) % REPLICA_PORT_BLOCKS
+    for step in range(REPLICA_PORT_BLOCKS):
+        first = REPLICA_PORT_BASE + ((start + step) % REPLICA_PORT_BLOCKS) * 2 * REPLICA_PORTS
+        if _block_free(first, 2 * REPLICA_PORTS):
+            break
+    http, grpc = first, first + REPLICA_PORTS
+    return dict(
+        zip(
+            REPLICA_PORT_VARS,
+            map(str, (http, http + REPLICA_PORTS - 1, grpc, grpc + REPLICA_PORTS - 1)),
+            strict=True,
+        )
+    )
 
 
 def ensure_token() -> None:
