@@ -7,13 +7,14 @@ INSTALLED := $(VENV)/.installed
 # .ci/system-deps (apt-get as root or through sudo; otherwise make stops naming them).
 SYSTEM_DEPS = PYTHON=$(PYTHON) bash .ci/system-deps
 INSTALL_PACKAGES := python3-venv
-# the observability tests run a real Prometheus and promtool (both in Debian's prometheus)
-TEST_PACKAGES := prometheus:prometheus,promtool
+# the observability tests run a real Prometheus and promtool (both in Debian's prometheus);
+# the results page's tests drive Debian's Chromium through Playwright (tests/browser)
+TEST_PACKAGES := prometheus:prometheus,promtool chromium:chromium
 DEMO_PACKAGES :=
 BENCH_PACKAGES := prometheus:prometheus,promtool wrk:wrk
 
-.PHONY: install demo test lint format bench bench-train clean system-deps-test \
-	system-deps-demo system-deps-bench
+.PHONY: install demo test lint format bench bench-train bench-overload bench-soak bench-profile clean \
+	system-deps-test system-deps-demo system-deps-bench
 
 install: $(INSTALLED)
 
@@ -42,8 +43,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The unit tests are pure and CPU-bound (simulations of the statistics): one worker per core.
+# The rest share one Ray cluster per session, so they run in one process. Both always run.
 test: system-deps-test lint
-	$(BIN)/pytest
+	$(BIN)/pytest tests/unit -n auto; unit=$$?; \
+	$(BIN)/pytest --ignore=tests/unit; rest=$$?; \
+	exit $$(( unit || rest ))
 
 DASHBOARD ?= http://127.0.0.1:8265
 
@@ -77,6 +82,7 @@ demo: system-deps-demo install
 	@echo
 	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
 	@echo "Variants:    curl http://127.0.0.1:8000/models    API docs: http://127.0.0.1:8000/docs"
+	@echo "Results page (in a browser): http://127.0.0.1:8000/ui    diabetes: http://127.0.0.1:8000/diabetes/ui"
 	@echo "Diabetes:    curl -X POST http://127.0.0.1:8000/diabetes/predict -d '{\"instances\": [[0.04, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}'"
 	@echo "             raysplit report --app diabetes    API docs: http://127.0.0.1:8000/diabetes/docs"
 	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
@@ -85,11 +91,28 @@ demo: system-deps-demo install
 
 # raysplit against a FastAPI baseline and the textbook Serve composition under wrk, memory,
 # autoscaling -> docs/benchmarks.md (+ PNGs); the training side -> docs/training_speed.md; the
-# experiment report against stored predictions -> docs/report_scaling.md
+# experiment report against stored predictions -> docs/report_scaling.md; overload (256
+# connections, queue capped or not) -> docs/overload.png. The hour-long soak is its own target,
+# `make bench-soak`: an hour would more than double `make bench`.
 bench: system-deps-bench install
 	$(BIN)/python bench/serving.py --output docs/benchmarks.md
 	$(BIN)/python bench/training_speed.py --output docs/training_speed.md
 	$(BIN)/python bench/experiment_report.py --output docs/report_scaling.md
+	$(BIN)/python bench/overload.py --plot docs/overload.png
+
+# Above capacity: 503s with Retry-After past max_queued_requests, accepted p99, nothing lost
+bench-overload: system-deps-bench install
+	$(BIN)/python bench/overload.py --plot docs/overload.png
+
+# An hour of sticky traffic with feedback and a reconfigure every 10 minutes: RSS per
+# replica, event queues and p99 over time -> docs/soak.png (a 3-minute try-out: see the
+# docstring of bench/soak.py)
+bench-soak: install
+	$(BIN)/python bench/soak.py --plot docs/soak.png
+
+# Where one ingress replica's CPU goes on the single-row path (py-spy) -> docs/profile.md
+bench-profile: system-deps-bench install
+	$(BIN)/python bench/profile_replica.py --output docs/profile.md
 
 # Best scores and wall time of the default search on each bundled dataset -> docs/training.md
 bench-train: install
