@@ -51,7 +51,14 @@ logger = logging.getLogger("ray.serve")
 
 for routes in (predict, experiment, oip, health, rollout, retrain, ui):
     api.include_router(routes.router)
-api.dependency_overrides[current_replica] = lambda: serve.get_replica_context().servable_object
+
+
+async def serving_replica() -> Replica:
+    """The replica this request runs in (async: see :func:`routes.base.current_replica`)."""
+    return serve.get_replica_context().servable_object
+
+
+api.dependency_overrides[current_replica] = serving_replica
 
 
 # Replica counts and autoscaling live in serve_config.yaml only: a code default here

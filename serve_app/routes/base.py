@@ -84,8 +84,12 @@ class Replica:
         raise NotImplementedError
 
 
-def current_replica() -> Replica:
-    """The replica serving this request: :mod:`serve_app.app` overrides this dependency."""
+async def current_replica() -> Replica:
+    """The replica serving this request: :mod:`serve_app.app` overrides this dependency.
+
+    Async on purpose, as its override must be: FastAPI runs a plain ``def`` dependency in
+    a worker thread, one thread hop per request (a profile of the single-row path showed
+    anyio's thread pool in every request's samples)."""
     raise RuntimeError("no replica is bound; serve_app.app overrides current_replica")
 
 
