@@ -38,8 +38,9 @@ PHONE = {"width": 390, "height": 844}
 
 
 def chromium() -> str:
-    """Debian's Chromium (`make test` installs it); Playwright downloads no browser."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    """Debian's Chromium, the command the Makefile's TEST_PACKAGES installs and checks
+    (`chromium:chromium`); Playwright downloads no browser."""
+    path = shutil.which("chromium")
     assert path, "Chromium is not installed: apt-get install chromium (make test does)"
     return path
 
