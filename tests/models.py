@@ -84,3 +84,18 @@ def log_model(
     if alias is not None:  # as `raysplit tune` does, so `raysplit rollback` knows the history
         move_alias(MlflowClient(), name, alias, str(info.registered_model_version))
     return info
+
+
+def log_iris_pair(experiment_id: str) -> None:
+    """Two new iris versions, a k-NN as ``champion`` and a logistic regression as
+    ``challenger``, in the MLflow the environment points at: the registry the fault tests
+    with a cluster or MLflow of their own deploy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = iris()
+    for model, alias in (
+        (KNeighborsClassifier(n_neighbors=7), "champion"),
+        (LogisticRegression(max_iter=500), "challenger"),
+    ):
+        log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment_id)

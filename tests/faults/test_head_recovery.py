@@ -29,8 +29,6 @@ import psutil
 import pytest
 import requests
 import sqlalchemy as sa
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.cluster import (
     TOKEN_PATH,
@@ -48,7 +46,7 @@ from serve_app.rollout_store import RolloutStore
 from tests.conftest import SERVE_TEST_ENV, Cluster, free_port
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
-from tests.models import iris, log_model
+from tests.models import log_iris_pair
 from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
@@ -101,12 +99,7 @@ def ft_cluster(tmp_path: Path) -> Iterator[Cluster]:
             patch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
             patch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)
             experiment = ensure_experiment(connect(locations), "raysplit-iris", locations)
-            x, y = iris()
-            for model, alias in (
-                (KNeighborsClassifier(n_neighbors=7), "champion"),
-                (LogisticRegression(max_iter=500), "challenger"),
-            ):
-                log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment)
+            log_iris_pair(experiment)
             yield cluster
         finally:
             # stops what a failed `ray start` left too (down finds it by the temp dir)

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.cluster import serving_environment
 from raysplit.core.settings import Locations
 from tests.conftest import BIN, Cluster
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
-from tests.models import iris, log_model
+from tests.models import log_iris_pair
 from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
@@ -93,12 +91,7 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         patch.setenv("RAYSPLIT_HOME", str(tmp_path))
         locations = Locations.resolve()
         experiment = ensure_experiment(connect(locations), "raysplit-iris", locations)
-        x, y = iris()
-        for model, alias in (
-            (KNeighborsClassifier(n_neighbors=7), "champion"),
-            (LogisticRegression(max_iter=500), "challenger"),
-        ):
-            log_model(model, x, y, name="iris", alias=alias, experiment_id=experiment)
+        log_iris_pair(experiment)
     name = f"multinode-{uuid.uuid4().hex[:6]}"
     shared = {
         "MLFLOW_TRACKING_URI": mlflow_server,
