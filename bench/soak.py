@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -78,6 +79,8 @@ class Sample:
 class Totals:
     predictions: set[str] = field(default_factory=set)  # acknowledged request ids
     feedback: set[str] = field(default_factory=set)
+    # request id -> (seconds since the load started, replica that answered, X-Raysplit-Event)
+    answered_by: dict[str, tuple[float, str, str]] = field(default_factory=dict)
     unmatched_feedback: int = 0  # answered, but the prediction was not found (yet)
     errors: dict[str, int] = field(default_factory=dict)
     error_bodies: dict[str, str] = field(default_factory=dict)  # the first of each kind
@@ -166,6 +169,8 @@ class Soak:
             ) as response:
                 text = await response.text()
                 status = response.status
+                replica = response.headers.get("X-Raysplit-Replica", "?")
+                event = response.headers.get("X-Raysplit-Event", "?")
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.fail(f"predict {type(exc).__name__}", str(exc))
             return
@@ -174,6 +179,7 @@ class Soak:
             return
         self.interval.latencies_ms.append((time.perf_counter() - started) * 1000)
         self.totals.predictions.add(request_id)
+        self.totals.answered_by[request_id] = (time.monotonic() - self.started, replica, event)
         if random.random() < self.args.feedback:
             task = asyncio.create_task(self.feedback(session, request_id))
             pending.add(task)
@@ -297,6 +303,18 @@ def stored(cluster: Cluster) -> tuple[set[str], set[str]]:
         engine.dispose()
 
 
+def locate(lost: set[str], answered_by: dict[str, tuple[float, str, str]]) -> dict:
+    """When, by whom and with which X-Raysplit-Event lost predictions were answered: a
+    loss bunched in one minute or one replica points at a replica's end, one spread evenly
+    at the writer."""
+    rows = [answered_by[i] for i in lost]
+    return {
+        "by_minute": dict(sorted(collections.Counter(int(t // 60) for t, _, _ in rows).items())),
+        "by_replica": dict(collections.Counter(r for _, r, _ in rows)),
+        "by_event": dict(collections.Counter(e for _, _, e in rows)),
+    }
+
+
 def growth(samples: list[Sample], settle: float) -> dict[str, float]:
     """RSS growth (%) of each replica process from the first sample after ``settle`` s to
     the last, for the processes alive at both."""
@@ -386,6 +404,7 @@ def main() -> None:
     lost = totals.predictions - answered
     lost_feedback = totals.feedback - labelled
     samples = soak.samples
+    where_lost = locate(lost, totals.answered_by)
     summary = {
         "duration_s": args.duration,
         "rate": args.rate,
@@ -395,6 +414,12 @@ def main() -> None:
         "feedback_acknowledged": len(totals.feedback),
         "feedback_stored": len(labelled),
         "feedback_lost": len(lost_feedback),
+        "predictions_lost_by_minute": where_lost["by_minute"],
+        "predictions_lost_by_replica": where_lost["by_replica"],
+        "predictions_lost_by_event_header": where_lost["by_event"],
+        "predictions_answered_by_replica": dict(
+            collections.Counter(r for _, r, _ in totals.answered_by.values())
+        ),
         "unmatched_feedback": totals.unmatched_feedback,
         "errors": totals.errors,
         "error_bodies": totals.error_bodies,
