@@ -15,6 +15,7 @@ other.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -88,9 +89,6 @@ def served(delta: Delta, prediction: dict[str, Any]) -> None:
     delta["log_latency_sq"] += log_latency * log_latency
 
 
-KEY_COLUMNS = [c.name for c in cells.primary_key]
-
-
 class Rollup:
     """The deltas of one write transaction, applied at its end."""
 
@@ -118,39 +116,50 @@ class Rollup:
             score(self.deltas[cell_key(prediction)], prediction, *labels[prediction.request_id])
 
     def apply(self, conn: sa.Connection) -> None:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        dialect = conn.dialect.name
         if self.deltas:
             rows = [
-                dict(
-                    zip(
-                        ("experiment", "variant", "allocation", "assignment", "model_version"),
-                        key[:5],
-                        strict=True,
-                    ),
-                    bucket=key[5],
-                    **delta,
-                )
+                dict(zip(CELL_KEY_COLUMNS, key, strict=True), **delta)
                 for key, delta in self.deltas.items()
             ]
-            insert = dialect.insert(cells)
-            adds = {
-                name: cells.c[name] + insert.excluded[name]
-                for name in CELL_COUNTERS  # every counter, none of the key columns
-            }
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[c.name for c in cells.primary_key], set_=adds
-                ),
-                rows,
-            )
+            conn.execute(adding_upsert(dialect, "cells"), rows)
         if self.units:
             conn.execute(
-                dialect.insert(units).on_conflict_do_nothing(),
+                insert_ignoring(dialect, units),
                 [
                     dict(zip(("experiment", "allocation", "variant", "unit_hash"), u, strict=True))
                     for u in self.units
                 ],
             )
+
+
+CELL_KEY_COLUMNS = ("experiment", "variant", "allocation", "assignment", "model_version", "bucket")
+ROLLUPS = {"cells": (cells, CELL_COUNTERS), "pairs": (pairs, PAIR_COUNTERS)}
+
+
+def _dialect(name: str) -> Any:
+    return postgresql if name == "postgresql" else sqlite
+
+
+@functools.cache
+def adding_upsert(dialect: str, rollup: str) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE`` adding each counter to the stored one.
+
+    Built once per dialect and table: building it (``excluded`` and one expression per
+    counter) cost more per write than running it.
+    """
+    table, counters = ROLLUPS[rollup]
+    insert = _dialect(dialect).insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key],
+        set_={name: table.c[name] + insert.excluded[name] for name in counters},
+    )
+
+
+@functools.cache
+def insert_ignoring(dialect: str, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING``: events are written at least once, stored once."""
+    return _dialect(dialect).insert(table).on_conflict_do_nothing()
 
 
 RANDOMISED = ("split", "sticky")
@@ -194,37 +203,49 @@ class PairState:
         return compared, labelled
 
 
-def pair_states(conn: sa.Connection, ids: set[str]) -> dict[str, PairState]:
-    """The stored state of each request in ``ids``, for the pair rollup."""
-    if not ids:
-        return {}
+STORED_COLUMNS = (
+    "request_id",
+    "experiment",
+    "variant",
+    "shadow",
+    "assignment",
+    "allocation",
+    "model_version",
+    "created_at",
+    "outcome",
+    "predicted",
+    "predicted_value",
+)
+
+
+@functools.cache
+def stored_query() -> sa.Select:
+    """Every stored prediction of a batch's requests with the request's label, if any.
+
+    One read per write: the labels stored before this batch (to score its new
+    predictions), the predictions its new feedback scores, and the shadows it completes
+    a pair with all come from these rows. Built once: constructing the statement cost a
+    writer more than executing it.
+    """
     p, f = predictions, feedback
-    states: dict[str, PairState] = defaultdict(PairState)
-    rows = conn.execute(
-        sa.select(
-            p.c.request_id,
-            p.c.experiment,
-            p.c.variant,
-            p.c.shadow,
-            p.c.assignment,
-            p.c.allocation,
-            p.c.created_at,
-            p.c.outcome,
-            p.c.predicted,
-            p.c.predicted_value,
-        ).where(p.c.request_id.in_(ids))
+    return (
+        sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value)
+        .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
+        .where(p.c.request_id.in_(sa.bindparam("ids", expanding=True)))
     )
+
+
+def pair_states(rows: Iterable[Any]) -> dict[str, PairState]:
+    """The stored state of each request among ``rows`` (:func:`stored_query`'s)."""
+    states: dict[str, PairState] = defaultdict(PairState)
     for row in rows:
         state = states[row.request_id]
         if row.shadow:
             state.shadows = {**(state.shadows or {}), row.variant: row}
         else:
             state.live = row
-    labels = conn.execute(
-        sa.select(f.c.request_id, f.c.label_text, f.c.value).where(f.c.request_id.in_(ids))
-    )
-    for rid, text, value in labels:
-        states[rid].label = (text, value)
+        if row.label_text is not None or row.value is not None:
+            state.label = (row.label_text, row.value)
     return states
 
 
@@ -282,13 +303,8 @@ PAIR_CELLS = {
 def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) -> None:
     if not deltas:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(pairs)
     conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=[c.name for c in pairs.primary_key],
-            set_={name: pairs.c[name] + insert.excluded[name] for name in PAIR_COUNTERS},
-        ),
+        adding_upsert(conn.dialect.name, "pairs"),
         [
             {"experiment": k[0], "shadow": k[1], "allocation": k[2], "bucket": k[3], **d}
             for k, d in deltas.items()

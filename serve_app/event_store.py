@@ -12,12 +12,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
 from serve_app.event_migrations import migrate
-from serve_app.event_rollup import Rollup, apply_pairs, pair_deltas, pair_states
+from serve_app.event_rollup import (
+    Rollup,
+    apply_pairs,
+    insert_ignoring,
+    pair_deltas,
+    pair_states,
+    stored_query,
+)
 from serve_app.event_schema import (
     BEGIN_OPTION,
     SCHEMA_VERSION,
@@ -37,39 +43,33 @@ __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema
 WRITE_LOCK = 0x7261797370_6C6975
 
 
-def _stored_labels(
-    conn: sa.Connection, ids: set[str]
-) -> dict[str, tuple[str | None, float | None]]:
-    if not ids:
-        return {}
-    query = sa.select(feedback.c.request_id, feedback.c.label_text, feedback.c.value).where(
-        feedback.c.request_id.in_(ids)
-    )
-    return {r.request_id: (r.label_text, r.value) for r in conn.execute(query)}
-
-
-def _stored_predictions(conn: sa.Connection, ids: set[str]) -> list[Any]:
-    if not ids:
-        return []
-    p = predictions
-    query = sa.select(
-        p.c.request_id,
-        p.c.experiment,
-        p.c.variant,
-        p.c.allocation,
-        p.c.assignment,
-        p.c.model_version,
-        p.c.created_at,
-        p.c.outcome,
-        p.c.predicted,
-        p.c.predicted_value,
-    ).where(p.c.request_id.in_(ids))
-    return list(conn.execute(query))
-
-
 def insert_ignoring_duplicates(engine: Engine, table: sa.Table) -> Any:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+    return insert_ignoring(engine.dialect.name, table)
+
+
+def new_prediction_rows(
+    rows: list[dict[str, Any]], stored: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The rows this write inserted, each once: a repeat within the batch counts once."""
+    new = set(stored)
+    kept = []
+    for row in rows:
+        if (key := (row["request_id"], row["variant"])) in new:
+            new.discard(key)
+            kept.append(row)
+    return kept
+
+
+def prior_labels(
+    rows: list[Any], new_feedback: set[str]
+) -> dict[str, tuple[str | None, float | None]]:
+    """Labels stored before this write: they score its new predictions (its own new
+    feedback scores every stored prediction instead, so nothing is scored twice)."""
+    return {
+        r.request_id: (r.label_text, r.value)
+        for r in rows
+        if r.request_id not in new_feedback and (r.label_text is not None or r.value is not None)
+    }
 
 
 class EventStore:
@@ -90,48 +90,43 @@ class EventStore:
         prediction_rows = [e.row() for e in events if isinstance(e, PredictionEvent)]
         feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
+        dialect = self.engine.dialect.name
         new_feedback: set[str] = set()
-        rollup = Rollup()
         stored: set[tuple[str, str]] = set()  # (request id, variant) this write inserted
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
-            if conn.dialect.name == "postgresql":
+            if dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
             if allocation_rows:  # the first replica to serve an allocation dates it
-                conn.execute(insert_ignoring_duplicates(self.engine, allocations), allocation_rows)
+                conn.execute(insert_ignoring(dialect, allocations), allocation_rows)
             if prediction_rows:
                 inserted = conn.execute(
-                    insert_ignoring_duplicates(self.engine, predictions).returning(
+                    insert_ignoring(dialect, predictions).returning(
                         predictions.c.request_id, predictions.c.variant
                     ),
                     prediction_rows,
                 )
                 stored = set(map(tuple, inserted))
-                new = set(stored)
-                rows = []
-                for row in prediction_rows:  # a repeat within the batch counts once
-                    if (key := (row["request_id"], row["variant"])) in new:
-                        new.discard(key)
-                        rows.append(row)
-                rollup.add_predictions(rows, _stored_labels(conn, {r["request_id"] for r in rows}))
             if feedback_rows:
                 inserted = conn.execute(
-                    insert_ignoring_duplicates(self.engine, feedback).returning(
-                        feedback.c.request_id
-                    ),
+                    insert_ignoring(dialect, feedback).returning(feedback.c.request_id),
                     feedback_rows,
                 )
                 new_feedback.update(inserted.scalars())
-                labels = {
-                    r["request_id"]: (r["label_text"], r["value"])
-                    for r in feedback_rows
-                    if r["request_id"] in new_feedback
-                }
-                rollup.add_labels(_stored_predictions(conn, set(labels)), labels)
-            rollup.apply(conn)
             touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
-            after = pair_states(conn, touched)
-            apply_pairs(conn, pair_deltas(after, stored, new_feedback))
+            rows = list(conn.execute(stored_query(), {"ids": list(touched)})) if touched else []
+            rollup = Rollup()
+            rollup.add_predictions(
+                new_prediction_rows(prediction_rows, stored), prior_labels(rows, new_feedback)
+            )
+            labels = {
+                r["request_id"]: (r["label_text"], r["value"])
+                for r in feedback_rows
+                if r["request_id"] in new_feedback
+            }
+            rollup.add_labels([r for r in rows if r.request_id in labels], labels)
+            rollup.apply(conn)
+            apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
         return new_feedback
 
     def reachable(self) -> bool:
