@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import resource
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -37,9 +38,42 @@ def batch_payload() -> dict:
     }
 
 
+def oip_rows() -> list[list[float]]:
+    """The batch's rows as one FP64 tensor in signature order (iris's is the record's)."""
+    return [list(row.values()) for row in batch_payload()["instances"]]
+
+
+def oip_json_body() -> dict:
+    rows = oip_rows()
+    tensor = {"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP64"}
+    return {"inputs": [{**tensor, "data": [v for row in rows for v in row]}]}
+
+
+def oip_binary_body() -> tuple[bytes, int]:
+    """The same tensor in the binary extension, outputs asked for in binary too, as
+    tritonclient sends by default: (body, length of its JSON header)."""
+    rows = oip_rows()
+    data = b"".join(struct.pack(f"<{len(row)}d", *row) for row in rows)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [len(rows), len(rows[0])],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return header + data, len(header)
+
+
 SCRIPTS: dict[str, str] = {
     "predict": f"wrk.method = \"POST\"\nwrk.body = '{_body(IRIS_RECORD)}'\n{_HEADERS}",
     "batch": f"wrk.method = \"POST\"\nwrk.body = '{_body(batch_payload())}'\n{_HEADERS}",
+    "oip-json": f"wrk.method = \"POST\"\nwrk.body = '{_body(oip_json_body())}'\n{_HEADERS}",
     # a new user per request from 10,000: the sticky hash runs on every request
     "sticky": f"""wrk.method = "POST"
 wrk.body = '{_body(IRIS_RECORD)}'
@@ -88,6 +122,19 @@ def write_scripts(directory: Path) -> dict[str, Path]:
     for name, text in SCRIPTS.items():
         paths[name] = directory / f"{name}.lua"
         paths[name].write_text(text)
+    # raw bytes do not fit a Lua string literal: the script reads its body from a file
+    body, header_length = oip_binary_body()
+    (directory / "oip-binary.body").write_bytes(body)
+    paths["oip-binary"] = directory / "oip-binary.lua"
+    paths["oip-binary"].write_text(
+        f"""wrk.method = "POST"
+local f = assert(io.open("{directory / "oip-binary.body"}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = "{header_length}"
+"""
+    )
     return paths
 
 

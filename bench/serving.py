@@ -61,6 +61,11 @@ STEP_AUTOSCALING = {
 }
 
 
+OIP_PATH = "/v2/models/iris/infer"
+OIP_JSON = f"{BATCH_ROWS}-row batch, OIP JSON"
+OIP_BINARY = f"{BATCH_ROWS}-row batch, OIP binary"
+
+
 @dataclass
 class Scenario:
     system: str
@@ -486,6 +491,9 @@ def main() -> None:
         Scenario(RAYSPLIT, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(TUNED, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(FASTAPI, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
+        # the same rows as one OIP tensor, as JSON and in the binary extension (tritonclient)
+        Scenario(RAYSPLIT, OIP_JSON, "oip-json", 4, path=OIP_PATH, rows=BATCH_ROWS),
+        Scenario(RAYSPLIT, OIP_BINARY, "oip-binary", 4, path=OIP_PATH, rows=BATCH_ROWS),
         Scenario(RAYSPLIT, "sticky A/B users", "sticky", 32),
         Scenario(RAYSPLIT, "feedback posts", "feedback", 32, path="/feedback"),
         Scenario(RAYSPLIT, "event store off", "predict", 32, user_config={"record_events": False}),
