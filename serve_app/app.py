@@ -43,7 +43,7 @@ from serve_app.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout_state import RolloutRecord
 from serve_app.rollout_store import RolloutStore
 from serve_app.routes import experiment, health, oip, predict, retrain, rollout, ui
-from serve_app.routes.base import Replica, current_replica
+from serve_app.routes.base import Replica, bind_replica
 from serve_app.state import IncompatibleVariants, ServingState
 
 logger = logging.getLogger("ray.serve")
@@ -53,12 +53,7 @@ for routes in (predict, experiment, oip, health, rollout, retrain, ui):
     api.include_router(routes.router)
 
 
-async def serving_replica() -> Replica:
-    """The replica this request runs in (async: see :func:`routes.base.current_replica`)."""
-    return serve.get_replica_context().servable_object
-
-
-api.dependency_overrides[current_replica] = serving_replica
+bind_replica(lambda: serve.get_replica_context().servable_object)
 
 
 # Replica counts and autoscaling live in serve_config.yaml only: a code default here

@@ -10,6 +10,7 @@ module reaches the replica without that rewrite.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -84,13 +85,29 @@ class Replica:
         raise NotImplementedError
 
 
-async def current_replica() -> Replica:
-    """The replica serving this request: :mod:`serve_app.app` overrides this dependency.
+_replica_lookup: Callable[[], Replica] | None = None
 
-    Async on purpose, as its override must be: FastAPI runs a plain ``def`` dependency in
-    a worker thread, one thread hop per request (a profile of the single-row path showed
-    anyio's thread pool in every request's samples)."""
-    raise RuntimeError("no replica is bound; serve_app.app overrides current_replica")
+
+def bind_replica(lookup: Callable[[], Replica]) -> None:
+    """How routes find the replica serving a request (:mod:`serve_app.app` binds Serve's
+    replica context).
+
+    Not FastAPI's ``dependency_overrides``: with any override set, FastAPI rebuilds the
+    dependency tree of every request, ``inspect.signature`` included (py-spy on a soak
+    replica caught it in ``solve_dependencies`` -> ``get_dependant``)."""
+    global _replica_lookup
+    _replica_lookup = lookup
+
+
+async def current_replica() -> Replica:
+    """The replica serving this request.
+
+    Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, one
+    thread hop per request (a profile of the single-row path showed anyio's thread pool in
+    every request's samples)."""
+    if _replica_lookup is None:
+        raise RuntimeError("no replica is bound: call serve_app.routes.base.bind_replica")
+    return _replica_lookup()
 
 
 ReplicaDep = Annotated[Replica, Depends(current_replica)]
