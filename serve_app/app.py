@@ -53,9 +53,6 @@ for routes in (predict, experiment, oip, health, rollout, retrain, ui):
     api.include_router(routes.router)
 
 
-bind_replica(lambda: serve.get_replica_context().servable_object)
-
-
 # Replica counts and autoscaling live in serve_config.yaml only: a code default here
 # would silently win over `num_replicas` given there.
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
@@ -65,6 +62,9 @@ class Ingress(Replica):
         # Keys come from this replica's environment (RAYSPLIT_API_KEYS, _FILE); a malformed
         # entry stops the replica from starting, with the reason in `serve status`.
         guard.SETTINGS.keys = ApiKeys.from_environment(os.environ)
+        # here, not at import: Serve pickles the routes with `api` into the replica, which
+        # may never import this module, so a module-level binding is not there
+        bind_replica(lambda: serve.get_replica_context().servable_object)
         self.state = None
         self.last_reconfigure = {"status": "pending"}
         self.event_store_url = os.environ.get(

@@ -89,8 +89,8 @@ _replica_lookup: Callable[[], Replica] | None = None
 
 
 def bind_replica(lookup: Callable[[], Replica]) -> None:
-    """How routes find the replica serving a request (:mod:`serve_app.app` binds Serve's
-    replica context).
+    """How routes find the replica serving a request (each replica binds Serve's replica
+    context as it starts).
 
     Not FastAPI's ``dependency_overrides``: with any override set, FastAPI rebuilds the
     dependency tree of every request, ``inspect.signature`` included (py-spy on a soak
