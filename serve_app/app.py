@@ -64,7 +64,7 @@ class Ingress(Replica):
         guard.SETTINGS.keys = ApiKeys.from_environment(os.environ)
         # here, not at import: Serve pickles the routes with `api` into the replica, which
         # may never import this module, so a module-level binding is not there
-        bind_replica(lambda: serve.get_replica_context().servable_object)
+        bind_replica(self)
         self.state = None
         self.last_reconfigure = {"status": "pending"}
         self.event_store_url = os.environ.get(

@@ -10,7 +10,6 @@ module reaches the replica without that rewrite.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -85,18 +84,18 @@ class Replica:
         raise NotImplementedError
 
 
-_replica_lookup: Callable[[], Replica] | None = None
+_replica: Replica | None = None
 
 
-def bind_replica(lookup: Callable[[], Replica]) -> None:
-    """How routes find the replica serving a request (each replica binds Serve's replica
-    context as it starts).
+def bind_replica(replica: Replica) -> None:
+    """How routes find the replica serving a request: each replica binds itself as it
+    starts (one replica per worker process, so a module global holds exactly one).
 
     Not FastAPI's ``dependency_overrides``: with any override set, FastAPI rebuilds the
     dependency tree of every request, ``inspect.signature`` included (py-spy on a soak
     replica caught it in ``solve_dependencies`` -> ``get_dependant``)."""
-    global _replica_lookup
-    _replica_lookup = lookup
+    global _replica
+    _replica = replica
 
 
 async def current_replica() -> Replica:
@@ -105,9 +104,9 @@ async def current_replica() -> Replica:
     Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, one
     thread hop per request (a profile of the single-row path showed anyio's thread pool in
     every request's samples)."""
-    if _replica_lookup is None:
+    if _replica is None:
         raise RuntimeError("no replica is bound: call serve_app.routes.base.bind_replica")
-    return _replica_lookup()
+    return _replica
 
 
 ReplicaDep = Annotated[Replica, Depends(current_replica)]
