@@ -16,7 +16,7 @@ serving.py's ``Cluster``: `raysplit up`, two tuned models, the shipped serve_con
 
 At the end the load stops, the queues drain, and the event store is read back: every
 acknowledged prediction and feedback must be a row. The series go to ``--plot``
-(docs/soak.png) and ``--results`` (JSON); the summary is printed.
+(docs/soak.png) and ``--results`` (docs/soak.json); the summary is printed.
 
     python bench/soak.py                      # an hour: `make bench-soak`
     python bench/soak.py --duration 180 --settle 60 --reconfigure-every 60   # a try-out
@@ -33,7 +33,6 @@ import random
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -372,7 +371,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="client connection cap")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "soak.png")
     parser.add_argument(
-        "--results", type=Path, default=Path(tempfile.gettempdir()) / "raysplit-soak.json"
+        "--results",
+        type=Path,
+        default=REPO / "docs" / "soak.json",
+        help="series and summary as JSON (kept beside the plot: the figures must outlive /tmp)",
     )
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw --plot from --results; no run"
