@@ -185,33 +185,42 @@ def parse_infer(
     return request, rows
 
 
-def _tensor(name: str, values: np.ndarray) -> dict[str, Any]:
+def _datatype(values: np.ndarray) -> str:
     if values.dtype.kind in "iub":
-        datatype = "INT64"
-    elif values.dtype.kind == "f":
-        datatype = "FP64"
-    else:
-        datatype = "BYTES"
-        values = values.astype(str)
+        return "INT64"
+    return "FP64" if values.dtype.kind == "f" else "BYTES"
+
+
+def _tensor(name: str, values: np.ndarray) -> dict[str, Any]:
+    datatype = _datatype(values)
+    flat = values.reshape(-1)
     return {
         "name": name,
         "shape": list(values.shape),
         "datatype": datatype,
-        "data": values.reshape(-1).tolist(),
+        "data": (flat.astype(str) if datatype == "BYTES" else flat).tolist(),
     }
 
 
-def _binary_tensor(tensor: dict[str, Any], values: np.ndarray) -> bytes:
-    """Move ``tensor``'s data to the binary part: raw little-endian values, or for BYTES
-    each element as a 4-byte little-endian length and its UTF-8 bytes."""
-    del tensor["data"]
-    if tensor["datatype"] == "BYTES":
-        parts = [str(v).encode() for v in values.reshape(-1)]
-        blob = b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+def _binary_tensor(name: str, values: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """``values`` as a tensor whose data follows the JSON: raw little-endian values, or
+    for BYTES each element as a 4-byte little-endian length and its UTF-8 bytes (each
+    distinct label is encoded once: a batch's thousand labels are a handful of classes)."""
+    datatype = _datatype(values)
+    if datatype == "BYTES":
+        labels, inverse = np.unique(values.reshape(-1).astype(str), return_inverse=True)
+        encoded = [str(label).encode() for label in labels]
+        framed = [len(e).to_bytes(4, "little") + e for e in encoded]
+        blob = b"".join([framed[i] for i in inverse.tolist()])
     else:
-        blob = values.astype(BINARY_DTYPES[tensor["datatype"]]).tobytes()
-    tensor["parameters"] = {"binary_data_size": len(blob)}
-    return blob
+        blob = values.astype(BINARY_DTYPES[datatype]).tobytes()
+    tensor = {
+        "name": name,
+        "shape": list(values.shape),
+        "datatype": datatype,
+        "parameters": {"binary_data_size": len(blob)},
+    }
+    return tensor, blob
 
 
 def binary_outputs(request: InferRequest) -> set[str]:
@@ -242,9 +251,11 @@ def infer_response(
         values["predict_proba"] = np.asarray(probabilities, dtype=np.float64)
     outputs, blobs = [], []
     for name, array in values.items():
-        tensor = _tensor(name, array)
         if name in binary:
-            blobs.append(_binary_tensor(tensor, array))
+            tensor, blob = _binary_tensor(name, array)
+            blobs.append(blob)
+        else:
+            tensor = _tensor(name, array)
         outputs.append(tensor)
     body = {
         "model_name": model_name,

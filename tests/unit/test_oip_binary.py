@@ -71,6 +71,12 @@ def test_binary_outputs_decode_in_tritonclient_to_what_the_model_answered() -> N
     assert [p.decode() for p in result.as_numpy("predict")] == predictions
     np.testing.assert_array_equal(result.as_numpy("predict_proba"), probabilities)
     assert result.get_response()["parameters"] == {"variant": "champion"}
+    # a batch's labels repeat (each distinct one is encoded once), and need not be ASCII
+    many = [*predictions, "é", *reversed(predictions)] * 4
+    payload, blob = infer_response("iris", "2", "r3", "champion", many, None, {"predict"})
+    header = orjson.dumps(payload)
+    result = triton.InferResult.from_response_body(header + blob, header_length=len(header))
+    assert [p.decode() for p in result.as_numpy("predict")] == many
     regression, blob = infer_response("d", "1", "r2", "a", [1.5, -2.25], None, {"predict"})
     header = orjson.dumps(regression)
     result = triton.InferResult.from_response_body(header + blob, header_length=len(header))
