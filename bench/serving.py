@@ -39,6 +39,7 @@ import requests
 import yaml
 from cpu import ray_cluster, snapshot, tree, used
 from load import BATCH_ROWS, FEEDBACK_IDS, IRIS_RECORD, Run, write_scripts, wrk
+from wire_cost import wire_cost_us
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -518,6 +519,8 @@ def main() -> None:
         seed_feedback_targets(cluster.url)
         model_cost = model_cost_us(cluster)
         print(f"model alone, CPU us per one-row call: {model_cost}", flush=True)
+        model_cost |= wire_cost_us()
+        print(f"OIP wire format alone, CPU us per 1000-row request: {model_cost}", flush=True)
         seed = FastAPIBaseline(cluster)
         baselines.append(seed)
         tuned = FastAPIBaseline(cluster, tuned_command)
