@@ -301,6 +301,8 @@ def test_metrics_carry_the_application(two_apps: TwoApps, cluster: Cluster) -> N
         DIABETES_EXPERIMENT: {"diabetes": float(len(two_apps.diabetes.variants))},
         two_apps.iris_experiment: {"iris": float(len(two_apps.iris.variants))},
     }
+    want_feedback = {"n/a": float(two_apps.diabetes.feedback)}
+    # both series are exported on Ray's metrics interval, not necessarily in the same one
     deadline = time.monotonic() + 60
     while True:
         samples = scrape(cluster)
@@ -310,14 +312,14 @@ def test_metrics_carry_the_application(two_apps: TwoApps, cluster: Cluster) -> N
             )
             for experiment in want
         }
-        if seen == want or time.monotonic() > deadline:
+        feedback = total(
+            samples, "ray_raysplit_feedback_total", "correct", experiment=DIABETES_EXPERIMENT
+        )
+        if (seen, feedback) == (want, want_feedback) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert seen == want
-    feedback = total(
-        samples, "ray_raysplit_feedback_total", "correct", experiment=DIABETES_EXPERIMENT
-    )
-    assert feedback == {"n/a": float(two_apps.diabetes.feedback)}
+    assert feedback == want_feedback
 
 
 def test_raysplit_traffic_and_report_address_an_application(
