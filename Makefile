@@ -43,12 +43,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The unit tests are pure and CPU-bound (simulations of the statistics): one worker per core.
-# The rest share one Ray cluster per session, so they run in one process. Both always run.
+# One pytest run on every core: the tests that use a Ray cluster share one worker (and the
+# session's one cluster, tests/conftest.py groups them); the unit tests and the modules
+# that need no cluster run on the other workers meanwhile.
 test: system-deps-test lint
-	$(BIN)/pytest tests/unit -n auto; unit=$$?; \
-	$(BIN)/pytest --ignore=tests/unit; rest=$$?; \
-	exit $$(( unit || rest ))
+	$(BIN)/pytest -n auto
 
 DASHBOARD ?= http://127.0.0.1:8265
 

@@ -43,6 +43,58 @@ POSTGRES_ADMIN_URL = os.environ.get(
 SERVE_TEST_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
+# Fixtures that stand for a Ray cluster (the session's, or one a test starts for itself)
+CLUSTER_FIXTURES = frozenset({"cluster", "ray_address", "deployer", "ft_cluster"})
+# Where no test needs a Ray cluster: under `make test` (`pytest -n auto`) each of these
+# modules runs on any worker, beside the one worker that runs every other test on the
+# session's one cluster. Checked at collection: a test here that asks for a cluster fails.
+NO_CLUSTER = (
+    "tests/unit/",
+    "tests/integration/test_event_store.py",
+    "tests/integration/test_event_training_data.py",
+    "tests/integration/test_experiment_queries.py",
+    "tests/integration/test_model_safety.py",
+    "tests/integration/test_onnx_serving.py",
+    "tests/integration/test_rollout_controller.py",
+    "tests/integration/test_rollout_registry.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit pytest-xdist hands one worker whole: a Ray-free module, or every test that
+    may use a Ray cluster, so that the session's cluster is started once and two clusters
+    never compete for the machine's cores."""
+    module = nodeid.split("::", 1)[0]
+    return module if module.startswith(NO_CLUSTER) else "ray-cluster"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    wrong = [
+        item.nodeid
+        for item in items
+        if work_unit(item.nodeid) != "ray-cluster"
+        and CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            f"{wrong[0]} uses a Ray cluster but its module is in NO_CLUSTER"
+            " (tests/conftest.py): take the module out of that list"
+        )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scheduler, with :func:`work_unit` as its scope. (``--dist
+    loadgroup`` would do it from markers, but with pytest 9.2 it ignores them: it renames
+    ``item._nodeid``, which pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ClusterScopeScheduling(config, log)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
