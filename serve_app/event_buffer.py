@@ -301,14 +301,15 @@ class EventBuffer:
         for entry, reason in outcome.refused:
             self._set_aside(entry, reason)
         if self._on_feedback is not None:
+            # a batch can hold the same feedback twice (a client retrying within one
+            # flush interval): the store kept the first, so only the first is counted
+            uncounted = set(outcome.new_feedback)
             for entry in outcome.written:
                 event = entry.event
-                if (
-                    isinstance(event, FeedbackEvent)
-                    and event.judgement is not None
-                    and event.request_id in outcome.new_feedback
-                ):
-                    self._on_feedback(event.judgement)
+                if isinstance(event, FeedbackEvent) and event.request_id in uncounted:
+                    uncounted.discard(event.request_id)
+                    if event.judgement is not None:
+                        self._on_feedback(event.judgement)
         if outcome.error is not None:
             self.failed_flushes += 1
             self.last_error = outcome.error

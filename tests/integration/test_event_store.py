@@ -239,10 +239,11 @@ def test_feedback_is_counted_once_however_often_it_is_posted(store_url: str) -> 
         for buffer in buffers:  # two replicas
             buffer.start()
             buffer.add_prediction(prediction("r1"))
-            for _ in range(3):  # the same feedback, three times, to each replica
+            for _ in range(2):  # twice within the batch that first stores it
                 buffer.add_feedback(feedback("r1", judgement=judged))
-                await asyncio.sleep(0.05)  # separate batches as well as one
-            buffer.add_feedback(feedback("r1", judgement=judged))
+            for _ in range(3):  # and again, three times, to each replica
+                await asyncio.sleep(0.05)  # in separate batches
+                buffer.add_feedback(feedback("r1", judgement=judged))
             await buffer.close()
 
     asyncio.run(scenario())
