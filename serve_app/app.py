@@ -17,6 +17,7 @@ Deploy with ``serve deploy serve_config.yaml``; the traffic split lives in the i
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -132,6 +133,12 @@ class Ingress(Replica):
             loop.start()
         if first:
             await asyncio.to_thread(self._warn_if_exposed)
+            gc.collect()  # before serving, so the freeze below keeps no import-time garbage
+        # A replica holds ~320,000 objects from Ray, MLflow, scikit-learn and the models
+        # that live as long as it does; a full collection scans them all, ~130 ms on 2
+        # cores (measured in a process with the replica's imports), a pause every request
+        # in flight waits out. Frozen, later collections scan only what requests create.
+        gc.freeze()
         logger.info(
             "experiment %s: %s",
             config.experiment,
