@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
+from scipy.stats import binom
 from sklearn.dummy import DummyClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -32,10 +33,11 @@ from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel, load, resolve
 from serve_app.predictor import Predictor, direct_call
 from serve_app.rollout_loops import RolloutController, RolloutFollower
-from serve_app.rollout_state import RolloutPhase
+from serve_app.rollout_state import DecisionEntry, RolloutPhase
 from serve_app.rollout_store import RolloutStore
 from serve_app.routes import base
 from serve_app.state import ServingState
+from serve_app.statistics import MIN_SEQUENTIAL_SAMPLES
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
 
@@ -100,6 +102,15 @@ def ingress_config(**rollout: Any) -> IngressConfig:
     )
 
 
+# Requests served before a decision that needs the sequential tests. The split is a random
+# draw per request, and those tests look only once each arm has MIN_SEQUENTIAL_SAMPLES
+# labelled requests: at the smallest first step here (20%) ROUND leaves room for that (see
+# test_a_round_gives_the_candidate_enough_labelled_requests). 1,200 requests at 10% fell
+# short in 2.2% of runs, which CI saw as a hold where an advance was due.
+ROUND = 900
+FIRST_SHARE = 0.2
+
+
 def load_models(config: IngressConfig) -> dict[str, LoadedModel]:
     client = MlflowClient()
     return {v.name: load(v, resolve(v.model_uri, client)) for v in config.variants}
@@ -131,12 +142,8 @@ class Replica(base.Replica):
 
 
 async def serve(replicas: list[Replica], store: EventStore, count: int, start: int) -> None:
-    """``count`` requests of random iris rows spread over the replicas, every one labelled.
-
-    The split is a random draw per request, and the sequential tests look only once each
-    arm has ``MIN_SEQUENTIAL_SAMPLES`` (100) labelled requests. So the counts leave room:
-    900 requests at a 20% share give the candidate 180 +- 12, 6.7 sd above 100. (1,200 at
-    10% left one run in 45 short, binomial 2.2%: CI saw a hold where an advance was due.)"""
+    """``count`` requests of random iris rows spread over the replicas, every one labelled
+    (``ROUND`` before a decision that needs the sequential tests)."""
     rng = np.random.default_rng(start)
     ids: dict[str, str] = {}
     for i in range(start, start + count):
@@ -154,23 +161,29 @@ async def serve(replicas: list[Replica], store: EventStore, count: int, start: i
     )
 
 
-def log(store: EventStore, experiment: str = "rollout-unit") -> list[tuple[str, int, float]]:
+def decisions(store: EventStore, experiment: str = "rollout-unit") -> list[DecisionEntry]:
     rollouts = RolloutStore(store.engine)
-    record = rollouts.read(experiment)
-    return [(d.kind, d.step, d.share_after) for d in rollouts.decisions(record.rollout_id)]
+    return rollouts.decisions(rollouts.read(experiment).rollout_id)
 
 
-def reasons(store: EventStore, experiment: str = "rollout-unit") -> str:
+def kinds(store: EventStore) -> list[str]:
+    return [d.kind for d in decisions(store)]
+
+
+def reasons(store: EventStore) -> str:
     """The decision log with each decision's reason: what a failed assertion shows."""
-    rollouts = RolloutStore(store.engine)
-    record = rollouts.read(experiment)
-    return "; ".join(
-        f"{d.kind} by {d.actor}: {d.reason}" for d in rollouts.decisions(record.rollout_id)
-    )
+    return "; ".join(f"{d.kind} by {d.actor}: {d.reason}" for d in decisions(store))
 
 
 def run(coroutine_function: Callable[[], Any]) -> None:
     asyncio.run(coroutine_function())
+
+
+def test_a_round_gives_the_candidate_enough_labelled_requests() -> None:
+    """Fails if MIN_SEQUENTIAL_SAMPLES grows (or the shares shrink) past what ROUND
+    carries: the scenarios below would then hold at random instead of deciding."""
+    assert min(ingress_config().rollout.steps) / 100 == FIRST_SHARE
+    assert binom.cdf(MIN_SEQUENTIAL_SAMPLES - 1, ROUND, FIRST_SHARE) < 1e-9
 
 
 def test_a_better_candidate_is_promoted_step_by_step_and_the_alias_moves(
@@ -187,19 +200,19 @@ def test_a_better_candidate_is_promoted_step_by_step_and_the_alias_moves(
             await replica.follower.tick()  # the first starts the rollout, both serve it
         assert a.share() == b.share() == pytest.approx(0.2)
         await a.controller.tick()
-        assert log(store)[-1][0] == "hold"  # no labelled request yet
-        await serve([a, b], store, 900, 0)
+        assert kinds(store)[-1] == "hold"  # no labelled request yet
+        await serve([a, b], store, ROUND, 0)
         await a.controller.tick()
         await b.controller.tick()  # a holds the lease: b decides nothing
-        assert [k for k, _, _ in log(store)] == ["start", "hold", "advance"], reasons(store)
+        assert kinds(store) == ["start", "hold", "advance"], reasons(store)
         for replica in (a, b):
             await replica.follower.tick()
         assert a.share() == b.share() == pytest.approx(0.5)
-        await serve([a, b], store, 300, 900)
+        await serve([a, b], store, 300, ROUND)
         await a.controller.tick()  # promote, then the registry is written
         record = RolloutStore(store.engine).read("rollout-unit")
         assert record.phase is RolloutPhase.PROMOTED and record.registry == "done"
-        assert [k for k, _, _ in log(store)][-1] == "promote"
+        assert kinds(store)[-1] == "promote", reasons(store)
         for replica in (a, b):
             await replica.follower.tick()  # follows the promotion: the control's alias moved
             assert replica.state.models["champion"].resolved.version == "2"
@@ -230,7 +243,7 @@ def test_a_worse_candidate_is_rolled_back_and_no_alias_moves(
         for replica in (a, b):
             replica.events.start()
             await replica.follower.tick()
-        await serve([a, b], store, 900, 0)
+        await serve([a, b], store, ROUND, 0)
         await b.controller.tick()
         for replica in (a, b):
             await replica.follower.tick()
@@ -244,8 +257,7 @@ def test_a_worse_candidate_is_rolled_back_and_no_alias_moves(
             await replica.events.close()
 
     run(scenario)
-    kinds = [k for k, _, _ in log(store)]
-    assert kinds == ["start", "rollback"]
+    assert kinds(store) == ["start", "rollback"], reasons(store)
     record = RolloutStore(store.engine).read("rollout-unit")
     assert record.phase is RolloutPhase.ROLLED_BACK and record.registry == "done"
     assert "worse than the control" in record.reason
@@ -266,19 +278,19 @@ def test_a_killed_controller_is_replaced_and_no_step_is_skipped_or_repeated(
         for replica in (a, b):
             replica.events.start()
             await replica.follower.tick()
-        await serve([a, b], store, 1200, 0)
+        await serve([a, b], store, ROUND, 0)
         rollouts = RolloutStore(store.engine)
         stale = rollouts.read("rollout-unit")
         await a.controller.tick()  # step 1 -> 2 (20% -> 40%)
         await b.controller.tick()  # a's lease holds
-        assert [k for k, _, _ in log(store)] == ["start", "advance"], reasons(store)
+        assert kinds(store) == ["start", "advance"], reasons(store)
         time.sleep(3 * 0.2 + 0.1)  # a is gone: its lease lapses
         for replica in (a, b):
             await replica.follower.tick()
-        await serve([b], store, 400, 1200)
+        await serve([b], store, 400, ROUND)
         await b.controller.tick()  # step 2 -> 3, from the stored step
-        steps = [(k, s) for k, s, _ in log(store)]
-        assert steps == [("start", 0), ("advance", 0), ("advance", 1)]
+        steps = [(d.kind, d.step) for d in decisions(store)]
+        assert steps == [("start", 0), ("advance", 0), ("advance", 1)], reasons(store)
         # what a would have written had it woken with its view from before its death
         repeat = stale.model_copy(update={"seq": stale.seq + 1, "step": 1, "share": 40.0})
         assert not rollouts.commit(stale, repeat, None)
@@ -305,16 +317,16 @@ def test_with_the_event_store_down_the_rollout_holds_its_weights_and_decides_not
         a = Replica("a", reach, config)
         a.events.start()
         await a.follower.tick()
-        await serve([a], store, 900, 0)
+        await serve([a], store, ROUND, 0)
         down["now"] = True
         for loop in (a.controller, a.follower):
             with pytest.raises(sa.exc.OperationalError):
                 await loop.tick()
         assert a.share() == pytest.approx(0.2)  # the last weights it served
-        assert [k for k, _, _ in log(store)] == ["start"], reasons(store)
+        assert kinds(store) == ["start"], reasons(store)
         down["now"] = False
         await a.controller.tick()
-        assert [k for k, _, _ in log(store)] == ["start", "advance"], reasons(store)
+        assert kinds(store) == ["start", "advance"], reasons(store)
         await a.events.close()
 
     run(scenario)
@@ -333,7 +345,7 @@ def test_a_redeploy_keeps_the_rollout_and_a_changed_block_starts_a_new_one(
         a = Replica("a", lambda: store, config)
         a.events.start()
         await a.follower.tick()
-        await serve([a], store, 900, 0)
+        await serve([a], store, ROUND, 0)
         await a.controller.tick()
         first = RolloutStore(store.engine).read("rollout-unit")
         assert first.step == 1
@@ -377,14 +389,12 @@ def test_operators_pause_resume_and_abort_and_a_late_command_is_refused(
         await a.follower.tick()
         record, entry = command(store, a.state, "pause", "operator via test")
         assert record.phase is RolloutPhase.PAUSED and entry.kind == "pause"
-        await serve([a], store, 900, 0)
+        await serve([a], store, ROUND, 0)
         await a.controller.tick()
-        assert [k for k, _, _ in log(store)] == ["start", "pause"]  # no decision while paused
+        assert kinds(store) == ["start", "pause"], reasons(store)  # no decision while paused
         command(store, a.state, "resume", "operator via test")
         await a.controller.tick()
-        assert [k for k, _, _ in log(store)] == ["start", "pause", "resume", "advance"], reasons(
-            store
-        )
+        assert kinds(store) == ["start", "pause", "resume", "advance"], reasons(store)
         record, _ = command(store, a.state, "abort", "operator via test")
         assert (record.phase, record.share, record.registry) == (RolloutPhase.ABORTED, 0, "none")
         await a.follower.tick()
