@@ -236,11 +236,14 @@ def up(
     node_ip: str = "127.0.0.1",
     fast_path: bool = True,
     gcs_redis: str | None = None,
+    dashboard_agent_port: int | None = None,
 ) -> ClusterInfo:
     """Start the head; refuse if this data directory already has one running.
 
     ``gcs_redis``: a Redis URL that turns on Ray's GCS fault tolerance (the GCS writes its
     tables there, under this home's namespace, and a restarted gcs_server reloads them).
+    ``dashboard_agent_port``: where the head's agent listens; by default
+    :func:`agent_port`, which cannot tell two heads starting at the same moment apart.
     """
     redis = parse_gcs_redis(gcs_redis, gcs_namespace(locations.home)) if gcs_redis else None
     existing = read_state(locations)
@@ -261,7 +264,7 @@ def up(
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--metrics-export-port={metrics_port}",
-        f"--dashboard-agent-listen-port={agent_port()}",
+        f"--dashboard-agent-listen-port={dashboard_agent_port or agent_port()}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]

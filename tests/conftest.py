@@ -46,8 +46,8 @@ SERVE_TEST_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 # Fixtures that stand for a Ray cluster (the session's, or one a test starts for itself)
 CLUSTER_FIXTURES = frozenset({"cluster", "ray_address", "deployer", "ft_cluster"})
 # Where no test needs a Ray cluster: under `make test` (`pytest -n auto`) each of these
-# modules runs on any worker, beside the one worker that runs every other test on the
-# session's one cluster. Checked at collection: a test here that asks for a cluster fails.
+# modules runs on whichever worker is free, beside the two halves of the cluster tests
+# (work_unit below). Checked at collection: a test here that asks for a cluster fails.
 NO_CLUSTER = (
     "tests/unit/",
     "tests/integration/test_event_store.py",
@@ -60,19 +60,42 @@ NO_CLUSTER = (
 )
 
 
+# The tests that use a Ray cluster are two work units, one per worker under `make test`,
+# each on its worker's own session cluster: with one unit, one worker ran 1,336 s of them
+# while the other finished its 204 s of Ray-free modules and sat idle. Most of a cluster
+# test's time is waiting (deploys, drains, polls), so two clusters share the 2 cores well.
+# These modules make the second unit (about half the time); every other one the first.
+# Modules that share a session fixture stay in one unit, or the fixture is built twice:
+# stoppable_postgres (rollout faults, upgrade under load).
+SECOND_CLUSTER = (
+    "tests/faults/test_event_store_outage.py",
+    "tests/faults/test_head_recovery.py",
+    "tests/faults/test_node_loss.py",
+    "tests/faults/test_replica_loss.py",
+    "tests/faults/test_rollout_faults.py",
+    "tests/faults/test_upgrade_under_load.py",
+    "tests/integration/test_event_pipeline.py",
+    "tests/integration/test_retrain.py",
+    "tests/integration/test_rollout_http.py",
+    "tests/integration/test_search.py",
+)
+
+
 def work_unit(nodeid: str) -> str:
-    """The unit pytest-xdist hands one worker whole: a Ray-free module, or every test that
-    may use a Ray cluster, so that the session's cluster is started once and two clusters
-    never compete for the machine's cores."""
+    """The unit pytest-xdist hands one worker whole: a Ray-free module, or one of the two
+    halves of the tests that may use a Ray cluster. A worker starts its session cluster
+    once, for the half it runs; a module never runs on two clusters."""
     module = nodeid.split("::", 1)[0]
-    return module if module.startswith(NO_CLUSTER) else "ray-cluster"
+    if module.startswith(NO_CLUSTER):
+        return module
+    return "ray-cluster-2" if module in SECOND_CLUSTER else "ray-cluster-1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     wrong = [
         item.nodeid
         for item in items
-        if work_unit(item.nodeid) != "ray-cluster"
+        if not work_unit(item.nodeid).startswith("ray-cluster")
         and CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
     ]
     if wrong:
@@ -83,14 +106,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's scheduler, with :func:`work_unit` as its scope. (``--dist
-    loadgroup`` would do it from markers, but with pytest 9.2 it ignores them: it renames
-    ``item._nodeid``, which pytest no longer reads.)"""
+    """pytest-xdist's scheduler, with :func:`work_unit` as its scope, handing out the two
+    cluster halves first: they are the long units, and the Ray-free modules fill in behind
+    whichever half ends first. (``--dist loadgroup`` would do the scoping from markers, but
+    with pytest 9.2 it ignores them: it renames ``item._nodeid``, which pytest no longer
+    reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ClusterScopeScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for scope in [s for s in self.workqueue if s.startswith("ray-cluster")]:
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return ClusterScopeScheduling(config, log)
 
@@ -161,6 +191,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             ray_port=free_port(),
             dashboard_port=free_port(),
             metrics_port=free_port(),
+            # two workers start their clusters at the same moment: both would see
+            # Ray's default agent port free, and the second's job API would not answer
+            dashboard_agent_port=free_port(),
             num_cpus=2,
         )
         env = {"RAYSPLIT_HOME": str(home), "RAY_ADDRESS": info.address, "RAY_AUTH_MODE": "token"}

@@ -91,6 +91,7 @@ def ft_cluster(tmp_path: Path) -> Iterator[Cluster]:
                 ray_port=free_port(),
                 dashboard_port=free_port(),
                 metrics_port=free_port(),
+                dashboard_agent_port=free_port(),  # the session clusters' may be Ray's default
                 num_cpus=2,
                 gcs_redis=REDIS_URL,
             )
