@@ -43,9 +43,9 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# One pytest run on every core: the tests that use a Ray cluster share one worker (and the
-# session's one cluster, tests/conftest.py groups them); the unit tests and the modules
-# that need no cluster run on the other workers meanwhile.
+# One pytest run on every core: the tests that use a Ray cluster are two halves, each on one
+# worker and that worker's own cluster (tests/conftest.py groups them); the unit tests and
+# the modules that need no cluster fill in behind whichever half ends first.
 test: system-deps-test lint
 	$(BIN)/pytest -n auto
 
