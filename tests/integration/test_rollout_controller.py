@@ -166,6 +166,15 @@ async def serve(replicas: list[Replica], store: EventStore, count: int, start: i
     )
 
 
+async def following(store: EventStore, config: IngressConfig) -> tuple[Replica, Replica]:
+    """Replicas a and b writing events and following the rollout (the first starts it)."""
+    a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
+    for replica in (a, b):
+        replica.events.start()
+        await replica.follower.tick()
+    return a, b
+
+
 def decisions(store: EventStore, experiment: str = "rollout-unit") -> list[DecisionEntry]:
     rollouts = RolloutStore(store.engine)
     return rollouts.decisions(rollouts.read(experiment).rollout_id)
@@ -260,10 +269,7 @@ def test_a_worse_candidate_is_rolled_back_and_no_alias_moves(
     config = IngressConfig.model_validate(base.model_dump() | {"variants": variants})
 
     async def scenario() -> None:
-        a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
-        for replica in (a, b):
-            replica.events.start()
-            await replica.follower.tick()
+        a, b = await following(store, config)
         await serve([a, b], store, ROUND, 0)
         await b.controller.tick()
         for replica in (a, b):
@@ -295,10 +301,7 @@ def test_a_killed_controller_is_replaced_and_no_step_is_skipped_or_repeated(
     config = ingress_config(steps=[20, 40, 60])
 
     async def scenario() -> None:
-        a, b = Replica("a", lambda: store, config), Replica("b", lambda: store, config)
-        for replica in (a, b):
-            replica.events.start()
-            await replica.follower.tick()
+        a, b = await following(store, config)
         await serve([a, b], store, ROUND, 0)
         rollouts = RolloutStore(store.engine)
         stale = rollouts.read("rollout-unit")
