@@ -1,9 +1,12 @@
-"""Prediction and feedback events for the event-store and writer tests."""
+"""Prediction and feedback events for the event-store and writer tests, and what a
+deployment's store holds of them."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+import sqlalchemy as sa
 
 from raysplit.core.events import FeedbackEvent, Judgement, PredictionEvent
 
@@ -35,3 +38,24 @@ def feedback(
     request_id: str, label: Any = "setosa", judgement: Judgement | None = None, at: float = 1.0
 ) -> FeedbackEvent:
     return FeedbackEvent(request_id=request_id, created_at=at, label=label, judgement=judgement)
+
+
+def stored_ids(engine: sa.Engine, pattern: str, expected: set[str], timeout: float) -> set[str]:
+    """Request ids matching ``pattern`` (SQL LIKE) with a stored live prediction: asks until
+    ``expected`` are all there or ``timeout`` passes, then returns what is. The wait is for
+    the writers' next flush (or SQLite's reader), not for anything the test asserts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            found = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT request_id FROM raysplit_predictions"
+                        " WHERE request_id LIKE :p AND NOT shadow"
+                    ),
+                    {"p": pattern},
+                ).scalars()
+            )
+        if expected <= found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)

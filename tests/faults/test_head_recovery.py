@@ -44,6 +44,7 @@ from raysplit.cluster import (
 from raysplit.core.settings import Locations
 from serve_app.rollout_store import RolloutStore
 from tests.conftest import SERVE_TEST_ENV, Cluster, free_port
+from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
 from tests.models import log_iris_pair
@@ -182,27 +183,6 @@ def wait_for_serve(deployer: Deployer, timeout: float = 120.0) -> dict[str, Any]
         time.sleep(0.5)
 
 
-def stored_ids(engine: sa.Engine, prefix: str, expected: set[str]) -> set[str]:
-    """Request ids with a live prediction row, asking until ``expected`` are all there or
-    30 s pass (durable answers are committed before they leave; this only waits out the
-    SQLite reader)."""
-    deadline = time.monotonic() + 30
-    while True:
-        with engine.connect() as conn:
-            found = set(
-                conn.execute(
-                    sa.text(
-                        "SELECT request_id FROM raysplit_predictions"
-                        " WHERE request_id LIKE :p AND NOT shadow"
-                    ),
-                    {"p": f"{prefix}-%"},
-                ).scalars()
-            )
-        if expected <= found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
-
-
 def test_serving_rollouts_and_events_survive_a_gcs_restart(
     ft_cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -291,7 +271,7 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
 
         answered = {s.request_id for s in samples if s.status == 200}
         acknowledged = {s.request_id for s in samples if s.event == "stored"}
-        missing = answered - stored_ids(engine, prefix, answered)
+        missing = answered - stored_ids(engine, f"{prefix}-%", answered, timeout=30)
         decisions = rollouts.decisions(before.rollout_id)
         held_down = [d for d in decisions if killed_wall <= d.at < restarted_wall]
         held_after = [d for d in decisions if d.at >= restarted_wall]

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from raysplit.cluster import serving_environment
 from raysplit.core.settings import Locations
 from tests.conftest import BIN, Cluster
+from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
 from tests.models import log_iris_pair
@@ -147,7 +148,12 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
     assert not late, late[:5]  # the head's replica answers everything once Serve noticed
     assert survivor in {s.replica for s in samples[-300:]}
     assert len(failed) / len(samples) < 0.01, failed[:5]
-    missing = acknowledged - stored_ids(events_postgres, f"{name}-loss-%", acknowledged)
+    engine = sa.create_engine(events_postgres)
+    try:  # the surviving replicas flush every 0.5 s
+        stored = stored_ids(engine, f"{name}-loss-%", acknowledged, timeout=10)
+    finally:
+        engine.dispose()
+    missing = acknowledged - stored
     print(
         f"node loss: {len(samples)} requests, {len(failed)} failed"
         f" ({sorted({s.status for s in failed})}), last failure"
@@ -155,30 +161,6 @@ def test_replicas_on_two_nodes_and_service_after_losing_one(
         f" the node stopped; acknowledged {len(acknowledged)}, events missing {len(missing)}"
     )
     assert not missing, sorted(missing)[:10]
-
-
-def stored_ids(url: str, pattern: str, expected: set[str], timeout: float = 10.0) -> set[str]:
-    """Request ids with a stored live event: asks until ``expected`` are all there (the
-    surviving replicas flush every 0.5 s) or ``timeout`` passes, then returns what is."""
-    engine = sa.create_engine(url)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            with engine.connect() as conn:
-                found = set(
-                    conn.execute(
-                        sa.text(
-                            "SELECT request_id FROM raysplit_predictions"
-                            " WHERE request_id LIKE :p AND NOT shadow"
-                        ),
-                        {"p": pattern},
-                    ).scalars()
-                )
-            if expected <= found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.5)
-    finally:
-        engine.dispose()
 
 
 def cluster_head(cluster: Cluster) -> str:
