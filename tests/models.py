@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import pytest
 import skops.io
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
@@ -20,6 +21,20 @@ from sklearn.base import is_classifier
 
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
 from raysplit.core.registry import move_alias
+from raysplit.core.settings import Locations
+from tune.tracking import connect, ensure_experiment
+
+
+def embedded_registry(monkeypatch: pytest.MonkeyPatch, experiment: str) -> MlflowClient:
+    """The embedded SQLite registry under the current RAYSPLIT_HOME, with ``experiment``
+    the active one. connect() exports both URIs to os.environ: they are set through
+    ``monkeypatch`` first, so they are undone after the test."""
+    locations = Locations.resolve()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)
+    client = connect(locations)
+    mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment, locations))
+    return client
 
 
 def iris() -> tuple[pd.DataFrame, pd.Series]:

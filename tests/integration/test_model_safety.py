@@ -20,11 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from raysplit.core.settings import Locations
 from serve_app.config import VariantConfig
 from serve_app.models import LoadedModel, ModelLoadError, load, resolve
-from tests.models import log_model
-from tune.tracking import connect, ensure_experiment
+from tests.models import embedded_registry, log_model
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +39,7 @@ def doubled(x):
 @pytest.fixture
 def client(home: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     """The embedded SQLite registry under a fresh RAYSPLIT_HOME."""
-    locations = Locations.resolve()
-    # connect() exports both URIs to os.environ; set them here so they are undone afterwards
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)
-    client = connect(locations)
-    mlflow.set_experiment(experiment_id=ensure_experiment(client, "model-safety", locations))
-    return client
+    return embedded_registry(monkeypatch, "model-safety")
 
 
 def register(

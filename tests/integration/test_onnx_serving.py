@@ -16,15 +16,14 @@ from mlflow.models import infer_signature
 
 from raysplit.core.onnx_check import ONNX_FILE, PROBA_ATOL
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
-from raysplit.core.settings import Locations
 from serve_app.config import VariantConfig
 from serve_app.models import LoadedModel, load, resolve
+from tests.models import embedded_registry
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.families import FAMILIES
 from tune.onnx_export import export_onnx
 from tune.registry import register_version
 from tune.search import choose_serialization, onnx_files, onnx_tags
-from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def client(home: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     """The embedded SQLite registry under a fresh RAYSPLIT_HOME."""
-    locations = Locations.resolve()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)
-    client = connect(locations)
-    mlflow.set_experiment(experiment_id=ensure_experiment(client, "onnx", locations))
-    return client
+    return embedded_registry(monkeypatch, "onnx")
 
 
 def iris_split() -> Split:
