@@ -131,6 +131,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_ports_env() -> dict[str, str]:
+    """Free ports for what Serve binds once per cluster at a fixed default, so that clusters
+    on one machine (a worker's, another worker's, a test's own) never share one. The
+    fallback proxy matters most: HAProxy sends a request there when its app has no ready
+    replica (a rolling upgrade), and with two clusters on Serve's default 8500 one
+    cluster's requests were answered, and logged, by the other's application."""
+    names = (
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    )
+    return {name: str(free_port()) for name in names}
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh RAYSPLIT_HOME with the embedded MLflow store."""
@@ -171,8 +186,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # mlflow.set_registry_uri() writes it to os.environ: undone on exit
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
-        patch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-        patch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        for name, value in serve_ports_env().items():
+            patch.setenv(name, value)
         # the fast path buffers request-path log lines 1000 at a time; tests read them at once
         patch.setenv("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
         # a replica that cannot start is retried once, not three times, before Serve calls
