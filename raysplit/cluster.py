@@ -27,13 +27,16 @@ from raysplit.core.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_METRICS_EXPOR
 from raysplit.observability import write_prometheus_config
 
 DEFAULT_AGENT_PORT = 52365  # Ray's --dashboard-agent-listen-port default
-# Serve's fast-path replica ports (see replica_port_range): blocks of 2 x 200 from 20000
+# Serve's fast-path ports (see serve_ports): blocks of 2 x 200 from 20000, each half a
+# replica range and, in its last port, the fallback proxy of that protocol
 REPLICA_PORT_VARS = (
     "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
 )
+FALLBACK_PORT_VARS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+SERVE_PORT_VARS = REPLICA_PORT_VARS + FALLBACK_PORT_VARS
 REPLICA_PORT_BASE, REPLICA_PORTS, REPLICA_PORT_BLOCKS = 20000, 200, 25
 
 STATE_FILE = "cluster.json"
@@ -165,8 +168,8 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         haproxy = temp_dir / "haproxy"
         env.update({var: str(haproxy / name) for var, name in HAPROXY_FILES.items()})
-        if not any(var in os.environ for var in REPLICA_PORT_VARS):
-            env.update(replica_port_range(locations.home))
+        if not any(var in os.environ for var in SERVE_PORT_VARS):
+            env.update(serve_ports(locations.home))
     return env
 
 
@@ -180,16 +183,20 @@ def _block_free(first: int, size: int) -> bool:
     return True
 
 
-def replica_port_range(home: Path) -> dict[str, str]:
-    """Ports for this cluster's replicas on the fast path, a block of its own.
+def serve_ports(home: Path) -> dict[str, str]:
+    """Serve's fast-path ports for this cluster, a block of its own.
 
     HAProxy reaches each replica on a port Serve hands out from one fixed range
-    (30000-31000 for HTTP) per cluster, so two clusters on one host hand out the same
-    ports: a port one cluster's replica freed is taken by the other's while the first
-    cluster's HAProxy still routes to it, and its clients get answers (and events) from
-    the wrong cluster. Each data directory gets a block in 20000-29999 (below the
-    ephemeral ports, above Ray's worker ports 10002-19999), chosen from its path and moved
-    past any block with a port already bound.
+    (30000-31000 for HTTP) per cluster, and falls back to Serve's proxy on one fixed port
+    (8500, gRPC 9500) while an application has no ready replica (a rolling upgrade). So
+    two clusters on one host share them: a port one cluster's replica freed is taken by
+    the other's while the first cluster's HAProxy still routes to it, and the second
+    cluster's fallback is the first one's proxy; either way its clients get answers (and
+    events) from the wrong cluster (the test suite, two clusters at once, saw 231 of one
+    upgrade test's requests logged by the other cluster's experiment). Each data directory
+    gets a block in 20000-29999 (below the ephemeral ports, above Ray's worker ports
+    10002-19999), chosen from its path and moved past any block with a port already bound:
+    the replicas' HTTP and gRPC ranges, each followed by its fallback proxy's port.
     """
     start = int(hashlib.sha1(str(home).encode()).hexdigest(), 16) % REPLICA_PORT_BLOCKS
     for step in range(REPLICA_PORT_BLOCKS):
@@ -197,13 +204,9 @@ def replica_port_range(home: Path) -> dict[str, str]:
         if _block_free(first, 2 * REPLICA_PORTS):
             break
     http, grpc = first, first + REPLICA_PORTS
-    return dict(
-        zip(
-            REPLICA_PORT_VARS,
-            map(str, (http, http + REPLICA_PORTS - 1, grpc, grpc + REPLICA_PORTS - 1)),
-            strict=True,
-        )
-    )
+    last = REPLICA_PORTS - 2  # a range's last replica port; the one after is the fallback's
+    ports = (http, http + last, grpc, grpc + last, http + last + 1, grpc + last + 1)
+    return dict(zip(SERVE_PORT_VARS, map(str, ports), strict=True))
 
 
 def ensure_token() -> None:

@@ -132,17 +132,10 @@ def free_port() -> int:
 
 
 def serve_ports_env() -> dict[str, str]:
-    """Free ports for what Serve binds once per cluster at a fixed default, so that clusters
-    on one machine (a worker's, another worker's, a test's own) never share one. The
-    fallback proxy matters most: HAProxy sends a request there when its app has no ready
-    replica (a rolling upgrade), and with two clusters on Serve's default 8500 one
-    cluster's requests were answered, and logged, by the other's application."""
-    names = (
-        "RAY_SERVE_HAPROXY_METRICS_PORT",
-        "RAY_SERVE_HAPROXY_STATS_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-    )
+    """Free ports for HAProxy's metrics and stats, which Serve binds at a fixed default, so
+    that test clusters on one machine (each worker's, a test's own) never share one.
+    (`raysplit up` gives each cluster its own replica and fallback-proxy ports itself.)"""
+    names = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
     return {name: str(free_port()) for name in names}
 
 
