@@ -27,11 +27,18 @@ from tune.tracking import connect, ensure_experiment
 
 def embedded_registry(monkeypatch: pytest.MonkeyPatch, experiment: str) -> MlflowClient:
     """The embedded SQLite registry under the current RAYSPLIT_HOME, with ``experiment``
-    the active one. connect() exports both URIs to os.environ: they are set through
-    ``monkeypatch`` first, so they are undone after the test."""
+    the active one. connect() exports both URIs to os.environ, and mlflow.set_experiment()
+    makes the experiment process-wide (a module global and MLFLOW_EXPERIMENT_ID): all are
+    set through ``monkeypatch`` first, so they are undone after the test and a later test's
+    fresh store is not asked for this store's experiment id."""
     locations = Locations.resolve()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)
+    # setenv records the variable's absence (delenv of an unset one records nothing), so
+    # the undo removes what set_experiment() exports
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     client = connect(locations)
     mlflow.set_experiment(experiment_id=ensure_experiment(client, experiment, locations))
     return client
