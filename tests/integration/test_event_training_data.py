@@ -31,7 +31,7 @@ from tests.models import iris, log_model
 from tune.config import DatasetConfig, EventsConfig
 from tune.datasets import Task
 from tune.event_data import SOURCE_TYPE, load_event_split
-from tune.search import _log_inputs
+from tune.model_logging import log_inputs
 from tune.tracking import connect
 
 pytestmark = pytest.mark.integration
@@ -271,7 +271,7 @@ def test_the_search_run_records_the_source(store: str, home: Path) -> None:
     connect(Locations.resolve())
     _, split, summary = load_event_split(events_spec(store), Locations.resolve(), cv_folds=5)
     with mlflow.start_run() as run:
-        _log_inputs(split, summary.input_name, summary)
+        log_inputs(split, summary.input_name, summary)
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == [
         "iris+events:iris-ab-testing",

@@ -21,9 +21,9 @@ from serve_app.models import LoadedModel, load, resolve
 from tests.models import embedded_registry
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.families import FAMILIES
+from tune.model_logging import choose_serialization, onnx_files, onnx_tags
 from tune.onnx_export import export_onnx
 from tune.registry import register_version
-from tune.search import choose_serialization, onnx_files, onnx_tags
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from raysplit.core import trust
-from tune.search import choose_serialization
+from tune.model_logging import choose_serialization
 
 
 def doubled(x):
@@ -43,7 +43,7 @@ def iris():
 def test_sklearn_models_are_logged_with_skops(iris, estimator, caplog) -> None:
     x, y = iris
     model = estimator.fit(x, y)
-    with caplog.at_level(logging.WARNING, logger="tune.search"):
+    with caplog.at_level(logging.WARNING, logger="tune.model_logging"):
         serialization, trusted = choose_serialization(model, x)
     assert serialization == "skops"
     assert trusted is not None
@@ -56,7 +56,7 @@ def test_sklearn_models_are_logged_with_skops(iris, estimator, caplog) -> None:
 def test_a_custom_function_falls_back_to_cloudpickle_with_a_warning(iris, caplog) -> None:
     x, y = iris
     model = make_pipeline(FunctionTransformer(doubled), LogisticRegression(max_iter=500)).fit(x, y)
-    with caplog.at_level(logging.WARNING, logger="tune.search"):
+    with caplog.at_level(logging.WARNING, logger="tune.model_logging"):
         assert choose_serialization(model, x) == ("cloudpickle", None)
     [record] = caplog.records
     message = record.getMessage()
@@ -86,7 +86,7 @@ def test_a_model_that_predicts_differently_after_skops_falls_back(
     model = Forgetful().fit(x, y)
     # pretend the class is trusted, so only the prediction check can catch it
     monkeypatch.setattr(trust, "TRUSTED_MODULES", (*trust.TRUSTED_MODULES, __name__))
-    with caplog.at_level(logging.WARNING, logger="tune.search"):
+    with caplog.at_level(logging.WARNING, logger="tune.model_logging"):
         assert choose_serialization(model, x) == ("cloudpickle", None)
     assert "predicts differently" in caplog.records[0].getMessage()
 
@@ -99,6 +99,6 @@ def test_a_model_skops_cannot_load_back_falls_back(iris, caplog, monkeypatch) ->
 
     model = Local(max_iter=500).fit(x, y)
     monkeypatch.setattr(trust, "TRUSTED_MODULES", (*trust.TRUSTED_MODULES, __name__))
-    with caplog.at_level(logging.WARNING, logger="tune.search"):
+    with caplog.at_level(logging.WARNING, logger="tune.model_logging"):
         assert choose_serialization(model, x) == ("cloudpickle", None)
     assert "because skops failed: " in caplog.records[0].getMessage()
