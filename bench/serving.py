@@ -15,6 +15,10 @@
    (bench/baselines/textbook_serve.py) and raysplit side by side.
 
     python bench/serving.py --output docs/benchmarks.md
+
+One script over 400 lines on purpose: the run is one sequence (cluster, baselines, the
+interleaved rounds, the restart on Ray's proxy) that reads top to bottom in ``main``; the
+load generator, CPU accounting, baselines and report are modules of their own.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ acknowledged prediction and feedback must be a row. The series go to ``--plot``
 
     python bench/soak.py                      # an hour: `make bench-soak`
     python bench/soak.py --duration 180 --settle 60 --reconfigure-every 60   # a try-out
+
+One script of about 450 lines: the load, the samplers and the final read-back share one
+clock and one set of request ids, and the plot is drawn from the same series.
 """
 
 from __future__ import annotations

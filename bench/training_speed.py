@@ -20,6 +20,9 @@ The wall time of the Tune run alone is ``SearchOutcome.search_seconds``; validat
 MLflow set-up, refit and registration are in the whole ``run_search`` time. Other
 processes' CPU use is sampled throughout, because this machine is shared and a busy
 neighbour would slow every figure here.
+
+About 450 lines because the two measurements share the interleaving, the CPU sampling and
+the table rendering; splitting them would repeat those.
 """
 
 from __future__ import annotations

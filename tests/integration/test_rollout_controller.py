@@ -5,6 +5,7 @@ the real predictor routing real iris rows, feedback as the store receives it.
 Each replica is the deployment's parts (:class:`Replica` below wires them as
 ``serve_app.app.Ingress`` does); the loops' ``tick()`` is called where the replica's
 timer would call it, so each test says exactly which evaluation it is looking at.
+The wiring (``Replica``, the registry and traffic helpers) is most of the module's length.
 """
 
 from __future__ import annotations

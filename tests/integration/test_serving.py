@@ -1,6 +1,8 @@
 """The Serve application on a real Ray cluster, deployed through Serve's REST API (and the
 user's own `serve deploy` where that path is the subject), models from the real MLflow
-registry, every assertion over real HTTP."""
+registry, every assertion over real HTTP. About 500 lines: one test per behaviour of the
+ingress (routing, stickiness, forcing, shadows, feedback, weights, OIP, aliases, errors,
+batching, the report), all on the session's deployer."""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ Where a test checks that a rate is "at most alpha" for a test whose true level i
 alpha (chi-square SRM, Holm's fixed-horizon family), the measured rate is allowed two
 Monte Carlo standard errors above alpha: with 1000 runs a level-alpha test lands above
 alpha about half the time. Always-valid tests are conservative and are held to alpha itself.
+
+One module for every statistical claim the report makes, with the simulators they share
+(``simulate``, ``ramp_epochs``, ``paired_cells``): hence its length.
 """
 
 from __future__ import annotations
@@ -365,25 +368,16 @@ def test_a_five_point_accuracy_gain_is_detected() -> None:
 def test_one_stratum_matches_the_two_proportion_z_test() -> None:
     cells = [
         Cell(
-            variant="a",
+            variant=variant,
             epoch=0,
             assignment=SPLIT,
             bucket=0,
-            requests=80,
+            requests=n,
             errors=0,
-            labelled=80,
-            correct=48,
-        ),
-        Cell(
-            variant="b",
-            epoch=0,
-            assignment=SPLIT,
-            bucket=0,
-            requests=70,
-            errors=0,
-            labelled=70,
-            correct=56,
-        ),
+            labelled=n,
+            correct=correct,
+        )
+        for variant, n, correct in (("a", 80, 48), ("b", 70, 56))
     ]
     result = stratified_comparison(cells, "a", "b", Metric.ACCURACY, min_samples=2)
     assert result.difference.estimate == pytest.approx(0.2)
