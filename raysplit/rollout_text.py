@@ -40,6 +40,14 @@ def render(view: dict[str, Any]) -> str:
         f"weights: configured {_weights(view['configured_weights'])}"
         f" | effective {_weights(view['effective_weights'])}"
     )
+    serving = view.get("serving_seq")
+    if serving is not None and serving < record["seq"]:
+        # the answering replica's follower has not read the latest change yet (it reads the
+        # record every 2 s): its weights and `why` are one decision behind the line above
+        lines.append(
+            f"  this replica serves change {serving} of the record, not yet the latest"
+            f" ({record['seq']}); every replica follows within seconds"
+        )
     if view.get("why"):
         lines.append(f"  {view['why']}")
     if record.get("registry_error"):
