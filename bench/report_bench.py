@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import psutil
 from load import wrk_version
-from serving import (
+from systems import (
     DEFAULT_PROXY,
     FASTAPI,
     NOOP,

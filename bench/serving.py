@@ -29,65 +29,39 @@ import os
 import pickle
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
 import yaml
 from cpu import ray_cluster, snapshot, tree, used
-from load import BATCH_ROWS, FEEDBACK_IDS, IRIS_RECORD, Run, write_scripts, wrk
+from load import BATCH_ROWS, FEEDBACK_IDS, IRIS_RECORD, write_scripts, wrk
+from systems import (
+    DEFAULT_PROXY,
+    FASTAPI,
+    NOOP,
+    OIP_BINARY,
+    OIP_JSON,
+    RAYSPLIT,
+    STEP_AUTOSCALING,
+    TEXTBOOK,
+    TUNED,
+    Scenario,
+)
 from wire_cost import wire_cost_us
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SWEEP = [1, 4, 16, 32, 64]
-FASTAPI, TUNED, NOOP, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
-    "FastAPI, seed-style",
-    "FastAPI, tuned",
-    "no-op Serve (ceiling)",
-    "raysplit",
-    "textbook Serve",
-    "raysplit, default proxy",
-)
 STEP_LOAD = [(1, 40), (64, 90), (1, 90)]  # (connections, seconds)
-STEP_AUTOSCALING = {
-    "min_replicas": 1,
-    "max_replicas": 4,
-    "target_ongoing_requests": 8,
-    "upscale_delay_s": 5,
-    "downscale_delay_s": 20,
-}
 
 
 OIP_PATH = "/v2/models/iris/infer"
-OIP_JSON = f"{BATCH_ROWS}-row batch, OIP JSON"
-OIP_BINARY = f"{BATCH_ROWS}-row batch, OIP binary"
-
-
-@dataclass
-class Scenario:
-    system: str
-    name: str
-    script: str
-    connections: int
-    path: str = "/predict"
-    rows: int = 1
-    user_config: dict = field(default_factory=dict)  # raysplit only: deployed before the run
-    runs: list[Run] = field(default_factory=list)
-
-    def median(self, attribute: str) -> float:
-        return statistics.median(getattr(r, attribute) for r in self.runs)
-
-    def spread(self, attribute: str) -> str:
-        values = [getattr(r, attribute) for r in self.runs]
-        return f"{min(values):.0f}-{max(values):.0f}"
 
 
 def free_port() -> int:
