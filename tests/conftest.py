@@ -131,7 +131,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_ports_env() -> dict[str, str]:
+def haproxy_ports_env() -> dict[str, str]:
     """Free ports for HAProxy's metrics and stats, which Serve binds at a fixed default, so
     that test clusters on one machine (each worker's, a test's own) never share one.
     (`raysplit up` gives each cluster its own replica and fallback-proxy ports itself.)"""
@@ -179,7 +179,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # mlflow.set_registry_uri() writes it to os.environ: undone on exit
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
-        for name, value in serve_ports_env().items():
+        for name, value in haproxy_ports_env().items():
             patch.setenv(name, value)
         # the fast path buffers request-path log lines 1000 at a time; tests read them at once
         patch.setenv("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
