@@ -90,8 +90,6 @@ class Cluster:
             **os.environ,
             "RAYSPLIT_HOME": str(self.home),
             "RAY_AUTH_MODE": "token",
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         }
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.url = f"http://127.0.0.1:{self.ports['http']}"

@@ -113,7 +113,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if info.fast_path:
         print(
             "HAProxy fast path on: the ingress binds http_options.host from serve_config.yaml;"
-            " HAProxy's stats and metrics ports bind all interfaces (0.0.0.0)."
+            f" HAProxy's metrics (:{info.haproxy_metrics_port}/metrics) and stats"
+            f" (:{info.haproxy_stats_port}/stats) ports bind all interfaces (0.0.0.0)."
         )
     print("Token authentication is on. For Ray's CLI in your shell:")
     print(f"  export RAY_AUTH_MODE=token RAY_ADDRESS={info.address}")

@@ -28,7 +28,7 @@ from raysplit.observability import write_prometheus_config
 
 DEFAULT_AGENT_PORT = 52365  # Ray's --dashboard-agent-listen-port default
 # Serve's fast-path ports (see serve_ports): blocks of 2 x 200 from 20000, each half a
-# replica range and, in its last port, the fallback proxy of that protocol
+# replica range followed by the fallback proxy of that protocol and one HAProxy port
 REPLICA_PORT_VARS = (
     "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
@@ -36,7 +36,8 @@ REPLICA_PORT_VARS = (
     "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
 )
 FALLBACK_PORT_VARS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-SERVE_PORT_VARS = REPLICA_PORT_VARS + FALLBACK_PORT_VARS
+HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+SERVE_PORT_VARS = REPLICA_PORT_VARS + FALLBACK_PORT_VARS + HAPROXY_PORT_VARS
 REPLICA_PORT_BASE, REPLICA_PORTS, REPLICA_PORT_BLOCKS = 20000, 200, 25
 
 STATE_FILE = "cluster.json"
@@ -126,6 +127,8 @@ class ClusterInfo(BaseModel):
     temp_dir: Path
     fast_path: bool
     gcs_redis: GcsRedis | None = None  # GCS fault tolerance on, with its state there
+    haproxy_metrics_port: int | None = None  # on the fast path only
+    haproxy_stats_port: int | None = None
 
 
 def _ray_bin(name: str) -> str:
@@ -168,8 +171,12 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
         haproxy = temp_dir / "haproxy"
         env.update({var: str(haproxy / name) for var, name in HAPROXY_FILES.items()})
-        if not any(var in os.environ for var in SERVE_PORT_VARS):
-            env.update(serve_ports(locations.home))
+        block = serve_ports(locations.home)
+        # the operator's own ports win, a group at a time: a replica range from the block
+        # beside the operator's fallback port could overlap it
+        for group in (REPLICA_PORT_VARS + FALLBACK_PORT_VARS, HAPROXY_PORT_VARS):
+            if not any(var in os.environ for var in group):
+                env.update({var: block[var] for var in group})
     return env
 
 
@@ -193,10 +200,12 @@ def serve_ports(home: Path) -> dict[str, str]:
     the other's while the first cluster's HAProxy still routes to it, and the second
     cluster's fallback is the first one's proxy; either way its clients get answers (and
     events) from the wrong cluster (the test suite, two clusters at once, saw 231 of one
-    upgrade test's requests logged by the other cluster's experiment). Each data directory
-    gets a block in 20000-29999 (below the ephemeral ports, above Ray's worker ports
-    10002-19999), chosen from its path and moved past any block with a port already bound:
-    the replicas' HTTP and gRPC ranges, each followed by its fallback proxy's port.
+    upgrade test's requests logged by the other cluster's experiment). HAProxy's metrics
+    and stats listeners also bind fixed defaults (9101, 8404), which a second cluster's
+    HAProxy cannot bind. Each data directory gets a block in 20000-29999 (below the
+    ephemeral ports, above Ray's worker ports 10002-19999), chosen from its path and moved
+    past any block with a port already bound: the replicas' HTTP and gRPC ranges, each
+    followed by its fallback proxy's port and one of HAProxy's (metrics, then stats).
     """
     start = int(hashlib.sha1(str(home).encode()).hexdigest(), 16) % REPLICA_PORT_BLOCKS
     for step in range(REPLICA_PORT_BLOCKS):
@@ -204,8 +213,12 @@ def serve_ports(home: Path) -> dict[str, str]:
         if _block_free(first, 2 * REPLICA_PORTS):
             break
     http, grpc = first, first + REPLICA_PORTS
-    last = REPLICA_PORTS - 2  # a range's last replica port; the one after is the fallback's
-    ports = (http, http + last, grpc, grpc + last, http + last + 1, grpc + last + 1)
+    last = REPLICA_PORTS - 3  # a range's last replica port; then the fallback's, HAProxy's
+    ports = (
+        *(http, http + last, grpc, grpc + last),
+        *(http + last + 1, grpc + last + 1),
+        *(http + last + 2, grpc + last + 2),
+    )
     return dict(zip(SERVE_PORT_VARS, map(str, ports), strict=True))
 
 
@@ -298,6 +311,14 @@ def up(
         temp_dir=temp_dir,
         fast_path=fast_path,
         gcs_redis=redis,
+        **(
+            {
+                "haproxy_metrics_port": int(env[HAPROXY_PORT_VARS[0]]),
+                "haproxy_stats_port": int(env[HAPROXY_PORT_VARS[1]]),
+            }
+            if fast_path
+            else {}
+        ),
     )
     state = _state_path(locations)
     state.touch(mode=0o600)  # it may hold the Redis password `down` needs

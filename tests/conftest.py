@@ -131,14 +131,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def haproxy_ports_env() -> dict[str, str]:
-    """Free ports for HAProxy's metrics and stats, which Serve binds at a fixed default, so
-    that test clusters on one machine (each worker's, a test's own) never share one.
-    (`raysplit up` gives each cluster its own replica and fallback-proxy ports itself.)"""
-    names = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
-    return {name: str(free_port()) for name in names}
-
-
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh RAYSPLIT_HOME with the embedded MLflow store."""
@@ -170,7 +162,8 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One token-authenticated Ray head with the HAProxy fast path for the whole session.
 
-    Every port is free-picked so the suite can run beside a developer's own cluster.
+    Ray's ports are free-picked, and Serve's come from `raysplit up`'s block for this data
+    directory, so the suite can run beside a developer's own cluster.
     """
     home = tmp_path_factory.mktemp("cluster-home")
     with pytest.MonkeyPatch.context() as patch:
@@ -179,8 +172,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # mlflow.set_registry_uri() writes it to os.environ: undone on exit
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rst-{os.getpid()}")
-        for name, value in haproxy_ports_env().items():
-            patch.setenv(name, value)
         # the fast path buffers request-path log lines 1000 at a time; tests read them at once
         patch.setenv("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")
         # a replica that cannot start is retried once, not three times, before Serve calls

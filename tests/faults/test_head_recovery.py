@@ -43,7 +43,7 @@ from raysplit.cluster import (
 )
 from raysplit.core.settings import Locations
 from serve_app.rollout_store import RolloutStore
-from tests.conftest import SERVE_TEST_ENV, Cluster, free_port, haproxy_ports_env
+from tests.conftest import SERVE_TEST_ENV, Cluster, free_port
 from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
@@ -81,7 +81,7 @@ def ft_cluster(tmp_path: Path) -> Iterator[Cluster]:
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.delenv("RAY_ADDRESS", raising=False)
         patch.setenv("RAYSPLIT_RAY_TEMP_DIR", f"/tmp/rsh-{os.getpid()}")
-        for name, value in (haproxy_ports_env() | SERVE_TEST_ENV).items():
+        for name, value in SERVE_TEST_ENV.items():
             patch.setenv(name, value)
         locations = Locations.resolve()
         try:

@@ -189,6 +189,19 @@ def test_no_request_or_user_id_becomes_a_label(traffic: Traffic) -> None:
     assert not leaked, leaked[:5]
 
 
+def test_haproxy_serves_on_its_clusters_own_metrics_and_stats_ports(
+    traffic: Traffic, cluster: Cluster
+) -> None:
+    """Serve binds HAProxy's metrics and stats at fixed defaults (9101, 8404), which a second
+    cluster on the host could not bind; `raysplit up` hands this cluster's its own."""
+    info = cluster.info
+    assert {info.haproxy_metrics_port, info.haproxy_stats_port}.isdisjoint({9101, 8404, None})
+    metrics = requests.get(f"http://127.0.0.1:{info.haproxy_metrics_port}/metrics", timeout=10)
+    assert metrics.ok and "haproxy_frontend_http_requests_total" in metrics.text
+    stats = requests.get(f"http://127.0.0.1:{info.haproxy_stats_port}/stats", timeout=10)
+    assert stats.ok and "HAProxy" in stats.text
+
+
 def test_every_dashboard_panel_queries_exported_metrics(traffic: Traffic, cluster: Cluster) -> None:
     exported = {name for name, _, _ in traffic.samples}
     dashboards = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
