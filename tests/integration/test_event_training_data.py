@@ -27,7 +27,7 @@ from serve_app.event_store import EventStore
 from tests.conftest import free_port
 from tests.events import feedback, prediction
 from tests.integration.test_cli import run_cli
-from tests.models import iris, log_model
+from tests.models import iris, log_model, seed_embedded_store
 from tune.config import DatasetConfig, EventsConfig
 from tune.datasets import Task
 from tune.event_data import SOURCE_TYPE, load_event_split
@@ -250,6 +250,7 @@ def test_joined_with_the_original_dataset_the_newest_events_are_the_test_split(
 
 def test_events_alone_take_the_feature_order_from_the_champion(store: str, home: Path) -> None:
     locations = Locations.resolve()
+    seed_embedded_store(locations)
     connect(locations)
     x, y = iris()
     log_model(LogisticRegression(max_iter=300), x, y, name="iris", alias="champion")
@@ -268,6 +269,7 @@ def test_events_alone_take_the_feature_order_from_the_champion(store: str, home:
 
 
 def test_the_search_run_records_the_source(store: str, home: Path) -> None:
+    seed_embedded_store(Locations.resolve())
     connect(Locations.resolve())
     _, split, summary = load_event_split(events_spec(store), Locations.resolve(), cv_folds=5)
     with mlflow.start_run() as run:

@@ -6,7 +6,6 @@ SQLite store under a temporary RAYSPLIT_HOME."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from serve_app.rollout_state import (
     after_decision,
     start,
 )
-from tests.models import iris, log_model
+from tests.models import iris, log_model, seed_embedded_store
 from tune.tracking import connect, ensure_experiment
 
 pytestmark = pytest.mark.integration
@@ -47,24 +46,11 @@ class Registry:
     candidate: ModelRef  # iris version 2
 
 
-@pytest.fixture(scope="module")
-def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An embedded MLflow database with its schema in place, made once: migrating a fresh
-    SQLite store takes seconds, copying one does not."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    # an explicit artifact root: MLflow's default is ./mlruns of the working directory
-    SqlAlchemyStore(f"sqlite:///{path}", (path.parent / "artifacts").as_uri())
-    return path
-
-
 @pytest.fixture
-def registry(home: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+def registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     """iris v1 (champion) and v2 (challenger), logged as `raysplit tune` logs them."""
-    home.mkdir(parents=True)
-    shutil.copyfile(migrated_store, home / "mlflow.db")
     locations = Locations.resolve()
+    seed_embedded_store(locations)
     # connect() exports both URIs to os.environ: set here so they are undone afterwards
     monkeypatch.setenv("MLFLOW_TRACKING_URI", locations.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri)

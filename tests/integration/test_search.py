@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from raysplit.core.settings import Locations
+from tests.models import seed_embedded_store
 from tune.config import TuneSpec
 from tune.search import SearchOutcome, run_search
 
@@ -25,6 +26,7 @@ def search(ray_address: str, **sections: Any) -> tuple[SearchOutcome, MlflowClie
     data.setdefault("register", {})
     data["register"].setdefault("model_name", f"iris-{uuid.uuid4().hex[:8]}")
     locations = Locations.resolve()
+    seed_embedded_store(locations)
     outcome = run_search(TuneSpec.model_validate(data), locations)
     return outcome, MlflowClient(locations.mlflow_tracking_uri)
 
