@@ -238,7 +238,7 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
     gcs = Gcs.find(ft_cluster.info)
 
     prefix = f"{experiment}-load"
-    with BackgroundLoad(deployer.url, prefix, connections=4, pause_s=0.005) as load:
+    with BackgroundLoad(deployer.url, prefix, connections=4, pause_s=0.02) as load:
         load.wait_for(100)
         killed, killed_wall = time.monotonic(), time.time()
         gcs.process.send_signal(signal.SIGKILL)
