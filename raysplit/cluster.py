@@ -172,11 +172,13 @@ def serving_environment(locations: Locations, temp_dir: Path, fast_path: bool) -
         haproxy = temp_dir / "haproxy"
         env.update({var: str(haproxy / name) for var, name in HAPROXY_FILES.items()})
         block = serve_ports(locations.home)
-        # the operator's own ports win, a group at a time: a replica range from the block
-        # beside the operator's fallback port could overlap it
-        for group in (REPLICA_PORT_VARS + FALLBACK_PORT_VARS, HAPROXY_PORT_VARS):
-            if not any(var in os.environ for var in group):
-                env.update({var: block[var] for var in group})
+        # the operator's own ports win: the replica ranges and fallbacks as a whole (a range
+        # from the block beside the operator's fallback port could overlap it), each of
+        # HAProxy's listeners on its own
+        ranges = REPLICA_PORT_VARS + FALLBACK_PORT_VARS
+        if not any(var in os.environ for var in ranges):
+            env.update({var: block[var] for var in ranges})
+        env.update({var: block[var] for var in HAPROXY_PORT_VARS if var not in os.environ})
     return env
 
 
@@ -212,13 +214,10 @@ def serve_ports(home: Path) -> dict[str, str]:
         first = REPLICA_PORT_BASE + ((start + step) % REPLICA_PORT_BLOCKS) * 2 * REPLICA_PORTS
         if _block_free(first, 2 * REPLICA_PORTS):
             break
-    http, grpc = first, first + REPLICA_PORTS
+    halves = (first, first + REPLICA_PORTS)  # HTTP, gRPC
     last = REPLICA_PORTS - 3  # a range's last replica port; then the fallback's, HAProxy's
-    ports = (
-        *(http, http + last, grpc, grpc + last),
-        *(http + last + 1, grpc + last + 1),
-        *(http + last + 2, grpc + last + 2),
-    )
+    ranges = [port for base in halves for port in (base, base + last)]
+    ports = [*ranges, *(base + last + 1 for base in halves), *(base + last + 2 for base in halves)]
     return dict(zip(SERVE_PORT_VARS, map(str, ports), strict=True))
 
 
@@ -311,14 +310,8 @@ def up(
         temp_dir=temp_dir,
         fast_path=fast_path,
         gcs_redis=redis,
-        **(
-            {
-                "haproxy_metrics_port": int(env[HAPROXY_PORT_VARS[0]]),
-                "haproxy_stats_port": int(env[HAPROXY_PORT_VARS[1]]),
-            }
-            if fast_path
-            else {}
-        ),
+        haproxy_metrics_port=int(env[HAPROXY_PORT_VARS[0]]) if fast_path else None,
+        haproxy_stats_port=int(env[HAPROXY_PORT_VARS[1]]) if fast_path else None,
     )
     state = _state_path(locations)
     state.touch(mode=0o600)  # it may hold the Redis password `down` needs

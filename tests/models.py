@@ -34,14 +34,13 @@ def _migrated_mlflow_db() -> Path:
     fresh SQLite store runs MLflow's Alembic migrations (about 1.5 s of CPU), a copy is
     ready in milliseconds. Its Default experiment's artifacts would go under the template's
     directory; the tests log to experiments of their own, with artifacts in their home."""
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     directory = Path(tempfile.mkdtemp(prefix="raysplit-mlflow-template-"))
     atexit.register(shutil.rmtree, directory, True)
     uri = f"sqlite:///{directory / 'mlflow.db'}"
+    # the tracking store's migrations create the registry's tables as well
     SqlAlchemyStore(uri, (directory / "artifacts").as_uri()).engine.dispose()
-    RegistryStore(uri).engine.dispose()
     return directory / "mlflow.db"
 
 

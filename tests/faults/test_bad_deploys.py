@@ -35,8 +35,8 @@ def refused_under_load(
     """Deploy ``bad`` while 2 clients send predictions; assert the refusal and no failure."""
     before = requests.get(f"{deployer.url}/models", timeout=10).json()
     prefix = f"bad-{uuid.uuid4().hex[:6]}"
-    # 2 clients at up to 10 requests/s each, all through the attempt (a few hundred
-    # requests): the load that shows the refusal costs nothing, not a saturating one that
+    # 2 clients at up to 10 requests/s each, all through the attempt (about 190 requests
+    # per case): the load that shows the refusal costs nothing, not a saturating one that
     # slows the failing replicas' starts and the suite's other worker
     with BackgroundLoad(deployer.url, prefix, connections=2, pause_s=0.1) as load:
         load.wait_for(50)

@@ -269,9 +269,10 @@ def test_events_alone_take_the_feature_order_from_the_champion(store: str, home:
 
 
 def test_the_search_run_records_the_source(store: str, home: Path) -> None:
-    seed_embedded_store(Locations.resolve())
-    connect(Locations.resolve())
-    _, split, summary = load_event_split(events_spec(store), Locations.resolve(), cv_folds=5)
+    locations = Locations.resolve()
+    seed_embedded_store(locations)
+    connect(locations)
+    _, split, summary = load_event_split(events_spec(store), locations, cv_folds=5)
     with mlflow.start_run() as run:
         log_inputs(split, summary.input_name, summary)
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs

@@ -68,6 +68,12 @@ def test_the_head_gets_the_block_only_on_the_fast_path(
     assert not set(REPLICA_PORT_VARS + FALLBACK_PORT_VARS) & set(own)
     assert {var: own[var] for var in HAPROXY_PORT_VARS} == {
         var: fast[var] for var in HAPROXY_PORT_VARS
-    }  # a group the operator left alone still comes from the block
+    }  # what the operator left alone still comes from the block
+    # HAProxy's two listeners are set one by one: the stats port the operator's, the
+    # metrics port still the block's (`up` records both in cluster.json)
     monkeypatch.setenv(HAPROXY_PORT_VARS[1], "8404")
+    own = serving_environment(locations, tmp_path, True)
+    assert HAPROXY_PORT_VARS[1] not in own
+    assert own[HAPROXY_PORT_VARS[0]] == fast[HAPROXY_PORT_VARS[0]]
+    monkeypatch.setenv(HAPROXY_PORT_VARS[0], "9101")
     assert not set(SERVE_PORT_VARS) & set(serving_environment(locations, tmp_path, True))
