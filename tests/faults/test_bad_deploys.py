@@ -84,11 +84,12 @@ def test_a_bad_variant_is_refused_and_the_running_ones_keep_serving(
     deployer: Deployer, broken_models: dict[str, str], case: str
 ) -> None:
     uri, expected = CASES[case]
-    # a good deploy recovers after the previous case: Serve kept one replica serving the
-    # refused deploy's predecessor, and ensure() (the last deploy did not reach RUNNING)
-    # deploys that config again, which starts the second replica; after the last case the
-    # next test's own deploy replaces them
-    deployer.ensure(user_config(variants=variants(50, 50)))
+    # The first case starts from two replicas of the good config: Serve stops one of them
+    # for the rolling update while the refused replacement fails. It keeps the other one
+    # serving, and each later case is refused over that one (below its target of two,
+    # Serve stops no old replica before a new one runs); no good deploy in between, which
+    # would only start a second replica for the next refusal to stop again.
+    deployer.ensure(user_config(variants=variants(50, 50)), after_refusal=True)
     refused_under_load(
         deployer, user_config(variants=challenger(broken_models.get(uri, uri))), expected
     )

@@ -50,7 +50,8 @@ class Deployer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         self._count = 0
-        self._running: dict[str, Any] | None = None  # the last deploy that reached RUNNING
+        self._running: dict[str, Any] | None = None  # the last deploy, if it reached RUNNING
+        self._serving: dict[str, Any] | None = None  # the last deploy that reached RUNNING
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN_PATH.read_text().strip()}"}
@@ -190,7 +191,7 @@ class Deployer:
                 if expect == "RUNNING":
                     # the proxy learns of new replicas after Serve says RUNNING
                     wait_ready(self.url, max(60.0, deadline - time.monotonic()))
-                    self._running = config
+                    self._running = self._serving = config
                 return apps.get(APP, {})
             time.sleep(0.2)
         raise AssertionError(f"not every application reached {expect}: {self._applications()}")
@@ -199,13 +200,20 @@ class Deployer:
         self,
         user_config: dict[str, Any],
         actor_options: dict[str, Any] | None = None,
+        after_refusal: bool = False,
         **options: dict[str, Any] | None,
     ) -> None:
         """Deploy this config unless it is what the last deploy left running (no identical
-        deploy back to back)."""
+        deploy back to back). ``after_refusal``: also leave it when the last deploy was
+        refused over it, since Serve keeps a refused deploy's predecessor serving (on one
+        replica of two, if it had stopped the other for the rolling update)."""
         config = self.config(user_config, actor_options, **options)
-        if config != self._running or self._status().get("status") != "RUNNING":
-            self.deploy(user_config, actor_options=actor_options, **options)
+        status = self._status().get("status")
+        if config == self._running and status == "RUNNING":
+            return
+        if after_refusal and config == self._serving and status == "DEPLOY_FAILED":
+            return
+        self.deploy(user_config, actor_options=actor_options, **options)
 
     def predict(
         self,
