@@ -185,14 +185,24 @@ def queued_by_replica(deployer: Deployer, replicas: int = 2) -> dict[str, int]:
     raise AssertionError(f"only replicas {sorted(seen)} answered /models")
 
 
-def held_in_memory(deployer: Deployer, name: str, count: int) -> dict[str, int]:
+# the environment of the replicas the graceful-shutdown test starts: the SIGKILL test holds
+# its events in them too, rather than replacing them with default ones first
+NEXT_GENERATION = {"runtime_env": {"env_vars": {"RAYSPLIT_TEST_GENERATION": "next"}}}
+
+
+def held_in_memory(
+    deployer: Deployer, name: str, count: int, actor_options: dict | None = None
+) -> dict[str, int]:
     """Deploy with an hour between flushes and send ``count`` predictions: all stay queued.
 
-    The long interval goes to replicas already running the default one: the change wakes
-    their writer, which writes the new config's allocation record at once. (A fresh
-    replica's first allocation record may stay queued too, and be counted with these.)"""
-    deployer.ensure(user_config())
-    deployer.deploy(user_config(experiment=name, event_flush_interval_s=3600))
+    The long interval goes to replicas already running the default one (with these
+    ``actor_options``): the change wakes their writer, which writes the new config's
+    allocation record at once. (A fresh replica's first allocation record may stay queued
+    too, and be counted with these.)"""
+    deployer.ensure(user_config(), actor_options=actor_options)
+    deployer.deploy(
+        user_config(experiment=name, event_flush_interval_s=3600), actor_options=actor_options
+    )
     replies = deployer.load(count, lambda i: {"X-Request-Id": f"{name}-{i}"}, threads=4)
     assert {r.status for r in replies} == {200}
     queued = queued_by_replica(deployer)
@@ -207,8 +217,7 @@ def test_a_graceful_shutdown_writes_every_queued_event(deployer: Deployer) -> No
     held_in_memory(deployer, name, 120)
     assert stored_events(url, name) == 0  # nothing written yet: the queue holds them
     before = deployer.replica_ids()
-    env = {"runtime_env": {"env_vars": {"RAYSPLIT_TEST_GENERATION": name}}}
-    deployer.deploy(user_config(experiment=name), actor_options=env)  # new replicas
+    deployer.deploy(user_config(experiment=name), actor_options=NEXT_GENERATION)  # new ones
     assert not before & deployer.replica_ids()
     assert stored_events(url, name) == 120
 
@@ -220,7 +229,7 @@ def test_a_sigkill_loses_exactly_the_queued_events_it_reported(
     raysplit_events_queued gauge) said it held, and nothing more."""
     name = f"sigkill-{uuid.uuid4().hex[:6]}"
     url = deployer.cluster.locations.event_store_url
-    queued = held_in_memory(deployer, name, 120)
+    queued = held_in_memory(deployer, name, 120, actor_options=NEXT_GENERATION)
     pids = deployer.replica_pids()
     assert set(pids) == set(queued)
     for pid in pids.values():
