@@ -122,17 +122,6 @@ def stored(url: str, request_ids: set[str]) -> int:
         engine.dispose()
 
 
-def running_pair(deployer: Deployer, without: str | None = None, timeout: float = 120) -> set[str]:
-    """The deployment's two replicas once Serve lists both as running (and ``without`` not
-    among them). One CI run listed a single running replica a moment after listing two
-    (a replica Serve was replacing); a victim is picked from a settled pair, not then."""
-    deadline = time.monotonic() + timeout
-    while len(ids := deployer.replica_ids()) != 2 or without in ids:
-        assert time.monotonic() < deadline, f"Serve lists {ids} running, not two without {without}"
-        time.sleep(0.5)
-    return ids
-
-
 def test_a_rollout_survives_its_decision_maker_killed_a_store_outage_and_a_killed_replica(
     deployer: Deployer,
     fault_models: MlflowClient,
@@ -158,7 +147,7 @@ def test_a_rollout_survives_its_decision_maker_killed_a_store_outage_and_a_kille
     maker_killed_at = time.time()
     # no traffic until Serve has replaced it: the rollout cannot end meanwhile (a promotion
     # needs labelled requests in the last step), so the outage below falls within it
-    running_pair(deployer, without=maker)  # Serve has replaced the killed decision maker
+    deployer.running_replicas(without={maker})  # Serve replaced the killed decision maker
     view = rollout(deployer)
     assert view["rollout"]["phase"] == "running", view["rollout"]
     after_kill = [d for d in view["decisions"] if d["at"] > maker_killed_at]
@@ -168,7 +157,7 @@ def test_a_rollout_survives_its_decision_maker_killed_a_store_outage_and_a_kille
 
     # 2. the store down for many evaluations, with predictions queued in both replicas and
     # one of them (not the lease holder) killed meanwhile: what it held is lost
-    victim = next(r for r in running_pair(deployer) if r != successor)
+    victim = next(r for r in deployer.running_replicas() if r != successor)
     stoppable_postgres.stop()
     stopped_at = time.time()
     try:

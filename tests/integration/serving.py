@@ -72,6 +72,21 @@ class Deployer:
         """The running replicas, as Serve's controller lists them."""
         return set(self.replica_nodes())
 
+    def running_replicas(
+        self, count: int = 2, without: set[str] | frozenset[str] = frozenset(), timeout: float = 120
+    ) -> set[str]:
+        """The running replicas once Serve lists ``count`` of them and none of ``without``
+        (replicas a test killed). A victim is picked from such a settled set: one CI run
+        listed a single running replica a moment after listing two (one Serve was
+        replacing)."""
+        deadline = time.monotonic() + timeout
+        while len(ids := self.replica_ids()) != count or ids & without:
+            assert time.monotonic() < deadline, (
+                f"Serve lists {sorted(ids)} running, not {count} without {sorted(without)}"
+            )
+            time.sleep(0.5)
+        return ids
+
     def replica_nodes(self) -> dict[str, str]:
         """Running replica id -> the Ray node it runs on."""
         replicas = self._status()["deployments"]["Ingress"]["replicas"]

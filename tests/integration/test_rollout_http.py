@@ -200,10 +200,7 @@ def test_a_better_candidate_is_promoted_through_every_step_despite_losing_its_co
     pids = deployer.replica_pids()
     os.kill(pids[holder], signal.SIGKILL)  # the controller, mid-rollout
     step_at_kill = view["rollout"]["step"]
-    deadline = time.monotonic() + 120
-    while not (len(deployer.replica_ids()) == 2 and holder not in deployer.replica_ids()):
-        assert time.monotonic() < deadline, "Serve did not replace the killed replica"
-        time.sleep(0.5)
+    deployer.running_replicas(without={holder})  # Serve replaced the killed controller
 
     view = drive(deployer, lambda v: v["rollout"]["phase"] != "running", timeout=300)
     record = view["rollout"]
