@@ -8,6 +8,8 @@ instead of corrupting it.
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 from typing import Any
 
 import orjson
@@ -208,20 +210,42 @@ def _json(value: Any) -> str:
 
 
 BEGIN_OPTION = "raysplit_sqlite_begin"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def _journal_to_wal(connection: sqlite3.Connection) -> None:
+    """Switch the database to WAL (a no-op once it is).
+
+    Switching needs the database to itself for a moment, and while another connection
+    holds a write lock (another replica switching it, or migrating under BEGIN IMMEDIATE)
+    SQLite refuses at once with "database is locked": the busy timeout does not apply.
+    Replicas opening a new store together met exactly that, so the switch is retried
+    within the same timeout as any other lock."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL").close()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str) -> Engine:
     """An engine tuned for its back end: SQLite gets WAL and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, json_serializer=_json)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, json_serializer=_json
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _wal(connection: Any, _record: Any) -> None:
             # SQLAlchemy emits BEGIN itself (below), so a transaction can ask for a write
             # lock up front: pysqlite's own deferred BEGIN cannot.
             connection.isolation_level = None
+            _journal_to_wal(connection)
             cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             try:  # the report's aggregates; SQLite builds without its math functions lack them
                 cursor.execute("SELECT ln(1.0), floor(1.5)")

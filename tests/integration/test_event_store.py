@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -256,6 +258,29 @@ def _open_store(url: str, start: float) -> int:
     store = EventStore(url)
     store.dispose()
     return store.version
+
+
+def test_a_store_opened_while_another_holds_the_write_lock_waits_for_it(tmp_path: Path) -> None:
+    """SQLite refuses a switch to WAL at once, busy timeout or not, while another connection
+    holds the write lock: a replica opening a new store beside one that was migrating it
+    failed with "database is locked" (seen once in a full run of the test below)."""
+    path = tmp_path / "events.db"
+    # a rollback-journal database, its write lock taken as a migrating replica takes it
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (i INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    released = threading.Timer(0.5, other.execute, ["COMMIT"])
+    released.start()
+    try:
+        store = EventStore(f"sqlite:///{path}")
+    finally:
+        released.join()
+        other.close()
+    assert store.version == SCHEMA_VERSION
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.dispose()
 
 
 def test_replicas_starting_together_migrate_an_old_database_once(store_url: str) -> None:
