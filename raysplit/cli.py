@@ -1,5 +1,5 @@
-"""The `raysplit` command line: tune, promote, rollback, up, down, traffic, report, rollout,
-keys, info.
+"""The `raysplit` command line: tune, promote, rollback, up, down, check, deploy, status,
+traffic, report, rollout, keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -290,6 +290,50 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_findings(path: Path, dashboard_url: str) -> bool:
+    """Print what `raysplit check` found; whether anything refuses the config."""
+    from raysplit.deploy_check import check
+
+    findings = check(path, dashboard_url)
+    for finding in findings:
+        print(finding.line(), file=sys.stderr)
+    errors = [f for f in findings if not f.warning]
+    if not errors:
+        print(f"{path}: every application's config would be applied")
+    return bool(errors)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    dashboard = args.address or Locations.resolve().ray_dashboard_url
+    return 2 if _report_findings(args.config, dashboard) else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from raysplit.deploy_check import deploy
+
+    dashboard = args.address or Locations.resolve().ray_dashboard_url
+    if _report_findings(args.config, dashboard):
+        print("raysplit: not deployed", file=sys.stderr)
+        return 2
+    deploy(args.config, dashboard)
+    print(f"deployed {args.config} to {dashboard}; `raysplit status` shows what the replicas did")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from raysplit.deploy_check import status_lines
+    from raysplit.traffic import auth_headers
+
+    locations = Locations.resolve()
+    lines = status_lines(
+        args.address or locations.ray_dashboard_url,
+        args.url or locations.ingress_url,
+        auth_headers(args.api_key),
+    )
+    print("\n".join(lines) if lines else "no Serve application is deployed")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(Locations.resolve().model_dump_json(indent=2))
     return 0
@@ -386,6 +430,39 @@ def build_parser() -> argparse.ArgumentParser:
         " safe to run before `raysplit up`.",
     )
     down.set_defaults(func=cmd_down)
+
+    dashboard_help = "Ray dashboard URL (default: the local cluster's, `raysplit info`)"
+    check = commands.add_parser(
+        "check",
+        help="check a serve config against the live registry as a replica would",
+        description="Validate every raysplit application's user_config in a serve config with"
+        " the code a replica runs on deploy (models resolved and loaded from the registry,"
+        " variants compared); print each problem with its application, deployment and field."
+        " Exit 2 if a replica would refuse it. Warns when the replica maxima need more CPUs"
+        " than the cluster has.",
+    )
+    check.add_argument("config", type=Path, help="serve config (YAML), e.g. serve_config.yaml")
+    check.add_argument("--address", metavar="URL", help=dashboard_help)
+    check.set_defaults(func=cmd_check)
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="raysplit check, then deploy the config as `serve deploy` does",
+        description="Check the serve config (see `raysplit check`) and, only if every"
+        " application's config would be applied, send it to the cluster's dashboard.",
+    )
+    deploy.add_argument("config", type=Path, help="serve config (YAML)")
+    deploy.add_argument("--address", metavar="URL", help=dashboard_help)
+    deploy.set_defaults(func=cmd_deploy)
+
+    status = commands.add_parser(
+        "status",
+        help="one line per application: the config applied, or refused and why",
+    )
+    status.add_argument("--address", metavar="URL", help=dashboard_help)
+    status.add_argument("--url", help="ingress URL (default: RAYSPLIT_INGRESS_URL)")
+    add_api_key(status, "GET /models")
+    status.set_defaults(func=cmd_status)
 
     traffic = commands.add_parser("traffic", help="send sample predictions, show the split")
     traffic.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")

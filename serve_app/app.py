@@ -21,31 +21,31 @@ import gc
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from mlflow.tracking import MlflowClient
-from pydantic import ValidationError
 from ray import serve
 
-from raysplit.core.errors import describe_validation_error
 from raysplit.core.settings import Locations
 from serve_app import guard
 from serve_app.api import api
 from serve_app.auth import ApiKeys, exposure_warning
 from serve_app.batching import JobResult, PredictionJob, run_jobs
 from serve_app.config import IngressConfig
+from serve_app.deploy_record import AcceptedConfig, AcceptedConfigs, DeployPhase, DeployStatus
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
 from serve_app.loops import AliasWatcher, EventGauges, ReportPublisher
 from serve_app.metrics import ExperimentMetrics
-from serve_app.models import LoadedModel, ModelLoadError, load, resolve
+from serve_app.models import LoadedModel
 from serve_app.predictor import Predictor
+from serve_app.prepare import ConfigRefused, config_hash, load_variants, prepare
 from serve_app.rollout_loops import RolloutController, RolloutFollower
-from serve_app.rollout_state import RolloutRecord
+from serve_app.rollout_state import DecisionEntry, RolloutRecord
 from serve_app.rollout_store import RolloutStore
 from serve_app.routes import experiment, health, oip, predict, retrain, rollout, ui
 from serve_app.routes.base import Replica, bind_replica
-from serve_app.state import IncompatibleVariants, ServingState
+from serve_app.state import ServingState
 
 logger = logging.getLogger("ray.serve")
 
@@ -67,7 +67,7 @@ class Ingress(Replica):
         # may never import this module, so a module-level binding is not there
         bind_replica(self)
         self.state = None
-        self.last_reconfigure = {"status": "pending"}
+        self.deploy = DeployStatus()
         self.event_store_url = os.environ.get(
             "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
         )
@@ -99,25 +99,69 @@ class Ingress(Replica):
 
     # ----------------------------------------------------------------- configuration
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Validate and load the new experiment completely, then swap it in at once.
+        """Apply a new experiment, or refuse it and keep serving.
 
-        On any failure this raises before touching the live state: Ray marks the deploy
-        failed (visible in ``serve status``) while this replica keeps serving what it had,
-        and ``GET /models`` shows the error.
+        A config is validated and every model loaded before anything live changes
+        (:func:`serve_app.prepare.prepare`). Serve stops a replica whose ``reconfigure()``
+        raises, so raising would take the only replica of a small deployment down
+        (measured: 696 of 745 requests answered 503 at one replica). Instead a replica
+        that serves something keeps it and says so, and a replica that *starts* on a
+        refused config serves the last config any replica of this application accepted,
+        kept in the event store. Only a replica with nothing to serve (the very first
+        deploy) raises, and Serve reports the deploy failed.
         """
+        new_hash = config_hash(user_config)
         try:
-            config = IngressConfig.model_validate(user_config)
-            models = await asyncio.to_thread(self._load_models, config)
-            # a running rollout keeps its weights across a deploy that does not change it,
-            # and a new replica serves them from its first request
-            rollout = self.state.rollout if self.state else None
-            if config.rollout is not None and rollout is None:
-                rollout = await self._stored_rollout(config.experiment)
-            state = ServingState.build(config, models, rollout)
-        except ValidationError as exc:
-            self._fail(describe_validation_error(exc, "user_config"))
-        except (ModelLoadError, IncompatibleVariants) as exc:
-            self._fail(str(exc))
+            config, models = await asyncio.to_thread(
+                prepare, user_config, MlflowClient(), self._loaded()
+            )
+        except ConfigRefused as exc:
+            await self._refuse(new_hash, str(exc))
+            return
+        await self._apply(config, models)
+        self.deploy = DeployStatus.applied(new_hash)
+        self.metrics.config_refused(False)
+        await self._record_accepted(user_config, new_hash)
+
+    async def _refuse(self, refused_hash: str, reason: str) -> None:
+        """Keep (or, at start, fall back to) a config that was accepted; say so loudly."""
+        if self.state is None:
+            stored = await self._stored_accepted()
+            if stored is None:
+                self._fail(reason)
+            try:
+                config, models = await asyncio.to_thread(
+                    prepare, stored.user_config, MlflowClient()
+                )
+            except ConfigRefused as exc:
+                self._fail(
+                    f"{reason}; the last accepted config ({stored.config_hash}, from"
+                    f" {stored.replica}) cannot be served either: {exc}"
+                )
+            await self._apply(config, models)
+            self.deploy = DeployStatus(from_store=True, serving_config_hash=stored.config_hash)
+        self.deploy = self.deploy.refused(reason, refused_hash, self.deploy.serving_config_hash)
+        self.metrics.config_refused(True)
+        logger.error("deploy refused, %s", self.deploy.line(self._app))
+        await self._log_refusal_in_rollout()
+
+    def _fail(self, reason: str) -> NoReturn:
+        self.deploy = DeployStatus(
+            status=DeployPhase.REFUSED,
+            reason=reason,
+            since=time.time(),
+        )
+        logger.error("deploy refused and no accepted config to serve instead: %s", reason)
+        raise ValueError(reason) from None
+
+    async def _apply(self, config: IngressConfig, models: dict[str, LoadedModel]) -> None:
+        """Swap a prepared config in at once and start what runs beside the requests."""
+        # a running rollout keeps its weights across a deploy that does not change it,
+        # and a new replica serves them from its first request
+        rollout = self.state.rollout if self.state else None
+        if config.rollout is not None and rollout is None:
+            rollout = await self._stored_rollout(config.experiment)
+        state = ServingState.build(config, models, rollout)
         self._batched.set_max_batch_size(config.batch_requests)
         self._apply_limits(config)
         first = self.state is None
@@ -127,7 +171,6 @@ class Ingress(Replica):
         self.events.add_allocation(state.allocation)
         self.state = state
         self.metrics.runtimes(state)
-        self.last_reconfigure = {"status": "ok", "at": time.time()}
         self.metrics.start()
         for loop in self._loops:
             loop.start()
@@ -146,6 +189,69 @@ class Ingress(Replica):
             config.experiment,
             ", ".join(f"{n}={m.resolved.uri}" for n, m in models.items()),
         )
+
+    def _loaded(self) -> dict[str, LoadedModel]:
+        """The models served now, by pinned URI: a deploy reuses those it keeps."""
+        return {m.resolved.uri: m for m in (self.state.models.values() if self.state else [])}
+
+    async def _record_accepted(self, user_config: dict[str, Any], accepted_hash: str) -> None:
+        """Keep the accepted config where a starting replica finds it; a store that cannot
+        be reached costs only that fallback, never the deploy."""
+        record = AcceptedConfig(
+            application=self._app,
+            config_hash=accepted_hash,
+            user_config=user_config,
+            accepted_at=time.time(),
+            replica=self.replica_id,
+        )
+        try:
+            store = await self.store()
+            await asyncio.to_thread(AcceptedConfigs(store.engine).save, record)
+        except Exception as exc:
+            logger.warning(
+                "accepted config %s not recorded (%s: %s): a replica that starts on a refused"
+                " config cannot fall back to it",
+                accepted_hash,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _stored_accepted(self) -> AcceptedConfig | None:
+        try:
+            store = await self.store()
+            return await asyncio.to_thread(AcceptedConfigs(store.engine).read, self._app)
+        except Exception as exc:
+            logger.error(
+                "the last accepted config is not readable: %s: %s", type(exc).__name__, exc
+            )
+            return None
+
+    async def _log_refusal_in_rollout(self) -> None:
+        """A running rollout keeps deciding on the config it had; its log says why the new
+        one did not take over (once, whichever replica writes first)."""
+        rollout = self.state.rollout if self.state else None
+        if rollout is None or rollout.terminal:
+            return
+        status = self.deploy
+        marker = f"deploy {status.refused_config_hash} refused"
+        entry = DecisionEntry(
+            experiment=rollout.experiment,
+            rollout_id=rollout.rollout_id,
+            at=time.time(),
+            seq=rollout.seq,
+            step=rollout.step,
+            kind="refused_deploy",
+            share=rollout.share,
+            share_after=rollout.share,
+            reason=f"{marker}; still deciding on config {status.serving_config_hash}:"
+            f" {status.reason}"[:1024],
+            actor=f"deploy via {self.replica_id}",
+        )
+        try:
+            store = await self.store()
+            await asyncio.to_thread(RolloutStore(store.engine).note_once, entry, marker)
+        except Exception as exc:
+            logger.warning("refusal not logged in the rollout: %s: %s", type(exc).__name__, exc)
 
     async def _stored_rollout(self, experiment: str) -> RolloutRecord | None:
         """The experiment's rollout as the store holds it; None if the store cannot say
@@ -176,34 +282,17 @@ class Ingress(Replica):
         if warning:
             logger.warning(warning)
 
-    def _fail(self, message: str) -> None:
-        self.last_reconfigure = {"status": "failed", "error": message, "at": time.time()}
-        logger.error("reconfigure rejected, still serving the previous config: %s", message)
-        raise ValueError(message) from None
-
-    def _load_models(self, config: IngressConfig) -> dict[str, LoadedModel]:
-        """Load each variant, reusing a loaded model whose pinned version is unchanged."""
-        client = MlflowClient()
-        current = {m.resolved.uri: m for m in (self.state.models.values() if self.state else [])}
-        models = {}
-        for variant in config.variants:
-            pinned = resolve(variant.model_uri, client)  # one registry call per variant
-            loaded = current.get(pinned.uri)
-            if loaded is None or (loaded.pickled and not config.allow_pickle):
-                loaded = load(variant, pinned, config.allow_pickle)
-            models[variant.name] = loaded
-        return models
-
     def _load_state_models(self, state: ServingState) -> dict[str, LoadedModel]:
-        return self._load_models(state.config)
+        return load_variants(state.config, MlflowClient(), self._loaded())
 
     async def _refresh_aliases(self) -> None:
         """Load what the aliases point at now (a rollout just moved one)."""
         await self._aliases.tick()
 
-    def deploy_status(self) -> dict[str, str]:
-        """Serve's own view of the last deploy. A replica whose reconfigure() failed is
-        replaced, so only the controller can tell the surviving replicas' callers why."""
+    def serve_status(self) -> dict[str, str]:
+        """Serve's own view of the last deploy: RUNNING while a refused config is served
+        around (the replicas accepted the call and kept their config), DEPLOY_FAILED only
+        when a first deploy had nothing to fall back to."""
         app = serve.status().applications.get(self._app)
         if app is None:
             return {"status": "UNKNOWN", "message": ""}

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 
@@ -197,6 +197,19 @@ rollout_decisions = sa.Table(
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("figures", sa.JSON),
     sa.Index("ix_rollout_decisions_rollout", "rollout_id", "id"),
+)
+
+
+# v6: the last user_config a replica of each Serve application accepted, so a replica that
+# starts on a config it must refuse serves this one instead of failing (serve_app.deploy_record)
+accepted_configs = sa.Table(
+    "raysplit_accepted_configs",
+    metadata,
+    sa.Column("application", sa.String(128), primary_key=True),
+    sa.Column("config_hash", sa.String(16), nullable=False),
+    sa.Column("user_config", sa.JSON, nullable=False),
+    sa.Column("accepted_at", sa.Float, nullable=False),
+    sa.Column("replica", sa.String(128), nullable=False),
 )
 
 

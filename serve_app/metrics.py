@@ -133,6 +133,12 @@ GAUGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         " conversion; sklearn), 0 for a version or runtime no longer served.",
         (*VARIANT, "model_version", "runtime"),
     ),
+    "config_refused": (
+        "raysplit_config_refused",
+        "1 while this replica serves an earlier config because it refused the deployed"
+        " one (GET /models says why), 0 once a deploy is applied.",
+        (),
+    ),
     "rollout_phase": (
         "raysplit_rollout_phase",
         "1 for the rollout's current phase (running, paused, promoted, rolled_back,"
@@ -206,6 +212,9 @@ class ExperimentMetrics:
         """Counted once, by the replica whose decision (or command) took effect."""
         tags = {"experiment": entry.experiment, "candidate": candidate, "kind": entry.kind}
         self._counters["rollout_decisions"].inc(1, tags={**tags, "actor": _actor(entry)})
+
+    def config_refused(self, refused: bool) -> None:
+        self._gauges["config_refused"].set(1.0 if refused else 0.0)
 
     def runtimes(self, state: ServingState) -> None:
         """Which runtime answers each variant of ``state``: 1 on its series, 0 on series of

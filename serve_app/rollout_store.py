@@ -113,6 +113,29 @@ class RolloutStore:
                 conn.execute(rollout_decisions.insert().values(**entry.model_dump()))
         return written
 
+    def note_once(self, entry: DecisionEntry, marker: str) -> bool:
+        """Log ``entry`` (which changes nothing in the record) unless the rollout's log
+        already holds an entry of its kind whose reason starts with ``marker``: every
+        replica refuses the same deploy, and the log should say so once."""
+        d = rollout_decisions
+        with self._writing() as conn, conn.begin():
+            conn.execute(  # serialise the check and the insert (row lock / BEGIN IMMEDIATE)
+                sa.select(rollouts.c.seq)
+                .where(rollouts.c.experiment == entry.experiment)
+                .with_for_update()
+            )
+            seen = conn.execute(
+                sa.select(d.c.id).where(
+                    d.c.rollout_id == entry.rollout_id,
+                    d.c.kind == entry.kind,
+                    d.c.reason.startswith(marker, autoescape=True),
+                )
+            ).first()
+            if seen is not None:
+                return False
+            conn.execute(d.insert().values(**entry.model_dump()))
+        return True
+
     def decisions(
         self, rollout_id: str, limit: int = DECISION_LOG_LIMIT, holds: bool = True
     ) -> list[DecisionEntry]:

@@ -10,10 +10,11 @@ module reaches the replica without that rewrite.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 
+from serve_app.deploy_record import DeployStatus
 from serve_app.errors import NotReady
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
@@ -33,7 +34,7 @@ class Replica:
     metrics: ExperimentMetrics
     event_store_url: str
     replica_id: str
-    last_reconfigure: dict[str, Any]
+    deploy: DeployStatus
 
     def swap(self, seen: ServingState, new: ServingState) -> bool:
         """Swap in what a background loop built (the alias watcher, the rollout follower),
@@ -79,7 +80,7 @@ class Replica:
             headers["X-Raysplit-Event"] = prediction.event
         return headers
 
-    def deploy_status(self) -> dict[str, str]:
+    def serve_status(self) -> dict[str, str]:
         """Serve's own view of the last deploy (the deployment knows how to ask)."""
         raise NotImplementedError
 

@@ -31,13 +31,13 @@ router = APIRouter()
 DEPLOY_STATUS_TIMEOUT_S = 5.0
 
 
-async def deploy_status(replica: Replica) -> dict[str, str]:
+async def serve_status(replica: Replica) -> dict[str, str]:
     """Serve's view of the last deploy, or UNKNOWN if its controller does not answer in
     time: the status call goes through the GCS, and while the GCS is down it hangs (a
     GCS restart took one such call 57 s), which must not take /models down with it."""
     try:
         return await asyncio.wait_for(
-            asyncio.to_thread(replica.deploy_status), DEPLOY_STATUS_TIMEOUT_S
+            asyncio.to_thread(replica.serve_status), DEPLOY_STATUS_TIMEOUT_S
         )
     except TimeoutError:
         return {
@@ -70,14 +70,16 @@ async def models(replica: ReplicaDep):
             )
     return {
         "experiment": state.config.experiment if state else None,
-        "deploy": await deploy_status(replica),
+        # what this replica did with the last config: APPLIED, or REFUSED and why, with
+        # the config it serves instead (serve_app.deploy_record)
+        "deploy": replica.deploy.model_dump(mode="json"),
+        "serve": await serve_status(replica),
         "control": state.config.control_variant if state else None,
         "sticky_key": state.config.sticky_key if state else None,
         "features": state.features if state else [],
         "variants": variants,
         # why `weight` differs from `configured_weight` (a rollout owns the split), or None
         "weights_differ": weights_differ(state.configured, state.rollout) if state else None,
-        "last_reconfigure": replica.last_reconfigure,
         "events": replica.events.stats().model_dump(),
         "replica": replica.replica_id,
     }

@@ -1,26 +1,34 @@
-"""Deploys that must be refused while the running variants keep answering every request.
+"""Deploys that must be refused while the last good config keeps answering every request,
+at one replica (what users run at night and in development) as at two.
 
-Each case redeploys ``serve_config.yaml`` with one bad variant while clients send
-predictions: Serve must report ``DEPLOY_FAILED`` with a message naming the problem, the
-replicas keep the experiment they had, and not one request fails during the attempt.
+Each case deploys ``serve_config.yaml`` with one bad variant while a client sends a
+prediction every 50 ms. Every replica refuses the config in ``reconfigure()`` and keeps the
+one it serves (Serve itself reports RUNNING: nothing failed); ``GET /models`` says REFUSED,
+why, and which config is served; the ``raysplit_config_refused`` gauge is 1; a good deploy
+afterwards is applied. Measured on the first version at one replica: 696 of 745 requests
+answered 503 after a missing alias.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from raysplit.core.settings import Locations
+from serve_app.prepare import config_hash
 from tests.conftest import Cluster, running_mlflow_server
 from tests.faults.load import BackgroundLoad
 from tests.faults.registry import corrupt, register
 from tests.integration.serving import Deployer, user_config, variants
+from tests.integration.test_observability import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -29,31 +37,88 @@ def challenger(uri: str) -> list[dict]:
     return [*variants(50, 50)[:1], {"name": "challenger", "model_uri": uri, "weight": 50}]
 
 
+def every_replica(
+    deployer: Deployer, replicas: int, wanted: Any, timeout_s: float = 60
+) -> dict[str, dict]:
+    """``GET /models`` from each of ``replicas`` replicas once ``wanted(models)`` holds on
+    all of them: the ingress spreads requests, so asking again reaches the others."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        models = requests.get(f"{deployer.url}/models", timeout=15).json()
+        if wanted(models):
+            seen[models["replica"]] = models
+        else:
+            seen.pop(models["replica"], None)
+        if len(seen) >= replicas:
+            return seen
+        assert time.monotonic() < deadline, f"after {timeout_s:g} s: {models['deploy']}"
+        time.sleep(0.1)
+
+
+def refused_gauge(cluster: Cluster) -> float | None:
+    """The highest ``raysplit_config_refused`` any iris replica exports now."""
+    values = [
+        value
+        for name, labels, value in scrape(cluster)
+        if name == "ray_raysplit_config_refused" and labels.get("application") == "iris"
+    ]
+    return max(values) if values else None
+
+
+def wait_for_gauge(cluster: Cluster, value: float, timeout_s: float = 90) -> None:
+    """Until Ray's metrics agent exports ``value`` (it reports every few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := refused_gauge(cluster)) != value:
+        assert time.monotonic() < deadline, f"raysplit_config_refused is {found}, not {value}"
+        time.sleep(1)
+
+
 def refused_under_load(
-    deployer: Deployer, bad: dict, expected: str, actor_options: dict | None = None
-) -> None:
-    """Deploy ``bad`` while 2 clients send predictions; assert the refusal and no failure."""
+    deployer: Deployer,
+    good: dict,
+    bad: dict,
+    expected: str,
+    replicas: int,
+    actor_options: dict | None = None,
+) -> dict:
+    """Deploy ``bad`` over ``good`` while a client sends a prediction every 50 ms; assert
+    the refusal on every replica and no failed request; the refusing replica's /models."""
+    options = {"deployment_options": {"num_replicas": replicas}, "actor_options": actor_options}
+    deployer.ensure(good, **options)
     before = requests.get(f"{deployer.url}/models", timeout=10).json()
+    assert before["deploy"]["status"] == "APPLIED", before["deploy"]
     prefix = f"bad-{uuid.uuid4().hex[:6]}"
-    # 2 clients at up to 10 requests/s each, all through the attempt (about 190 requests
-    # per case): the load that shows the refusal costs nothing, not a saturating one that
-    # slows the failing replicas' starts and the suite's other worker
-    with BackgroundLoad(deployer.url, prefix, connections=2, pause_s=0.1) as load:
-        load.wait_for(50)
-        status = deployer.deploy(bad, expect="DEPLOY_FAILED", actor_options=actor_options)
+    with BackgroundLoad(deployer.url, prefix, connections=1, pause_s=0.05) as load:
+        load.wait_for(20)
+        # Serve reports RUNNING: every replica took the call and kept its config
+        deployer.deploy(bad, **options)
+        refused = every_replica(deployer, replicas, lambda m: m["deploy"]["status"] == "REFUSED")
         load.wait_for(load.answered() + 50)  # still answering after the refusal
-    message = " ".join(
-        [status.get("message", ""), *(d.get("message", "") for d in status["deployments"].values())]
-    )
-    assert expected in message, message
     samples = load.samples
-    print(f"refused ({expected}): {len(samples)} requests during the attempt, all answered")
+    print(f"refused ({expected}, {replicas} replica(s)): {len(samples)} requests, all answered")
     assert samples and {s.status for s in samples} == {200}, load.failures()[:5]
-    models = requests.get(f"{deployer.url}/models", timeout=10).json()
-    assert models["deploy"]["status"] == "DEPLOY_FAILED"
-    assert expected in models["deploy"]["message"]
-    resolved = {v["name"]: v["resolved_uri"] for v in models["variants"]}
-    assert resolved == {v["name"]: v["resolved_uri"] for v in before["variants"]}
+    for models in refused.values():
+        deploy = models["deploy"]
+        assert expected in deploy["reason"], deploy
+        assert deploy["refused_config_hash"] == config_hash(bad)
+        assert deploy["serving_config_hash"] == before["deploy"]["serving_config_hash"]
+        assert deploy["since"] is not None
+        assert models["variants"] == before["variants"]  # same versions, same weights
+    return next(iter(refused.values()))
+
+
+def applied_again(deployer: Deployer, good: dict, replicas: int) -> None:
+    """A good deploy after a refusal is applied, and every replica says so."""
+    deployer.deploy(good, deployment_options={"num_replicas": replicas})
+    every_replica(
+        deployer,
+        replicas,
+        lambda m: (
+            m["deploy"]["status"] == "APPLIED"
+            and m["deploy"]["serving_config_hash"] == config_hash(good)
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,22 +142,64 @@ CASES = {
     "other signature": ("signature", "variant 'challenger' expects features"),
     "pickled model": ("pickle", "loading a pickle runs arbitrary code"),
 }
+GOOD = user_config(variants=variants(50, 50))
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_a_bad_variant_is_refused_and_the_running_ones_keep_serving(
-    deployer: Deployer, broken_models: dict[str, str], case: str
+# one replica first, then two: the cases at one replica run on the replica the previous
+# case left (a refusal changes nothing), and moving to two starts one replica, once
+@pytest.mark.parametrize(
+    ("replicas", "case"), [(n, case) for n in (1, 2) for case in CASES], ids=lambda v: str(v)
+)
+def test_a_bad_variant_is_refused_and_the_last_good_config_keeps_serving(
+    deployer: Deployer, cluster: Cluster, broken_models: dict[str, str], case: str, replicas: int
 ) -> None:
     uri, expected = CASES[case]
-    # The first case starts from two replicas of the good config: Serve stops one of them
-    # for the rolling update while the refused replacement fails. It keeps the other one
-    # serving, and each later case is refused over that one (below its target of two,
-    # Serve stops no old replica before a new one runs); no good deploy in between, which
-    # would only start a second replica for the next refusal to stop again.
-    deployer.ensure(user_config(variants=variants(50, 50)), after_refusal=True)
-    refused_under_load(
-        deployer, user_config(variants=challenger(broken_models.get(uri, uri))), expected
+    bad = user_config(variants=challenger(broken_models.get(uri, uri)))
+    refused_under_load(deployer, GOOD, bad, expected, replicas)
+    wait_for_gauge(cluster, 1.0)
+    applied_again(deployer, GOOD, replicas)
+    wait_for_gauge(cluster, 0.0)
+
+
+def test_a_bad_rollout_block_and_a_control_of_another_model_are_refused(
+    deployer: Deployer, broken_models: dict[str, str]
+) -> None:
+    """Refusals that are not a model failing to load: a rollout block pydantic refuses,
+    and a control whose features differ from the challenger's (named by the field)."""
+    bad_rollout = {**GOOD, "rollout": {"candidate": "no-such-variant", "steps": [5, 50]}}
+    models = refused_under_load(deployer, GOOD, bad_rollout, "user_config.rollout", 1)
+    assert "no-such-variant" in models["deploy"]["reason"]
+    other_control = user_config(
+        variants=[
+            {"name": "champion", "model_uri": broken_models["signature"], "weight": 50},
+            variants()[1],
+        ]
     )
+    refused_under_load(deployer, GOOD, other_control, "expects features", 1)
+    applied_again(deployer, GOOD, 1)
+
+
+def test_a_replica_started_while_a_refusal_stands_serves_the_last_accepted_config(
+    deployer: Deployer, broken_models: dict[str, str]
+) -> None:
+    """Scaling from one replica to two with a refused config deployed: the new replica
+    starts on the refused config, serves the last config a replica accepted (from the
+    event store) and says so; not one request fails while it starts."""
+    bad = user_config(variants=challenger("models:/iris@missing"))
+    before = refused_under_load(deployer, GOOD, bad, "models:/iris@missing", 1)
+    first = before["replica"]
+    with BackgroundLoad(deployer.url, f"scale-{uuid.uuid4().hex[:6]}", 1, pause_s=0.05) as load:
+        deployer.deploy(bad, deployment_options={"num_replicas": 2})
+        refused = every_replica(deployer, 2, lambda m: m["deploy"]["status"] == "REFUSED")
+        load.wait_for(load.answered() + 50)
+    assert {s.status for s in load.samples} == {200}, load.failures()[:5]
+    (started,) = set(refused) - {first}
+    deploy = refused[started]["deploy"]
+    assert deploy["from_store"] is True, deploy
+    assert deploy["serving_config_hash"] == config_hash(GOOD)
+    assert deploy["refused_config_hash"] == config_hash(bad)
+    assert refused[started]["variants"] == refused[first]["variants"]
+    applied_again(deployer, GOOD, 2)
 
 
 @pytest.fixture
@@ -133,4 +240,11 @@ def test_an_unreachable_tracking_server_refuses_the_deploy_and_serving_continues
     server.terminate()
     server.wait(timeout=30)
     bad = [good[0], {**good[1], "model_uri": "models:/iris-remote/1"}]
-    refused_under_load(deployer, user_config(variants=bad), "Connection refused", actor_options=env)
+    refused_under_load(
+        deployer,
+        user_config(variants=good),
+        user_config(variants=bad),
+        "Connection refused",
+        2,
+        actor_options=env,
+    )

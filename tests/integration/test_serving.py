@@ -53,7 +53,7 @@ def test_deployed_app_reports_its_variants(deployer: Deployer) -> None:
     deployer.ensure(user_config())
     models = requests.get(f"{deployer.url}/models", timeout=10).json()
     assert models["experiment"] == "iris-ab"
-    assert models["last_reconfigure"]["status"] == "ok"
+    assert models["deploy"]["status"] == "APPLIED", models["deploy"]
     by_name = {v["name"]: v for v in models["variants"]}
     assert by_name["champion"]["model"] == {"name": "iris", "version": "1"}
     assert by_name["challenger"]["resolved_uri"] == "models:/iris/2"

@@ -218,7 +218,7 @@ def test_each_application_names_its_own_variants(two_apps: TwoApps) -> None:
         for name, version in two_apps.models.versions.items()
     }
     assert diabetes["features"] == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
-    assert diabetes["deploy"]["status"] == "RUNNING"
+    assert diabetes["serve"]["status"] == "RUNNING"
     # what the prefix serves besides /predict: readiness, the API docs, OIP
     ready = requests.get(f"{two_apps.diabetes_url}/readyz", timeout=10).json()
     assert ready == {"status": "ready", "experiment": DIABETES_EXPERIMENT}
