@@ -41,7 +41,7 @@ from serve_app.models import LoadedModel
 from serve_app.predictor import Predictor
 from serve_app.prepare import ConfigRefused, config_hash, load_variants, prepare
 from serve_app.rollout_loops import RolloutController, RolloutFollower
-from serve_app.rollout_state import DecisionEntry, RolloutRecord
+from serve_app.rollout_state import DecisionEntry, RolloutRecord, applies
 from serve_app.rollout_store import RolloutStore
 from serve_app.routes import experiment, health, oip, predict, retrain, rollout, ui
 from serve_app.routes.base import Replica, bind_replica
@@ -229,8 +229,13 @@ class Ingress(Replica):
     async def _log_refusal_in_rollout(self) -> None:
         """A running rollout keeps deciding on the config it had; its log says why the new
         one did not take over (once, whichever replica writes first)."""
-        rollout = self.state.rollout if self.state else None
-        if rollout is None or rollout.terminal:
+        state = self.state
+        if state is None or state.configured.rollout is None:
+            return
+        # the store's record, not this replica's copy: the follower may not have picked
+        # up a rollout that started a moment ago
+        rollout = await self._stored_rollout(state.config.experiment)
+        if rollout is None or rollout.terminal or not applies(state.configured, rollout):
             return
         status = self.deploy
         marker = f"deploy {status.refused_config_hash} refused"

@@ -11,12 +11,13 @@ answered 503 after a missing alias.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -35,25 +36,6 @@ pytestmark = pytest.mark.integration
 
 def challenger(uri: str) -> list[dict]:
     return [*variants(50, 50)[:1], {"name": "challenger", "model_uri": uri, "weight": 50}]
-
-
-def every_replica(
-    deployer: Deployer, replicas: int, wanted: Any, timeout_s: float = 60
-) -> dict[str, dict]:
-    """``GET /models`` from each of ``replicas`` replicas once ``wanted(models)`` holds on
-    all of them: the ingress spreads requests, so asking again reaches the others."""
-    seen: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        models = requests.get(f"{deployer.url}/models", timeout=15).json()
-        if wanted(models):
-            seen[models["replica"]] = models
-        else:
-            seen.pop(models["replica"], None)
-        if len(seen) >= replicas:
-            return seen
-        assert time.monotonic() < deadline, f"after {timeout_s:g} s: {models['deploy']}"
-        time.sleep(0.1)
 
 
 def refused_gauge(cluster: Cluster) -> float | None:
@@ -93,7 +75,7 @@ def refused_under_load(
         load.wait_for(20)
         # Serve reports RUNNING: every replica took the call and kept its config
         deployer.deploy(bad, **options)
-        refused = every_replica(deployer, replicas, lambda m: m["deploy"]["status"] == "REFUSED")
+        refused = deployer.every_replica(replicas, lambda m: m["deploy"]["status"] == "REFUSED")
         load.wait_for(load.answered() + 50)  # still answering after the refusal
     samples = load.samples
     print(f"refused ({expected}, {replicas} replica(s)): {len(samples)} requests, all answered")
@@ -111,8 +93,7 @@ def refused_under_load(
 def applied_again(deployer: Deployer, good: dict, replicas: int) -> None:
     """A good deploy after a refusal is applied, and every replica says so."""
     deployer.deploy(good, deployment_options={"num_replicas": replicas})
-    every_replica(
-        deployer,
+    deployer.every_replica(
         replicas,
         lambda m: (
             m["deploy"]["status"] == "APPLIED"
@@ -162,7 +143,7 @@ def test_a_bad_variant_is_refused_and_the_last_good_config_keeps_serving(
 
 
 def test_a_bad_rollout_block_and_a_control_of_another_model_are_refused(
-    deployer: Deployer, broken_models: dict[str, str]
+    deployer: Deployer, cluster: Cluster, broken_models: dict[str, str]
 ) -> None:
     """Refusals that are not a model failing to load: a rollout block pydantic refuses,
     and a control whose features differ from the challenger's (named by the field)."""
@@ -176,7 +157,37 @@ def test_a_bad_rollout_block_and_a_control_of_another_model_are_refused(
         ]
     )
     refused_under_load(deployer, GOOD, other_control, "expects features", 1)
+    status = raysplit_status(deployer, cluster)
+    assert status.startswith(
+        f"iris: REFUSED config {config_hash(other_control)}, serving its previous config"
+        f" {config_hash(GOOD)} since "
+    ), status
+    assert "expects features" in status and status.endswith("(Serve RUNNING)"), status
     applied_again(deployer, GOOD, 1)
+    assert raysplit_status(deployer, cluster) == (
+        f"iris: APPLIED config {config_hash(GOOD)} (Serve RUNNING)"
+    )
+
+
+def raysplit_status(deployer: Deployer, cluster: Cluster) -> str:
+    """`raysplit status` as a user runs it: one line for the one application."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "raysplit"),
+            "status",
+            "--address",
+            cluster.info.dashboard_url,
+            "--url",
+            deployer.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **cluster.env},
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    return line
 
 
 def test_a_replica_started_while_a_refusal_stands_serves_the_last_accepted_config(
@@ -190,7 +201,7 @@ def test_a_replica_started_while_a_refusal_stands_serves_the_last_accepted_confi
     first = before["replica"]
     with BackgroundLoad(deployer.url, f"scale-{uuid.uuid4().hex[:6]}", 1, pause_s=0.05) as load:
         deployer.deploy(bad, deployment_options={"num_replicas": 2})
-        refused = every_replica(deployer, 2, lambda m: m["deploy"]["status"] == "REFUSED")
+        refused = deployer.every_replica(2, lambda m: m["deploy"]["status"] == "REFUSED")
         load.wait_for(load.answered() + 50)
     assert {s.status for s in load.samples} == {200}, load.failures()[:5]
     (started,) = set(refused) - {first}

@@ -230,6 +230,22 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
         assert time.monotonic() < deadline, "the rollout never started"
         time.sleep(0.5)
 
+    # A refused deploy stands through the outage: the challenger's alias has a typo. The
+    # replica keeps the config it had, and the rollout keeps deciding on it, its log
+    # saying once why the new config did not take over.
+    refused_config = {
+        **config,
+        "variants": [
+            config["variants"][0],
+            {**config["variants"][1], "model_uri": "models:/iris@typo"},
+        ],
+    }
+    deployer.deploy(refused_config, deployment_options={"num_replicas": 1})
+    (first,) = deployer.every_replica(1, lambda m: m["deploy"]["status"] == "REFUSED").values()
+    assert "models:/iris@typo" in first["deploy"]["reason"]
+    refusals = [d for d in rollouts.decisions(before.rollout_id) if d.kind == "refused_deploy"]
+    assert len(refusals) == 1 and "models:/iris@typo" in refusals[0].reason, refusals
+
     # the GCS writes its tables there
     assert any(k.endswith("@ACTOR") for k in redis_keys(ft_cluster.info.gcs_redis))
     status = serve_status(deployer)
@@ -262,10 +278,19 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
         assert recovered["controller_info"]["worker_id"] == controller
         assert replicas(recovered) == running
 
-        # actors can be created again: Serve scales the deployment up
-        deployer.deploy(config, deployment_options={"num_replicas": 2})
+        # actors can be created again: Serve scales the deployment up, and the new
+        # replica, started on the refused config, serves the last accepted one from the
+        # event store (so does the replica that refused it, through the restart)
+        deployer.deploy(refused_config, deployment_options={"num_replicas": 2})
         scaled = replicas(serve_status(deployer))
         assert len(scaled) == 2 and running.items() <= scaled.items(), scaled
+        after_restart = deployer.every_replica(2, lambda m: m["deploy"]["status"] == "REFUSED")
+        assert {r: m["deploy"]["from_store"] for r, m in after_restart.items()} == {
+            r: r not in running for r in after_restart
+        }, after_restart
+        assert {m["variants"][1]["resolved_uri"] for m in after_restart.values()} == {
+            first["variants"][1]["resolved_uri"]
+        }
 
         answered = {s.request_id for s in samples if s.status == 200}
         acknowledged = {s.request_id for s in samples if s.event == "stored"}
@@ -296,4 +321,5 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
     # the rollout controller decided through the outage and after it, on the same record
     assert held_down and held_after
     assert {d.kind for d in held_down + held_after} == {"hold"}
+    assert [d for d in decisions if d.kind == "refused_deploy"] == refusals  # logged once
     assert (after.rollout_id, after.seq, after.step) == (before.rollout_id, before.seq, 0)

@@ -230,6 +230,25 @@ class Deployer:
             return
         self.deploy(user_config, actor_options=actor_options, **options)
 
+    def every_replica(
+        self, replicas: int, wanted: Callable[[dict[str, Any]], bool], timeout_s: float = 60
+    ) -> dict[str, dict[str, Any]]:
+        """``GET /models`` of each of ``replicas`` replicas (by replica id) once
+        ``wanted(models)`` holds on all of them: the ingress spreads requests, so asking
+        again reaches the others."""
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            models = requests.get(f"{self.url}/models", timeout=15).json()
+            if wanted(models):
+                seen[models["replica"]] = models
+            else:
+                seen.pop(models["replica"], None)
+            if len(seen) >= replicas:
+                return seen
+            assert time.monotonic() < deadline, f"after {timeout_s:g} s: {models['deploy']}"
+            time.sleep(0.1)
+
     def predict(
         self,
         body: Any,
