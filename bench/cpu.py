@@ -8,7 +8,7 @@ second). So every measured run also reads user + system CPU time (``psutil``'s
 every process serving the system under test, before and after the run, and divides the
 difference by the requests wrk counted.
 
-What counts as serving: for a Ray cluster, every process of it (``_processes(temp_dir)``
+What counts as serving: for a Ray cluster, every process of it (``cluster_processes(temp_dir)``
 in raysplit/cluster.py: GCS, raylet, dashboard and its agents, the Serve controller,
 proxies, HAProxy, replicas, writers), except the replicas of *other* applications on the
 same cluster, which sit idle while this one is measured; for a uvicorn server, its master
@@ -96,13 +96,13 @@ def tree(pid: int) -> list[psutil.Process]:
 def ray_cluster(temp_dir: Path, app: str) -> Callable[[], list[psutil.Process]]:
     """The processes of the Ray cluster in ``temp_dir`` that serve application ``app``:
     all of them but other applications' replicas."""
-    from raysplit.cluster import _processes
+    from raysplit.cluster import cluster_processes
 
     own = f"ServeReplica:{app}:"
 
     def serving() -> list[psutil.Process]:
         found = []
-        for process in _processes(temp_dir):
+        for process in cluster_processes(temp_dir):
             with contextlib.suppress(psutil.Error):
                 text = " ".join(process.cmdline())
                 if "ServeReplica:" in text and own not in text:

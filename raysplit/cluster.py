@@ -262,7 +262,7 @@ def up(
     """
     redis = parse_gcs_redis(gcs_redis, gcs_namespace(locations.home)) if gcs_redis else None
     existing = read_state(locations)
-    if existing and _processes(existing.temp_dir):
+    if existing and cluster_processes(existing.temp_dir):
         raise RaysplitError(
             f"a raysplit cluster is already running at {existing.address}; `raysplit down` first"
         )
@@ -338,7 +338,7 @@ def agent_port() -> int:
     raise RaysplitError("no free port for Ray's dashboard agent")
 
 
-def _processes(temp_dir: Path) -> list[psutil.Process]:
+def cluster_processes(temp_dir: Path) -> list[psutil.Process]:
     """This cluster's processes, and no one else's.
 
     Ray's daemons name the temp dir on their command line; agents rename themselves
@@ -369,7 +369,7 @@ def down(locations: Locations, timeout: float = 20.0) -> int:
     """
     info = read_state(locations)
     temp_dir = info.temp_dir if info else temp_dir_for(locations.home)
-    processes = _processes(temp_dir)
+    processes = cluster_processes(temp_dir)
     if processes:
         _stop(temp_dir, processes, timeout)
     if info and info.gcs_redis:
@@ -405,7 +405,7 @@ def _stop(temp_dir: Path, processes: list[psutil.Process], timeout: float) -> No
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     deadline = time.monotonic() + timeout
-    while (left := _processes(temp_dir)) and time.monotonic() < deadline:
+    while (left := cluster_processes(temp_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     if left:
         names = ", ".join(f"{p.pid}" for p in left)

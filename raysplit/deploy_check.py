@@ -52,8 +52,8 @@ def read_serve_config(path: Path) -> dict[str, Any]:
     from ray.serve.schema import ServeDeploySchema
 
     try:
-        ServeDeploySchema.parse_obj(raw)
-    except Exception as exc:  # pydantic v1 (Ray's compat layer) or v2
+        ServeDeploySchema.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError
         first = str(exc).splitlines()
         raise RaysplitError(f"{path}: Serve refuses it: {' '.join(first[:3])}") from exc
     return raw

@@ -259,3 +259,36 @@ def test_an_unreachable_tracking_server_refuses_the_deploy_and_serving_continues
         2,
         actor_options=env,
     )
+
+
+SCALING = {
+    "num_replicas": None,
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 3,  # x 0.25 CPU: fits the 2-CPU session cluster beside the other half
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 5,
+    },
+}
+
+
+def test_a_refusal_after_load_scaled_the_deployment_up_settles(deployer: Deployer) -> None:
+    """Load scales the deployment up; a refused deploy and then a good one once the load
+    has stopped: the application is RUNNING again and back at its minimum. (Before, the
+    refused deploy's rolling update restarted replicas; with the shipped maxima over the
+    machine's CPUs one replica could never be scheduled and the application stayed
+    DEPLOYING for over 10 minutes.)"""
+    deployer.deploy(GOOD, deployment_options=SCALING)
+    with BackgroundLoad(deployer.url, f"scale-{uuid.uuid4().hex[:6]}", connections=6):
+        # progress, not a deadline: Serve adds replicas one decision at a time
+        started = time.monotonic()
+        while len(deployer.replica_ids()) < 3:
+            assert time.monotonic() - started < 300, deployer.replica_ids()
+            time.sleep(1)
+    bad = user_config(variants=challenger("models:/iris@missing"))
+    deployer.deploy(bad, deployment_options=SCALING)  # refused in place: RUNNING
+    deployer.every_replica(1, lambda m: m["deploy"]["status"] == "REFUSED")
+    deployer.deploy(GOOD, deployment_options=SCALING)
+    deployer.running_replicas(count=1, timeout=300)  # idle: down to min_replicas
+    deployer.every_replica(1, lambda m: m["deploy"]["status"] == "APPLIED")

@@ -34,6 +34,7 @@ from raysplit.cluster import (
     TOKEN_PATH,
     ClusterInfo,
     GcsRedis,
+    cluster_processes,
     down,
     forget_gcs_state,
     gcs_namespace,
@@ -139,6 +140,25 @@ class Gcs:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+def cpu_seconds(info: ClusterInfo) -> dict[tuple[int, str], float]:
+    """CPU time so far of each of the cluster's processes, by (pid, name)."""
+    found = {}
+    for process in cluster_processes(info.temp_dir):
+        try:
+            times = process.cpu_times()
+            found[(process.pid, process.name())] = times.user + times.system
+        except psutil.Error:
+            continue
+    return found
+
+
+def busiest(before: dict, after: dict, top: int = 5) -> str:
+    """The processes that used the most CPU between two :func:`cpu_seconds` readings."""
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
+    ranked = sorted(used.items(), key=lambda item: -item[1])[:top]
+    return ", ".join(f"{name} {seconds:.1f}" for (_, name), seconds in ranked)
 
 
 def refuses(address: str) -> bool:
@@ -256,11 +276,14 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
     prefix = f"{experiment}-load"
     with BackgroundLoad(deployer.url, prefix, connections=4, pause_s=0.02) as load:
         load.wait_for(100)
+        cpu_before, load_before = cpu_seconds(ft_cluster.info), os.getloadavg()[0]
         killed, killed_wall = time.monotonic(), time.time()
         gcs.process.send_signal(signal.SIGKILL)
         gcs.process.wait(timeout=30)
         time.sleep(OUTAGE_S)
         assert refuses(ft_cluster.info.address)  # no GCS listening through the outage
+        # why answers slow down while the GCS is down: where the cores went meanwhile
+        outage_cpu = busiest(cpu_before, cpu_seconds(ft_cluster.info))
         restarted, restarted_wall = time.monotonic(), time.time()
         new_gcs = gcs.restart()
         try:
@@ -312,7 +335,9 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
         f" answered {len(answered)} ({len(acknowledged)} acknowledged as stored), events"
         f" missing from the store {len(missing)};"
         f" answers/s before {load.rate(samples[0].sent_at, killed):.0f}, during"
-        f" {load.rate(killed, restarted):.0f}, after {load.rate(restarted, ended):.0f}"
+        f" {load.rate(killed, restarted):.0f}, after {load.rate(restarted, ended):.0f};"
+        f" CPU-seconds during the {OUTAGE_S:.0f} s outage: {outage_cpu} (load average"
+        f" {load_before:.1f} before)"
     )
     assert not failed, failed[:5]
     assert during, "nothing sent while the GCS was down was answered"

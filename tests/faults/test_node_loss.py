@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from raysplit.cluster import serving_environment
 from raysplit.core.settings import Locations
-from tests.conftest import BIN, Cluster
+from tests.conftest import BIN, Cluster, free_port
 from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
@@ -42,33 +42,49 @@ def ray_nodes(cluster: Cluster) -> list[dict]:
     return [n for n in json.loads(out) if n["state"] == "ALIVE"]
 
 
+# a node still starting (the ray start process alive) is waited for; this caps only a hang
+JOIN_CAP_S = 600
+
+
 @pytest.fixture
-def worker_node(cluster: Cluster) -> Iterator[subprocess.Popen]:
-    """A second raylet (1 CPU) joined to the session's head, with the serving environment."""
+def worker_node(cluster: Cluster, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A second raylet (1 CPU) joined to the session's head, with the serving environment.
+
+    Its dashboard agent gets a free port: by default every node asks for 52365, and on a
+    machine where another cluster's agent holds it (a developer's `raysplit up`, another
+    session's) the new agent fails to bind and the raylet, fate-shared with its agents,
+    dies; the fixture then waited out its deadline ("the worker node never joined").
+    """
     before = len(ray_nodes(cluster))
     env = {
         **os.environ,
         **serving_environment(cluster.locations, cluster.info.temp_dir, fast_path=True),
         "RAY_AUTH_MODE": "token",
     }
-    process = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            f"--address={cluster.info.address}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            "--disable-usage-stats",
-            "--block",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: removed as a whole below
-    )
-    deadline = time.monotonic() + 60
+    output = tmp_path / "ray-start.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                f"--address={cluster.info.address}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: removed as a whole below
+        )
+    started = time.monotonic()
+    # progress, not a deadline: wait while `ray start` runs (it exits if its raylet dies)
     while len(ray_nodes(cluster)) <= before:
-        assert time.monotonic() < deadline, "the worker node never joined"
+        tail = " | ".join(output.read_text(errors="replace").strip().splitlines()[-5:])
+        assert process.poll() is None, f"ray start exited ({process.returncode}): {tail}"
+        assert time.monotonic() - started < JOIN_CAP_S, f"no node after {JOIN_CAP_S} s: {tail}"
         time.sleep(1)
     try:
         yield process
