@@ -1,5 +1,5 @@
 """The `raysplit` command line: tune, promote, rollback, up, down, check, deploy, status,
-traffic, report, rollout, keys, info.
+traffic, report, rollout, retrain, keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -275,10 +276,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
-    from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, Scope, entry_for, new_key
+    from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, Scope, entry_for, new_key, parse_entry
 
     key = new_key()
     entry = entry_for(key, Scope(args.scope))
+    for attribute, value in (("name", args.name), ("expires", args.expires)):
+        if value:
+            entry += f";{attribute}={value}"
+    try:
+        parse_entry(entry, "--name/--expires")
+    except ValueError as exc:
+        raise RaysplitError(str(exc)) from None
     if args.json:
         print(json.dumps({"key": key, "entry": entry}))
         return 0
@@ -287,6 +295,36 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     print(f"Entry for {KEYS_ENV} (comma/space separated) or a line of the {KEYS_FILE_ENV} file:")
     print(f"  {entry}")
     print("Clients send: Authorization: Bearer <key>  (or X-API-Key: <key>)")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import requests
+
+    from raysplit.traffic import auth_headers, refusal
+
+    url = args.url or Locations.resolve().ingress_url
+    try:
+        response = requests.get(f"{url}/keys", headers=auth_headers(args.api_key), timeout=30)
+    except requests.RequestException as exc:
+        raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
+    if not response.ok:
+        raise refusal(response)
+    if args.json:
+        print(response.text)
+        return 0
+    view = response.json()
+    if not view["enabled"]:
+        print("API keys are off on this ingress (docs/security.md)")
+    print(f"{'KEY':<24} {'SCOPE':<8} {'EXPIRES':<26} {'LAST USED':<20} USES  REFUSED")
+    for key in view["keys"]:
+        last = key["last_used_at"]
+        when = "never" if last is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last))
+        expires = (key["expires"] or "-") + (" (expired)" if key["expired"] else "")
+        print(
+            f"{key['key']:<24} {key['scope'] or 'removed':<8} {expires:<26} {when:<20}"
+            f" {key['uses']:<5} {key['refused']}"
+        )
     return 0
 
 
@@ -548,8 +586,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["predict", "admin"],
         help="predict: /predict and /v2/models/*; admin: every route",
     )
+    keys_new.add_argument(
+        "--name",
+        help="what the audit trail calls the key (decision log, log lines, keys list);"
+        " default: the first 8 hex digits of its hash",
+    )
+    keys_new.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="ISO 8601 date or time after which the key is refused, e.g. 2027-01-31 (UTC)",
+    )
     keys_new.add_argument("--json", action="store_true", help='print {"key": ..., "entry": ...}')
     keys_new.set_defaults(func=cmd_keys_new)
+    keys_list = keys_commands.add_parser(
+        "list",
+        help="the keys the ingress holds: name, scope, expiry, last use, refusals",
+        description="Ask the ingress (GET /keys, admin scope) which keys its replicas hold and"
+        " when each was last used.",
+    )
+    keys_list.add_argument("--url", help="ingress URL (default: RAYSPLIT_INGRESS_URL)")
+    keys_list.add_argument("--json", action="store_true", help="print GET /keys as JSON")
+    add_api_key(keys_list, "admin")
+    keys_list.set_defaults(func=cmd_keys_list)
 
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

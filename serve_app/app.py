@@ -35,6 +35,7 @@ from serve_app.config import IngressConfig
 from serve_app.deploy_record import AcceptedConfig, AcceptedConfigs, DeployPhase, DeployStatus
 from serve_app.event_buffer import EventBuffer
 from serve_app.event_store import EventStore
+from serve_app.key_use import KeyAudit, KeysFileWatcher, KeyUse
 from serve_app.loops import AliasWatcher, EventGauges, ReportPublisher
 from serve_app.metrics import ExperimentMetrics
 from serve_app.models import LoadedModel
@@ -43,14 +44,14 @@ from serve_app.prepare import ConfigRefused, config_hash, load_variants, prepare
 from serve_app.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout_state import DecisionEntry, RolloutRecord, applies
 from serve_app.rollout_store import RolloutStore
-from serve_app.routes import experiment, health, oip, predict, retrain, rollout, ui
+from serve_app.routes import experiment, health, keys, oip, predict, retrain, rollout, ui
 from serve_app.routes.base import Replica, bind_replica
 from serve_app.state import ServingState
 
 logger = logging.getLogger("ray.serve")
 
 
-for routes in (predict, experiment, oip, health, rollout, retrain, ui):
+for routes in (predict, experiment, oip, health, rollout, retrain, keys, ui):
     api.include_router(routes.router)
 
 
@@ -63,6 +64,8 @@ class Ingress(Replica):
         # Keys come from this replica's environment (RAYSPLIT_API_KEYS, _FILE); a malformed
         # entry stops the replica from starting, with the reason in `serve status`.
         guard.SETTINGS.keys = ApiKeys.from_environment(os.environ)
+        self.key_use = KeyUse()
+        guard.SETTINGS.on_key = self.key_use
         # here, not at import: Serve pickles the routes with `api` into the replica, which
         # may never import this module, so a module-level binding is not there
         bind_replica(self)
@@ -95,6 +98,8 @@ class Ingress(Replica):
                 self._refresh_aliases,
             ),
             RolloutController(lambda: self.state, self.store, self.metrics, self.replica_id),
+            KeysFileWatcher(os.environ),
+            KeyAudit(self.key_use, self.store),
         )
 
     # ----------------------------------------------------------------- configuration
@@ -271,6 +276,7 @@ class Ingress(Replica):
     def _apply_limits(self, config: IngressConfig) -> None:
         guard.SETTINGS.max_body_bytes = config.max_body_bytes
         guard.SETTINGS.body_timeout_s = config.body_timeout_s
+        guard.SETTINGS.allowed_origins = frozenset(config.allowed_origins)
         guard.SETTINGS.on_reject = lambda status: self.metrics.tally.rejected(
             config.experiment, status
         )

@@ -6,8 +6,10 @@ ingress bound to loopback (only processes on the machine can reach it). Keys com
 named by ``RAYSPLIT_API_KEYS_FILE`` (one entry per line, ``#`` comments), for example a
 Kubernetes Secret mounted as a file; both may be given and their entries are merged.
 
-An entry is ``<scope>:sha256:<64 lowercase hex>``: keys are stored *hashed only*, so a
-leaked secret file, environment dump or config does not leak usable keys. Mint one with
+An entry is ``<scope>:sha256:<64 lowercase hex>``, optionally followed by
+``;name=<name>`` (what the audit trail calls the key; by default the digest's first 8 hex
+digits) and ``;expires=<ISO 8601 time>`` (refused from then on): keys are stored *hashed
+only*, so a leaked secret file, environment dump or config does not leak usable keys. Mint one with
 ``raysplit keys new --scope predict``. A presented key is hashed and compared with every
 stored digest by :func:`hmac.compare_digest`, without stopping at the first match, so the
 response time tells an attacker neither which entry matched nor how many there are.
@@ -33,6 +35,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -41,6 +44,10 @@ KEYS_FILE_ENV = "RAYSPLIT_API_KEYS_FILE"
 KEY_PREFIX = "rsk_"
 DIGEST_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# methods a browser sends on its own for a page of another site only with safe semantics:
+# HTTP Basic credentials it caches are accepted on these alone
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 _SEPARATORS = re.compile(r"[,\s]+")
 
 # A 401's WWW-Authenticate challenges, one header each: Bearer for API clients (RFC 6750),
@@ -83,21 +90,55 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def entry_for(key: str, scope: Scope) -> str:
-    """The ``<scope>:sha256:<hex>`` line that grants ``key`` the ``scope``."""
-    return f"{Scope(scope)}:{hash_key(key)}"
+def entry_for(
+    key: str, scope: Scope, name: str | None = None, expires: datetime | None = None
+) -> str:
+    """The entry line that grants ``key`` the ``scope`` (with its name and expiry)."""
+    return KeyEntry(Scope(scope), hash_key(key).removeprefix(DIGEST_PREFIX), name, expires).entry
 
 
 @dataclass(frozen=True)
 class KeyEntry:
-    """One configured key: its scope and the hex sha256 of the key (never the key)."""
+    """One configured key: its scope and the hex sha256 of the key (never the key), and
+    optionally a name for the audit trail and the moment it stops working."""
 
     scope: Scope
     digest: str  # 64 lowercase hex digits
+    name: str | None = None
+    expires: datetime | None = None  # timezone-aware
 
     @property
     def entry(self) -> str:
-        return f"{self.scope}:{DIGEST_PREFIX}{self.digest}"
+        text = f"{self.scope}:{DIGEST_PREFIX}{self.digest}"
+        if self.name:
+            text += f";name={self.name}"
+        if self.expires:
+            text += f";expires={self.expires.isoformat().replace('+00:00', 'Z')}"
+        return text
+
+    @property
+    def label(self) -> str:
+        """What logs and the decision log call the key: its name, else a fingerprint
+        (8 hex digits of the hash: enough to tell keys apart, useless to an attacker)."""
+        return self.name or self.digest[:8]
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+def fingerprint(presented: str) -> str:
+    """The label an unknown presented key is logged under (never the key itself)."""
+    return "unknown " + hashlib.sha256(presented.encode("utf-8")).hexdigest()[:8]
+
+
+def _parse_expiry(value: str, where: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{where}: expires must be an ISO 8601 date or time, e.g. 2027-01-31T00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse_entry(text: str, where: str) -> KeyEntry:
@@ -110,7 +151,19 @@ def parse_entry(text: str, where: str) -> KeyEntry:
     expected = (
         f"expected '<scope>:{DIGEST_PREFIX}<64 hex digits>' (mint one with `raysplit keys new`)"
     )
-    parts = text.strip().split(":")
+    head, *attributes = text.strip().split(";")
+    name = expires = None
+    for attribute in attributes:
+        key, equals, value = attribute.partition("=")
+        if key == "name" and equals and _NAME.fullmatch(value):
+            name = value
+        elif key == "name":
+            raise ValueError(f"{where}: name must be 1 to 64 of A-Z a-z 0-9 _ . @ -")
+        elif key == "expires" and equals:
+            expires = _parse_expiry(value, where)
+        else:
+            raise ValueError(f"{where}: unknown attribute (expected ;name=... or ;expires=...)")
+    parts = head.split(":")
     if len(parts) != 3 or parts[1] != DIGEST_PREFIX.rstrip(":"):
         hint = "; it looks like a plaintext key, store only its hash" if ":" not in text else ""
         raise ValueError(f"{where}: not a hashed key entry: {expected}{hint}")
@@ -125,7 +178,7 @@ def parse_entry(text: str, where: str) -> KeyEntry:
             else f"has {len(digest)} characters"
         )
         raise ValueError(f"{where}: the digest must be 64 lowercase hex digits; this one {problem}")
-    return KeyEntry(Scope(scope), digest)
+    return KeyEntry(Scope(scope), digest, name, expires)
 
 
 def _from_env_value(value: str) -> list[KeyEntry]:
@@ -164,6 +217,7 @@ class AuthDecision:
     status: int
     message: str = "ok"
     scope: Scope | None = None  # of the key that matched, if any
+    key: str | None = None  # the matched key's label, or an unknown key's fingerprint
 
     @property
     def allowed(self) -> bool:
@@ -206,25 +260,34 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self.entries)
 
-    def match(self, presented: str | None) -> Scope | None:
-        """The scope ``presented`` holds, or None; admin if it is listed under both.
+    def find(self, presented: str | None, now: datetime | None = None) -> KeyEntry | None:
+        """The entry ``presented`` matches, admin first if it is listed under both; None
+        if it matches none or only expired ones.
 
         Every stored digest is compared, in constant time each, whatever matched before.
         """
         if not presented:
             return None
+        now = now or datetime.now(UTC)
         digest = hashlib.sha256(presented.encode("utf-8")).hexdigest().encode("ascii")
-        predict = admin = False
+        best: KeyEntry | None = None
         for entry in self.entries:
             hit = hmac.compare_digest(digest, entry.digest.encode("ascii"))
-            admin |= hit & (entry.scope is Scope.ADMIN)
-            predict |= hit
-        if admin:
-            return Scope.ADMIN
-        return Scope.PREDICT if predict else None
+            if hit and not entry.expired(now) and (best is None or entry.scope is Scope.ADMIN):
+                best = entry
+        return best
+
+    def match(self, presented: str | None, now: datetime | None = None) -> Scope | None:
+        """The scope ``presented`` holds, or None."""
+        entry = self.find(presented, now)
+        return entry.scope if entry else None
 
     def authorize(
-        self, presented: str | None, needed: Scope | None, route: str | None = None
+        self,
+        presented: str | None,
+        needed: Scope | None,
+        route: str | None = None,
+        now: datetime | None = None,
     ) -> AuthDecision:
         """Decide one request.
 
@@ -233,37 +296,62 @@ class ApiKeys:
         """
         if needed is None or not self.enabled:
             return ALLOWED
-        scope = self.match(presented)
-        if scope is None:
-            return AuthDecision(401, MISSING_KEY_MESSAGE)
-        if not scope.allows(needed):
+        entry = self.find(presented, now)
+        if entry is None:
+            return AuthDecision(
+                401, MISSING_KEY_MESSAGE, key=fingerprint(presented) if presented else None
+            )
+        if not entry.scope.allows(needed):
             what = route or "this route"
             return AuthDecision(
-                403, f"this API key has scope '{scope}'; {what} needs '{needed}'", scope
+                403,
+                f"this API key has scope '{entry.scope}'; {what} needs '{needed}'",
+                entry.scope,
+                entry.label,
             )
-        return AuthDecision(200, "ok", scope)
+        return AuthDecision(200, "ok", entry.scope, entry.label)
 
 
 # ---------------------------------------------------------------------------- requests
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: Mapping[str, str], method: str = "GET") -> str | None:
     """The key from ``Authorization: Bearer <key>`` (any case of "Bearer"), else from
     ``X-API-Key``. Header names are looked up in lowercase, as Starlette stores them.
 
-    ``Authorization: Basic`` carries the key as its password (any user name): that is what
-    a browser sends for the results page (``GET /ui``) after asking its user, and then for
-    the page's own requests, so a person needs no extension to send a header."""
+    ``Authorization: Basic`` carries the key as its password (any user name) on GET and
+    HEAD only: that is what a browser sends for the results page (``GET /ui``) after asking
+    its user, and then for the page's own reads. A browser also sends those cached
+    credentials by itself with a form or a no-cors ``fetch`` that a page of *another* site
+    aims at this origin, so they never authorise a request that changes anything; the
+    headers that do (Bearer, X-API-Key) are ones such a page cannot set."""
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
-        password = _basic_password(credentials.strip()) if scheme.lower() == "basic" else None
+        basic = scheme.lower() == "basic" and method.upper() in SAFE_METHODS
+        password = _basic_password(credentials.strip()) if basic else None
         if password:
             return password
     key = headers.get("x-api-key")
     return (key.strip() or None) if key else None
+
+
+def basic_on_unsafe_method(headers: Mapping[str, str], method: str) -> bool:
+    """Whether the only credentials are HTTP Basic on a method they cannot authorise."""
+    authorization = (headers.get("authorization") or "").strip().lower()
+    return (
+        method.upper() not in SAFE_METHODS
+        and authorization.startswith("basic ")
+        and not headers.get("x-api-key")
+    )
+
+
+BASIC_REFUSED_MESSAGE = (
+    "HTTP Basic credentials are accepted only on GET and HEAD (the results page): a browser"
+    " would send them for any site's form; send Authorization: Bearer <key> or X-API-Key: <key>"
+)
 
 
 def _basic_password(credentials: str) -> str | None:

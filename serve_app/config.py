@@ -111,6 +111,11 @@ class IngressConfig(BaseModel):
     durable_timeout_s: float = Field(
         2.0, gt=0, le=60, description="longest a durable answer waits for the database"
     )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="sites (scheme://host[:port]) whose pages may send requests that change"
+        " state (POST): every other site's are refused with 403, keys or not",
+    )
     allow_pickle: bool = Field(
         False,
         description="load models serialised with pickle/cloudpickle; unpickling runs any code"
@@ -135,6 +140,17 @@ class IngressConfig(BaseModel):
         " a request body overrides its keys. The job validates it: serving does not import"
         " training code. Without it, POST /retrain is refused",
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"https?://[^/\s]+", value):
+                raise ValueError(
+                    f"allowed origin '{value}' is not scheme://host[:port] (no path), e.g."
+                    " https://ops.example.com"
+                )
+        return [v.lower() for v in values]
 
     @field_validator("sticky_key")
     @classmethod

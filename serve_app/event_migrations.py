@@ -48,7 +48,7 @@ MIGRATIONS: dict[int, list[str]] = {
         " ON raysplit_predictions (experiment, variant, id)",
     ],
     5: [],  # the rollout tables are new: create_all above adds them
-    6: [],  # the accepted-config table is new: create_all above adds it
+    6: [],  # the accepted-config and key-use tables are new: create_all above adds them
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.

@@ -213,6 +213,19 @@ accepted_configs = sa.Table(
 )
 
 
+# v6: when each API key (by its label: name or fingerprint) was last used, how often, and
+# how often refused; replicas add their counts every few seconds (serve_app.key_use)
+key_use = sa.Table(
+    "raysplit_key_use",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),
+    sa.Column("last_used_at", sa.Float, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False),
+    sa.Column("refused", sa.Integer, nullable=False),
+    sa.Column("last_route", sa.String(256), nullable=False),
+)
+
+
 class SchemaError(RuntimeError):
     """The database holds a schema this raysplit cannot use."""
 

@@ -1,10 +1,13 @@
 """What every request must pass before an endpoint runs: its API key and its body's size.
 
-Both are answered here, as a plain ASGI middleware, so a rejected request costs no parsing
+All are answered here, as a plain ASGI middleware, so a rejected request costs no parsing
 and no model time:
 
+- a request that changes state from another site's page gets 403, and a body that is not
+  declared JSON 415 (:mod:`serve_app.cross_site`), keys on or off;
 - a key that is missing or unknown gets 401, a key without the route's scope 403
-  (:mod:`serve_app.auth`; nothing is checked when no keys are configured);
+  (:mod:`serve_app.auth`; nothing is checked when no keys are configured); HTTP Basic
+  credentials count on GET and HEAD only;
 - a body whose ``Content-Length`` is over ``max_body_bytes`` gets 413 before one byte of
   it is read, and a chunked body as soon as it crosses the limit;
 - a body still arriving ``body_timeout_s`` after the request began gets 408, so a slow
@@ -27,7 +30,16 @@ from typing import Any
 
 import orjson
 
-from serve_app.auth import CHALLENGES, ApiKeys, presented_key, required_scope
+from serve_app.auth import (
+    BASIC_REFUSED_MESSAGE,
+    CHALLENGES,
+    SAFE_METHODS,
+    ApiKeys,
+    basic_on_unsafe_method,
+    presented_key,
+    required_scope,
+)
+from serve_app.cross_site import content_type_refusal, cross_site_refusal
 
 Scope = dict[str, Any]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -41,6 +53,10 @@ class GuardSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout_s: float = 10.0
     on_reject: Callable[[int], None] | None = None  # counts refusals in the replica's metrics
+    # what the audit trail hears: (key label or None, status, "METHOD /path") of every
+    # request that presented a key or was refused for want of one
+    on_key: Callable[[str | None, int, str], None] | None = None
+    allowed_origins: frozenset[str] = frozenset()  # sites whose pages may change state
 
 
 SETTINGS = GuardSettings()
@@ -78,7 +94,11 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._authorize(scope)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._from_another_site(scope, headers) or self._authorize(scope, headers)
+        if refusal is None:
+            message = content_type_refusal(scope["method"], headers, app_path(scope))
+            refusal = None if message is None else (415, message)
         if refusal is None and scope["method"] in BODY_METHODS:
             refusal, receive = await self._buffer_body(scope, receive)
         if refusal is None:
@@ -87,22 +107,43 @@ class Guard:
         status, message = refusal
         if self.settings.on_reject is not None:
             self.settings.on_reject(status)
-        extra = [(b"www-authenticate", c.encode()) for c in CHALLENGES] if status == 401 else None
+        extra = None
+        if status == 401:  # Basic only where it would be accepted: GET and HEAD
+            offered = CHALLENGES if scope["method"] in SAFE_METHODS else CHALLENGES[:1]
+            extra = [(b"www-authenticate", c.encode()) for c in offered]
         # the Open Inference Protocol names its error field "error"; the rest of the API "detail"
         key = "error" if app_path(scope).startswith("/v2/") else "detail"
         await _answer(send, status, message, key, extra)
 
-    def _authorize(self, scope: Scope) -> tuple[int, str] | None:
+    def _from_another_site(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        if required_scope(scope["method"], app_path(scope)) is None:
+            return None  # health probes and docs
+        message = cross_site_refusal(
+            scope["method"], headers, scope.get("scheme", "http"), SETTINGS.allowed_origins
+        )
+        return None if message is None else (403, message)
+
+    def _authorize(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         keys = SETTINGS.keys
         if not keys.enabled:
             return None
         path = app_path(scope)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        route = f"{scope['method']} {path}"
+        method = scope["method"]
+        route = f"{method} {path}"
         decision = keys.authorize(
-            presented_key(headers), required_scope(scope["method"], path), route=route
+            presented_key(headers, method), required_scope(method, path), route=route
         )
-        return None if decision.status == 200 else (decision.status, decision.message)
+        if decision.key is not None or decision.status != 200:
+            # the audit trail: which key acted (the routes read it from the request's
+            # state), and every refusal
+            scope.setdefault("state", {})["raysplit_key"] = decision.key
+            if SETTINGS.on_key is not None:
+                SETTINGS.on_key(decision.key, decision.status, route)
+        if decision.status == 200:
+            return None
+        if decision.status == 401 and basic_on_unsafe_method(headers, method):
+            return 401, BASIC_REFUSED_MESSAGE
+        return decision.status, decision.message
 
     async def _buffer_body(self, scope: Scope, receive: Any) -> tuple[tuple[int, str] | None, Any]:
         """The whole body, within the size and time limits, replayed to the endpoint."""

@@ -62,5 +62,7 @@ class RequestLog:
                     "duration_ms": round(duration, 3),
                     "variant": seen["variant"],
                     "model_version": seen["version"],
+                    # the API key that made the request (name or fingerprint), if any
+                    "key": scope.get("state", {}).get("raysplit_key"),
                 },
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from serve_app.deploy_record import DeployStatus
 from serve_app.errors import NotReady
@@ -83,6 +83,12 @@ class Replica:
     def serve_status(self) -> dict[str, str]:
         """Serve's own view of the last deploy (the deployment knows how to ask)."""
         raise NotImplementedError
+
+
+def acting_key(request: Request) -> str:
+    """Which API key made this request, for the audit trail: its name (or fingerprint),
+    set by :mod:`serve_app.guard`; "no key" when keys are off."""
+    return getattr(request.state, "raysplit_key", None) or "no key"
 
 
 _replica: Replica | None = None

@@ -4,6 +4,7 @@ feedback that scores it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from fastapi import APIRouter, Request
@@ -18,7 +19,7 @@ from serve_app.experiment_history import (
 )
 from serve_app.report import ExperimentReport
 from serve_app.rollout_state import weights_differ
-from serve_app.routes.base import Replica, ReplicaDep
+from serve_app.routes.base import Replica, ReplicaDep, acting_key
 from serve_app.schemas import parse_feedback, parse_json
 from serve_app.summary import MetricsSummary, summarize
 
@@ -26,6 +27,7 @@ MAX_HISTORY = 2000
 
 
 router = APIRouter()
+logger = logging.getLogger("ray.serve")
 
 
 DEPLOY_STATUS_TIMEOUT_S = 5.0
@@ -157,4 +159,9 @@ async def metrics_summary(replica: ReplicaDep, window_s: float = 300.0):
 )
 async def feedback(replica: ReplicaDep, request: Request):
     items = parse_feedback(parse_json(await request.body()))
-    return await feedback_desk.receive(items, await replica.store(), replica.events)
+    receipt = await feedback_desk.receive(items, await replica.store(), replica.events)
+    key = acting_key(request)
+    logger.info(
+        "feedback batch of %d from key %s", len(items), key, extra={"key": key, "items": len(items)}
+    )
+    return receipt

@@ -4,16 +4,18 @@ a Ray job, and follow it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel
 
 from raysplit.core.retrain_jobs import RetrainJob
 from serve_app import retrain_desk
-from serve_app.routes.base import ReplicaDep
+from serve_app.routes.base import ReplicaDep, acting_key
 
 router = APIRouter()
+logger = logging.getLogger("ray.serve")
 
 
 class RetrainSubmitted(BaseModel):
@@ -29,7 +31,11 @@ class RetrainSubmitted(BaseModel):
     response_model=RetrainSubmitted,
     status_code=202,
 )
-async def submit(replica: ReplicaDep, config: Annotated[dict[str, Any] | None, Body()] = None):
+async def submit(
+    replica: ReplicaDep,
+    request: Request,
+    config: Annotated[dict[str, Any] | None, Body()] = None,
+):
     """The body is a tune config (docs/retraining.md) as JSON; ``register.model_name`` and
     ``dataset.events.experiment`` default to the control's model and the served experiment.
     The new version takes ``register.alias`` (default ``challenger``) only if it beats
@@ -40,6 +46,8 @@ async def submit(replica: ReplicaDep, config: Annotated[dict[str, Any] | None, B
     width = len(state.models[state.config.control_variant].features)
     rows = await asyncio.to_thread(retrain_desk.check_events, spec, store.url, width)
     job_id = await asyncio.to_thread(retrain_desk.submit, spec)
+    key = acting_key(request)
+    logger.info("retrain %s submitted by key %s", job_id, key, extra={"key": key, "job_id": job_id})
     return RetrainSubmitted(
         job_id=job_id,
         model=spec["register"]["model_name"],

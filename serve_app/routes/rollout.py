@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from serve_app.rollout_desk import RolloutView, command, rollout_view
 from serve_app.rollout_loops import log_entry
-from serve_app.routes.base import ReplicaDep
+from serve_app.routes.base import ReplicaDep, acting_key
 
 router = APIRouter()
 
@@ -28,10 +28,13 @@ async def status(replica: ReplicaDep, holds: bool = True, limit: int = 100):
     summary="Pause, resume, abort or promote the rollout",
     response_model=RolloutView,
 )
-async def act(replica: ReplicaDep, action: Literal["pause", "resume", "abort", "promote"]):
+async def act(
+    replica: ReplicaDep, request: Request, action: Literal["pause", "resume", "abort", "promote"]
+):
     state = replica.serving()
     store = await replica.store()
-    actor = f"operator via {replica.replica_id}"
+    # the decision log names the key that acted (and GET /rollout shows it)
+    actor = f"operator {acting_key(request)} via {replica.replica_id}"
     record, entry = await asyncio.to_thread(command, store, state, action, actor)
     log_entry(entry)
     replica.metrics.rollout_decision(entry, record.config.candidate)

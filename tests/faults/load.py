@@ -30,6 +30,7 @@ class BackgroundLoad:
     max_requests: int = 20_000
     max_seconds: float = 180.0
     pause_s: float = 0.0  # per client, between requests
+    headers: dict[str, str] = field(default_factory=dict)  # with every request (a key)
     samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class BackgroundLoad:
                 response = session.post(
                     f"{self.url}/predict",
                     json=RECORD,
-                    headers={"X-Request-Id": request_id},
+                    headers={**self.headers, "X-Request-Id": request_id},
                     timeout=15,
                 )
                 sample = Sample(

@@ -130,7 +130,12 @@ def test_a_chunked_body_is_cut_off_once_it_crosses_the_limit(limited: Deployer) 
         for _ in range(5000):  # 105 KB, past the 64 KiB limit
             yield b"[5.1, 3.5, 1.4, 0.2],"
 
-    response = requests.post(f"{limited.url}/predict", data=endless(), timeout=30)
+    response = requests.post(
+        f"{limited.url}/predict",
+        data=endless(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 413, response.text
     assert "exceeds the limit" in response.json()["detail"]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from serve_app.auth import (
     AuthDecision,
     KeyEntry,
     Scope,
+    basic_on_unsafe_method,
     bind_is_loopback,
     entry_for,
     exposure_warning,
@@ -201,12 +204,16 @@ def test_403_message_without_a_route_is_generic(keys: ApiKeys) -> None:
 
 
 def test_predict_key_on_predict_route_is_allowed(keys: ApiKeys) -> None:
-    assert keys.authorize(PREDICT_KEY, Scope.PREDICT) == AuthDecision(200, "ok", Scope.PREDICT)
+    label = hashlib.sha256(PREDICT_KEY.encode()).hexdigest()[:8]
+    assert keys.authorize(PREDICT_KEY, Scope.PREDICT) == AuthDecision(
+        200, "ok", Scope.PREDICT, label
+    )
 
 
 @pytest.mark.parametrize("needed", [Scope.PREDICT, Scope.ADMIN])
 def test_admin_key_is_allowed_everywhere(keys: ApiKeys, needed: Scope) -> None:
-    assert keys.authorize(ADMIN_KEY, needed) == AuthDecision(200, "ok", Scope.ADMIN)
+    label = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:8]
+    assert keys.authorize(ADMIN_KEY, needed) == AuthDecision(200, "ok", Scope.ADMIN, label)
 
 
 def test_same_key_listed_with_both_scopes_gets_admin() -> None:
@@ -365,3 +372,80 @@ def test_exposed_without_keys_warns_loudly(host: str | None) -> None:
 
 def test_exposed_with_keys_does_not_warn(keys: ApiKeys) -> None:
     assert exposure_warning("0.0.0.0", keys) is None
+
+
+# ---------------------------------------------------------------------------- ambient
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "post"])
+def test_basic_credentials_never_authorise_a_state_change(method: str) -> None:
+    """A browser sends cached Basic credentials with another site's form; a bearer key or
+    X-API-Key, which such a form cannot set, still works."""
+    basic = {"authorization": "Basic " + base64.b64encode(f"u:{ADMIN_KEY}".encode()).decode()}
+    assert presented_key(basic, method) is None
+    assert basic_on_unsafe_method(basic, method)
+    assert presented_key({"authorization": f"Bearer {ADMIN_KEY}"}, method) == ADMIN_KEY
+    assert presented_key({"x-api-key": ADMIN_KEY}, method) == ADMIN_KEY
+    assert not basic_on_unsafe_method({**basic, "x-api-key": ADMIN_KEY}, method)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "get"])
+def test_basic_credentials_read_the_page(method: str) -> None:
+    basic = {"authorization": "Basic " + base64.b64encode(f"u:{ADMIN_KEY}".encode()).decode()}
+    assert presented_key(basic, method) == ADMIN_KEY
+    assert not basic_on_unsafe_method(basic, method)
+
+
+# ---------------------------------------------------------------------------- names, expiry
+
+
+def test_an_entry_carries_a_name_and_an_expiry_that_round_trip() -> None:
+    entry = f"{ADMIN_ENTRY};name=ops-laptop;expires=2027-01-31T00:00:00Z"
+    parsed = parse_entry(entry, "test")
+    assert parsed.name == "ops-laptop" and parsed.label == "ops-laptop"
+    assert parsed.expires == datetime(2027, 1, 31, tzinfo=UTC)
+    assert parsed.entry == entry
+    assert parse_entry(ADMIN_ENTRY, "test").label == ADMIN_ENTRY.split(":")[2][:8]
+    assert parse_entry(f"{ADMIN_ENTRY};expires=2027-01-31", "t").expires == datetime(
+        2027, 1, 31, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "problem"),
+    [
+        (";name=", "name must be"),
+        (";name=has space", "name must be"),
+        (";expires=next tuesday", "ISO 8601"),
+        (";owner=me", "unknown attribute"),
+    ],
+)
+def test_a_bad_attribute_is_named_without_the_entry(suffix: str, problem: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_entry(ADMIN_ENTRY + suffix, "keys line 4")
+    assert str(error.value).startswith("keys line 4: ") and problem in str(error.value)
+    assert ADMIN_ENTRY.split(":")[2] not in str(error.value)
+
+
+def test_an_expired_key_is_refused_and_a_live_one_of_the_same_name_is_not() -> None:
+    keys = ApiKeys.from_entries(
+        [
+            f"{ADMIN_ENTRY};name=old;expires=2026-01-01T00:00Z",
+            f"{PREDICT_ENTRY};name=new;expires=2030-01-01T00:00Z",
+        ]
+    )
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    refused = keys.authorize(ADMIN_KEY, Scope.ADMIN, now=now)
+    assert refused.status == 401
+    assert keys.authorize(ADMIN_KEY, Scope.ADMIN, now=datetime(2025, 1, 1, tzinfo=UTC)).key == "old"
+    assert keys.authorize(PREDICT_KEY, Scope.PREDICT, now=now) == AuthDecision(
+        200, "ok", Scope.PREDICT, "new"
+    )
+
+
+def test_an_unknown_key_is_named_by_a_fingerprint_never_by_itself() -> None:
+    keys = ApiKeys.from_entries([ADMIN_ENTRY])
+    decision = keys.authorize("rsk_not_a_configured_key", Scope.ADMIN)
+    assert decision.status == 401
+    assert decision.key is not None and decision.key.startswith("unknown ")
+    assert "rsk_" not in decision.key
