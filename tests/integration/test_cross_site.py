@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -162,7 +163,7 @@ def test_keys_list_names_every_key_with_its_last_use(guarded: tuple[Deployer, Pa
         time.sleep(1)
     assert set(rows) >= {"ops", "client-2026", "left-last-year"}, rows
     assert rows["ops"].split()[1] == "admin" and "never" not in rows["ops"]
-    assert rows["left-last-year"].split()[2:4] == ["2025-12-31T00:00:00+00:00", "(expired)"]
+    assert rows["left-last-year"].split()[2:4] == ["2025-12-31T00:00:00Z", "(expired)"]
     assert ADMIN not in "\n".join(rows.values()) and OLD not in "\n".join(rows.values())
 
 
@@ -213,44 +214,27 @@ def test_a_key_rotates_without_a_restart_under_load(guarded: tuple[Deployer, Pat
     assert revoked_s < 10
 
 
-EVIL_PAGE = """<!doctype html><title>loading</title><body><script>
-const ingress = new URLSearchParams(location.search).get("ingress");
-const requestId = new URLSearchParams(location.search).get("request_id");
-const feedback = JSON.stringify({request_id: requestId, label: "virginica"});
-const forms = ["/rollout/pause", "/rollout/abort", "/rollout/promote", "/retrain", "/feedback"];
-async function submitForm(path, index) {
-  // an HTML form posted into a hidden frame: what any page can make a browser send
-  const frame = document.createElement("iframe");
-  frame.name = "frame" + index;
-  document.body.appendChild(frame);
-  await new Promise((resolve) => setTimeout(resolve, 0));
+EVIL_PAGE = """<!doctype html><title>another site</title><body><script>
+const query = new URLSearchParams(location.search);
+const target = query.get("target"), mode = query.get("mode");
+const body = JSON.stringify({request_id: query.get("request_id"), label: "virginica"});
+if (mode === "form") {
+  // a form that navigates the whole window: the browser attaches the Basic credentials
+  // it holds for the target by itself (checked below: the test sees them sent)
   const form = document.createElement("form");
-  form.method = "POST"; form.action = ingress + path; form.target = frame.name;
+  form.method = "POST"; form.action = target; form.target = "_top";
   const input = document.createElement("input");
-  input.name = "payload"; input.value = feedback;
+  input.name = "payload"; input.value = body;
   form.appendChild(input); document.body.appendChild(form);
-  const loaded = new Promise((resolve) => { frame.onload = resolve; });
   form.submit();
-  await loaded;
-}
-async function noCors(path, type) {
+} else {
   // a fetch that needs no permission: credentials included, opaque answer
-  try {
-    await fetch(ingress + path, {method: "POST", mode: "no-cors", credentials: "include",
-                                 headers: {"Content-Type": type}, body: feedback});
-  } catch (error) { /* refused connections count as done too */ }
+  fetch(target, {method: "POST", mode: "no-cors", credentials: "include",
+                 headers: {"Content-Type": mode}, body: body})
+    .catch(() => null).then(() => { document.title = "done"; });
 }
-(async () => {
-  const sent = [];
-  forms.forEach((path, index) => sent.push(submitForm(path, index)));
-  for (const path of forms) {
-    sent.push(noCors(path, "text/plain"));
-    sent.push(noCors(path, "application/x-www-form-urlencoded"));
-  }
-  await Promise.all(sent);
-  document.title = "done " + sent.length;
-})();
 </script></body>"""
+ADMIN_POSTS = ("/rollout/pause", "/rollout/abort", "/rollout/promote", "/retrain", "/feedback")
 
 
 @pytest.fixture
@@ -274,8 +258,10 @@ def test_a_real_browser_holding_the_key_is_refused_every_cross_site_vector(
     guarded: tuple[Deployer, Path], cluster: Cluster, other_site: str
 ) -> None:
     """Chromium holds the admin key as HTTP Basic credentials for the ingress (its user
-    opened the results page), then opens a page of another site that posts forms to every
-    admin route and sends no-cors fetches with text/plain and form bodies."""
+    opened the results page), then opens a page of another site that posts a form to each
+    admin route (the whole window navigates: Chromium sends the cached credentials with it)
+    and sends no-cors fetches with text/plain and form bodies (Chromium sends them without
+    credentials). Every one is answered 403 and nothing changes."""
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
@@ -290,6 +276,7 @@ def test_a_real_browser_holding_the_key_is_refused_every_cross_site_vector(
     answer = requests.post(
         f"{deployer.url}/predict", json=RECORD, headers=bearer(ADMIN), timeout=30
     ).json()
+    seen: list[tuple[str, str, int, str | None]] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium())
         context = browser.new_context(
@@ -298,13 +285,30 @@ def test_a_real_browser_holding_the_key_is_refused_every_cross_site_vector(
         page = context.new_page()
         opened = page.goto(f"{deployer.url}/ui")  # the operator's own visit: Basic accepted
         assert opened is not None and opened.status == 200
-        page.goto(
-            f"{other_site}/evil.html?ingress={deployer.url}&request_id={answer['request_id']}"
-        )
-        page.wait_for_function("document.title.startsWith('done')", timeout=60_000)
-        assert page.title() == "done 15"
+        for path in ADMIN_POSTS:
+            for mode in ("form", "text/plain", "application/x-www-form-urlencoded"):
+                target = f"{deployer.url}{path}"
+                evil = f"{other_site}/evil.html?" + urlencode(
+                    {"target": target, "mode": mode, "request_id": answer["request_id"]}
+                )
+                with page.expect_response(
+                    lambda r, t=target: r.url == t and r.request.method == "POST"
+                ) as caught:
+                    page.goto(evil)
+                response = caught.value
+                sent = response.request.all_headers()
+                seen.append((path, mode, response.status, sent.get("authorization")))
         browser.close()
 
+    print(
+        "another site's requests, as the ingress answered them (path, vector, status,"
+        " sent Basic credentials):",
+        [(path, mode, status, bool(c)) for path, mode, status, c in seen],
+    )
+    assert {status for _, _, status, _ in seen} == {403}, seen
+    # the forms went out with the operator's Basic credentials: the vector is real
+    forms = [credentials for _, mode, _, credentials in seen if mode == "form"]
+    assert forms and all(c and c.startswith("Basic ") for c in forms), seen
     after = rollout(deployer)
     assert after["rollout"]["phase"] == "running", after["rollout"]
     assert commands(after) == commands(before)  # no pause, abort or promote
