@@ -13,7 +13,8 @@ TEST_PACKAGES := prometheus:prometheus,promtool chromium:chromium
 DEMO_PACKAGES :=
 BENCH_PACKAGES := prometheus:prometheus,promtool wrk:wrk
 
-.PHONY: install demo test lint format bench bench-train bench-overload bench-soak bench-profile clean \
+.PHONY: install demo test lint format bench bench-train bench-overload bench-soak bench-profile \
+	bench-refused-deploy clean \
 	system-deps-test system-deps-demo system-deps-bench
 
 install: $(INSTALLED)
@@ -102,6 +103,11 @@ bench: system-deps-bench install
 	$(BIN)/python bench/training_speed.py --output docs/training_speed.md
 	$(BIN)/python bench/experiment_report.py --output docs/report_scaling.md
 	$(BIN)/python bench/overload.py --plot docs/overload.png
+	$(BIN)/python bench/refused_deploy.py --output docs/refused_deploy.md
+
+# A refused deploy at one replica under a request every 50 ms -> docs/refused_deploy.md
+bench-refused-deploy: install
+	$(BIN)/python bench/refused_deploy.py --output docs/refused_deploy.md
 
 # Above capacity: 503s with Retry-After past max_queued_requests, accepted p99, nothing lost
 bench-overload: system-deps-bench install

@@ -70,6 +70,10 @@ def wait_for(url: str, status: str, since: float, timeout_s: float = 60) -> floa
     return None
 
 
+def seconds(value: float | None) -> str:
+    return "never (60 s)" if value is None else f"{value:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the result as a Markdown table")
@@ -104,18 +108,23 @@ def main() -> None:
         replicas = requests.get(f"{cluster.url}/models", timeout=5).json()
     finally:
         cluster.down()
+    print("answers by status:", dict(counts), flush=True)
     total = sum(counts.values())
+    others = {str(k): v for k, v in counts.items() if k != 200}
     failed = total - counts[200]
     rows = [
         ("requests in 60 s (one client, 50 ms pause)", str(total)),
         ("answered 200", str(counts[200])),
-        ("failed (non-200 or no answer)", f"{failed} {dict(counts - {200: counts[200]})}"),
-        ("GET /models shows REFUSED after the bad `serve deploy` returned", f"{refused_s} s"),
-        ("GET /models shows APPLIED after the good `serve deploy` returned", f"{applied_s} s"),
+        ("failed (non-200 or no answer)", f"{failed} {others or ''}"),
+        ("GET /models shows REFUSED after the bad `serve deploy` returned", seconds(refused_s)),
+        ("GET /models shows APPLIED after the good `serve deploy` returned", seconds(applied_s)),
         ("the deploy status at the end", replicas["deploy"]["status"]),
     ]
     text = "\n".join(
         [
+            f"Measured {time.strftime('%Y-%m-%d')} by `make bench-refused-deploy`: the shipped"
+            " serve_config.yaml's iris application (autoscaling, one replica at this load).",
+            "",
             "| one replica, missing alias (`bench/refused_deploy.py`) | |",
             "|---|---|",
             *(f"| {name} | {value} |" for name, value in rows),
