@@ -50,6 +50,7 @@ CLUSTER_FIXTURES = frozenset({"cluster", "ray_address", "deployer", "ft_cluster"
 # (work_unit below). Checked at collection: a test here that asks for a cluster fails.
 NO_CLUSTER = (
     "tests/unit/",
+    "tests/integration/test_check_cli.py",
     "tests/integration/test_event_store.py",
     "tests/integration/test_event_training_data.py",
     "tests/integration/test_experiment_queries.py",
@@ -74,6 +75,7 @@ SECOND_CLUSTER = (
     "tests/faults/test_replica_loss.py",
     "tests/faults/test_rollout_faults.py",
     "tests/faults/test_upgrade_under_load.py",
+    "tests/integration/test_cross_site.py",
     "tests/integration/test_event_pipeline.py",
     "tests/integration/test_retrain.py",
     "tests/integration/test_rollout_http.py",

@@ -56,7 +56,7 @@ class Deployer:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN_PATH.read_text().strip()}"}
 
-    def _applications(self) -> dict[str, Any]:
+    def applications(self) -> dict[str, Any]:
         response = requests.get(
             f"{self.cluster.info.dashboard_url}/api/serve/applications/",
             headers=self._headers(),
@@ -66,7 +66,7 @@ class Deployer:
         return response.json().get("applications", {})
 
     def _status(self) -> dict[str, Any]:
-        return self._applications().get(APP, {})
+        return self.applications().get(APP, {})
 
     def replica_ids(self) -> set[str]:
         """The running replicas, as Serve's controller lists them."""
@@ -172,9 +172,10 @@ class Deployer:
         )
         return self._wait(config, before, expect)
 
-    def apply(self, config: dict[str, Any], expect: str = "RUNNING") -> dict[str, Any]:
+    def apply(self, config: dict[str, Any], expect: str | None = "RUNNING") -> dict[str, Any]:
         """PUT a whole serve config (every application in it) to the dashboard, the
-        request `serve deploy` sends, and wait as :meth:`deploy` does."""
+        request `serve deploy` sends, and wait as :meth:`deploy` does (``expect=None``:
+        return once the dashboard took it, the test follows the applications itself)."""
         before = self._deploy_times()
         self._running = None
         response = requests.put(
@@ -184,10 +185,13 @@ class Deployer:
             timeout=120,
         )
         assert response.status_code == 200, f"deploy refused: {response.text[:2000]}"
+        if expect is None:
+            self._running = None
+            return {}
         return self._wait(config, before, expect)
 
     def _deploy_times(self) -> dict[str, float]:
-        return {n: a.get("last_deployed_time_s", 0) for n, a in self._applications().items()}
+        return {n: a.get("last_deployed_time_s", 0) for n, a in self.applications().items()}
 
     def _wait(
         self, config: dict[str, Any], before: dict[str, float], expect: str
@@ -197,7 +201,7 @@ class Deployer:
         names = [a["name"] for a in config["applications"]]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            apps = self._applications()
+            apps = self.applications()
             if all(
                 apps.get(n, {}).get("last_deployed_time_s", 0) > before.get(n, 0)
                 and apps[n].get("status") == expect
@@ -209,7 +213,7 @@ class Deployer:
                     self._running = self._serving = config
                 return apps.get(APP, {})
             time.sleep(0.2)
-        raise AssertionError(f"not every application reached {expect}: {self._applications()}")
+        raise AssertionError(f"not every application reached {expect}: {self.applications()}")
 
     def ensure(
         self,
@@ -229,6 +233,12 @@ class Deployer:
         if after_refusal and config == self._serving and status == "DEPLOY_FAILED":
             return
         self.deploy(user_config, actor_options=actor_options, **options)
+
+    def last_running(self) -> dict[str, Any]:
+        """A copy of the last whole config that reached RUNNING (what is deployed now,
+        unless a later deploy failed)."""
+        assert self._serving is not None, "nothing was deployed through this Deployer yet"
+        return copy.deepcopy(self._serving)
 
     def every_replica(
         self, replicas: int, wanted: Callable[[dict[str, Any]], bool], timeout_s: float = 60

@@ -25,7 +25,8 @@ RAYSPLIT = Path(sys.executable).parent / "raysplit"
 NO_DASHBOARD = "http://127.0.0.1:9"  # nothing answers: the capacity check says so
 
 
-def raysplit(*args: str) -> subprocess.CompletedProcess:
+def console_script(*args: str) -> subprocess.CompletedProcess:
+    """The installed `raysplit`, as a user runs it."""
     return subprocess.run(
         [str(RAYSPLIT), *args, "--address", NO_DASHBOARD],
         capture_output=True,
@@ -34,6 +35,22 @@ def raysplit(*args: str) -> subprocess.CompletedProcess:
         env=dict(os.environ),
         cwd=REPO,
     )
+
+
+@pytest.fixture
+def raysplit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """The same command in this process: the console script's interpreter start and
+    imports cost about 5 s a call, and the command's code is the same."""
+    from raysplit.cli import main
+
+    monkeypatch.chdir(REPO)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main([*args, "--address", NO_DASHBOARD])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture
@@ -63,10 +80,13 @@ def registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def test_the_shipped_configs_pass_and_each_bad_kind_is_named(
-    registry: dict[str, str], tmp_path: Path
+    registry: dict[str, str], raysplit, tmp_path: Path
 ) -> None:
-    for shipped in ("serve_config.yaml", "serve_config_rollout.yaml"):
-        result = raysplit("check", shipped)
+    for shipped, run in (
+        ("serve_config.yaml", console_script),
+        ("serve_config_rollout.yaml", raysplit),
+    ):
+        result = run("check", shipped)
         assert result.returncode == 0, result.stderr
         assert "every application's config would be applied" in result.stdout
         assert "not checked: no Ray dashboard answered" in result.stderr  # said, not hidden
@@ -95,7 +115,7 @@ def test_the_shipped_configs_pass_and_each_bad_kind_is_named(
 
 
 def test_deploy_refuses_before_sending_and_names_every_problem(
-    registry: dict[str, str], tmp_path: Path
+    registry: dict[str, str], raysplit, tmp_path: Path
 ) -> None:
     """Two problems in two applications, both listed; nothing is sent (no dashboard runs
     here: a deploy that got as far as sending would fail differently)."""
@@ -118,7 +138,7 @@ def test_deploy_refuses_before_sending_and_names_every_problem(
     assert "deployed" not in result.stdout
 
 
-def test_a_file_serve_itself_refuses_is_one_line(home: Path, tmp_path: Path) -> None:
+def test_a_file_serve_itself_refuses_is_one_line(home: Path, raysplit, tmp_path: Path) -> None:
     path = tmp_path / "not-serve.yaml"
     path.write_text(yaml.safe_dump({"applications": [{"name": "x"}]}))
     result = raysplit("check", str(path))

@@ -251,7 +251,7 @@ def test_promtool_accepts_the_shipped_and_the_rendered_config(cluster: Cluster) 
         text=True,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 8 rules found" in rules.stdout
+    assert "SUCCESS: 9 rules found" in rules.stdout
     for config in (DEPLOY / "prometheus" / "prometheus.yml", cluster.locations.prometheus_config):
         checked = subprocess.run(
             [PROMTOOL, "check", "config", str(config)], capture_output=True, text=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serve_app.auth import ApiKeys, Scope
@@ -53,3 +54,25 @@ def test_scope_is_required() -> None:
     assert result.returncode == 2
     assert "--scope" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_named_expiring_key_is_called_by_its_name_until_it_expires() -> None:
+    result = run("--scope", "admin", "--name", "ops-laptop", "--expires", "2027-01-31", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["entry"].endswith(";name=ops-laptop;expires=2027-01-31")
+    keys = ApiKeys.from_environment({"RAYSPLIT_API_KEYS": printed["entry"]})
+    before = datetime(2027, 1, 30, tzinfo=UTC)
+    assert keys.authorize(printed["key"], Scope.ADMIN, now=before).key == "ops-laptop"
+    after = datetime(2027, 1, 31, 0, 0, 1, tzinfo=UTC)
+    assert keys.authorize(printed["key"], Scope.ADMIN, now=after).status == 401
+
+
+def test_a_bad_name_or_expiry_exits_2_naming_it() -> None:
+    for flag, value, words in (
+        ("--name", "has space", "name must be"),
+        ("--expires", "soon", "ISO 8601"),
+    ):
+        result = run("--scope", "predict", flag, value)
+        assert result.returncode == 2, result.stdout
+        assert words in result.stderr and "rsk_" not in result.stdout + result.stderr
