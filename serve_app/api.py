@@ -1,7 +1,8 @@
 """The ingress's FastAPI application: middleware, error handling and OpenAPI metadata.
 
-Routes are methods of the route classes in :mod:`serve_app.routes`, which the ingress
-deployment (:mod:`serve_app.app`) inherits; Ray Serve binds them to the replica.
+Routes are module-level functions in :mod:`serve_app.routes`, included here by the
+ingress deployment (:mod:`serve_app.app`); each finds the replica serving it through a
+dependency (:mod:`serve_app.routes.base` says why they are not methods).
 """
 
 from fastapi import FastAPI

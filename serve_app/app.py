@@ -71,9 +71,7 @@ class Ingress(Replica):
         bind_replica(self)
         self.state = None
         self.deploy = DeployStatus()
-        self.event_store_url = os.environ.get(
-            "RAYSPLIT_EVENT_STORE_URL", Locations.resolve().event_store_url
-        )
+        self.event_store_url = Locations.resolve().event_store_url  # RAYSPLIT_EVENT_STORE_URL
         self.metrics = ExperimentMetrics()
         self.events = EventBuffer(
             lambda: EventStore(self.event_store_url), on_feedback=self.metrics.tally.feedback

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from raysplit.core.events import RANDOMISED
 from serve_app.event_schema import (
     BUCKET_S,
     CELL_COUNTERS,
@@ -162,7 +163,6 @@ def insert_ignoring(dialect: str, table: sa.Table) -> Any:
     return _dialect(dialect).insert(table).on_conflict_do_nothing()
 
 
-RANDOMISED = ("split", "sticky")
 PairKey = tuple[str, str, str, int]  # experiment, shadow, live allocation, live bucket
 
 

@@ -15,17 +15,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from raysplit.core.events import RANDOMISED
 from raysplit.core.reference_stats import ReferenceStats
 from serve_app.aggregates import AssignmentKind, Cell, ExperimentAggregates
 from serve_app.drift import FeatureDrift, feature_drift
 from serve_app.experiment_queries import VariantFacts
 from serve_app.experiment_stats import ExperimentStatistics, experiment_statistics
-from serve_app.statistics import Interval, accuracy_interval
+from serve_app.statistics import Interval, Z, accuracy_interval
 
 REPORT_SCHEMA_VERSION = 2
 DRIFT_WINDOW = 1000
-RANDOMISED = (AssignmentKind.SPLIT, AssignmentKind.STICKY)
-Z95 = 1.959963984540054
 
 
 class Latency(BaseModel):
@@ -87,7 +86,7 @@ def _mean_interval(n: int, total: float, squares: float) -> Interval | None:
         return None
     mean = total / n
     variance = max(squares - n * mean * mean, 0.0) / (n - 1)
-    half = Z95 * math.sqrt(variance / n)
+    half = Z * math.sqrt(variance / n)
     return Interval(estimate=mean, low=mean - half, high=mean + half)
 
 

@@ -4,7 +4,7 @@ A retrain from production feedback runs unattended, so its result must earn the 
 has to beat every incumbent (by default the champion and the current challenger) on the
 *same* new test slice by a configured margin. Scores from the incumbents' own training
 runs are not comparable: they were measured on older data. Pure logic, so the rule is
-tested in milliseconds; loading and scoring the incumbents is :mod:`tune.retrain`'s.
+tested in milliseconds; loading and scoring the incumbents is :mod:`tune.incumbents`'s.
 """
 
 from __future__ import annotations

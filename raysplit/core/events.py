@@ -53,6 +53,10 @@ class AssignmentKind(StrEnum):
     SHADOW = "shadow"  # a copy to a shadow variant
 
 
+# what the weights decide, and so all an experiment compares (forced and shadow traffic never)
+RANDOMISED = (AssignmentKind.SPLIT, AssignmentKind.STICKY)
+
+
 def unit_hash(key: str, experiment: str, salt: str) -> str:
     """What the store keeps of a sticky user's key: a salted hash, never the key itself,
     enough to count distinct users per variant."""

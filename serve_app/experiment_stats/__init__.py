@@ -56,10 +56,6 @@ from serve_app.experiment_stats.sample_size import (
     DEFAULT_ERROR_RATE_EFFECT,
     DEFAULT_LOG_LATENCY_EFFECT,
 )
-
-# the closed-form sample sizes, checked against statistics.py by the unit tests
-from serve_app.experiment_stats.sample_size import _fixed_horizon_n as _fixed_horizon_n
-from serve_app.experiment_stats.sample_size import _sequential_n as _sequential_n
 from serve_app.experiment_stats.stratified import (
     StratifiedLooks,
     stratified_comparison,

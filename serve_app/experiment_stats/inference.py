@@ -14,9 +14,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from serve_app.statistics import ALPHA, Interval
-
-Z = float(stats.norm.ppf(1 - ALPHA / 2))
+from serve_app.statistics import Interval, Z
 
 
 def msprt_p_value(estimate: np.ndarray, variance: np.ndarray, tau2: float) -> float | None:

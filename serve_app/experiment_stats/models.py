@@ -7,11 +7,11 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from raysplit.core.events import RANDOMISED as RANDOMISED  # re-exported: one definition
 from serve_app.aggregates import AssignmentKind
 from serve_app.statistics import ALPHA, SRM_ALPHA, Interval, SampleSize, Verdict
 
 SCHEMA_VERSION = 1  # of ExperimentStatistics' JSON; bump on any incompatible change
-RANDOMISED = (AssignmentKind.SPLIT, AssignmentKind.STICKY)
 LABEL_COVERAGE_ALPHA = SRM_ALPHA  # a validity alarm re-checked at every refresh: strict
 MIN_EXPECTED_COUNT = 5.0  # chi-square approximation: strata below this are not tested
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
-
 from serve_app.experiment_stats.models import BINARY, Metric
 from serve_app.statistics import (
-    ALPHA,
     DEFAULT_ACCURACY_EFFECT,
     DEFAULT_RELATIVE_ERROR_EFFECT,
-    POWER,
     SampleSize,
+    fixed_horizon_n,
+    sequential_sample_size,
 )
 
 DEFAULT_ERROR_RATE_EFFECT = 0.01  # one point of error rate
@@ -30,43 +28,10 @@ def _default_effect(metric: Metric, control_mean: float | None) -> float:
     return DEFAULT_LOG_LATENCY_EFFECT
 
 
-def _norm_sf(x: float) -> float:
-    return 0.5 * math.erfc(x / math.sqrt(2))
-
-
-def _fixed_horizon_n(size: float) -> int:
-    """statistics.fixed_horizon_sample_size's per-arm n for a standardised effect, in
-    closed form (statsmodels' root finder costs milliseconds per call)."""
-    z = stats.norm.isf(ALPHA / 2) + stats.norm.ppf(POWER)
-    return math.ceil(2 * (z / size) ** 2) if size > 0 else 0
-
-
-def _sequential_n(variance: float, effect: float, tau2: float) -> int:
-    """statistics.sequential_sample_size with the normal tails from ``math.erfc``."""
-
-    def power(n: int) -> float:
-        v = variance / n
-        threshold = math.sqrt(
-            2 * v * (v + tau2) / tau2 * (math.log(1 / ALPHA) + 0.5 * math.log((v + tau2) / v))
-        )
-        sd = math.sqrt(v)
-        return _norm_sf((threshold - effect) / sd) + _norm_sf((threshold + effect) / sd)
-
-    if variance <= 0 or effect == 0:
-        return 0
-    low, high = 2, 4
-    while power(high) < POWER:
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if power(middle) >= POWER else (middle, high)
-    return high
-
-
 def _sample_size(
     metric: Metric, effect: float, control_mean: float | None, unit_variance: float, info: float
 ) -> SampleSize | None:
-    """Per-arm sizes for ``effect`` (statistics.py's formulas) and the *effective* per-arm
+    """Per-arm sizes for ``effect`` (:mod:`serve_app.statistics`) and the *effective* per-arm
     size collected: the per-arm n of a balanced single-stratum experiment with the same
     variance of the estimate. It accounts for unequal shares and for stratification."""
     if effect <= 0 or unit_variance <= 0 or not math.isfinite(unit_variance):
@@ -83,7 +48,7 @@ def _sample_size(
         return None
     return SampleSize(
         min_detectable_effect=effect,
-        fixed_horizon=_fixed_horizon_n(size),
-        sequential=_sequential_n(sd1**2 + sd2**2, effect, effect**2),
+        fixed_horizon=fixed_horizon_n(size),
+        sequential=sequential_sample_size(sd1**2 + sd2**2, effect, effect**2),
         collected=int(unit_variance / info) if info > 0 else 0,
     )

@@ -623,23 +623,36 @@ def test_the_result_renders_as_json_and_text() -> None:
     assert "shadow s paired accuracy" in text and "SRM: p = " in text
 
 
-@pytest.mark.parametrize("rates", [(0.8, 0.85), (0.97, 0.92), None])
-def test_closed_form_sample_sizes_match_statistics_py(rates: tuple | None) -> None:
-    from serve_app import experiment_stats as es
-    from serve_app.statistics import fixed_horizon_sample_size, sequential_sample_size
+@pytest.mark.parametrize("rates", [(0.8, 0.85), (0.97, 0.92), (0.5, 0.52), None])
+def test_the_closed_form_sample_size_is_statsmodels_root(rates: tuple | None) -> None:
+    """One implementation of the sample sizes (serve_app.statistics), in closed form: the
+    fixed horizon equals statsmodels' normal-power root, and the sequential size is the
+    smallest n at which the mSPRT's power reaches 80%."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    from serve_app.statistics import (
+        ALPHA,
+        POWER,
+        fixed_horizon_n,
+        fixed_horizon_sample_size,
+        sequential_power,
+        sequential_sample_size,
+    )
 
     if rates is None:
         sd, effect = 2.0, 0.3
-        expected = fixed_horizon_sample_size(sd, sd, effect)
         size = effect / sd
+        assert fixed_horizon_sample_size(sd, sd, effect) == fixed_horizon_n(size)
         variance = 2 * sd**2
     else:
         p2, p1 = rates
         effect = abs(p2 - p1)
-        expected = fixed_horizon_sample_size(0, 0, effect, (p2, p1))
-        size = abs(2 * math.asin(math.sqrt(p2)) - 2 * math.asin(math.sqrt(p1)))
+        size = abs(proportion_effectsize(p2, p1))
+        assert fixed_horizon_sample_size(0, 0, effect, (p2, p1)) == fixed_horizon_n(size)
         variance = p1 * (1 - p1) + p2 * (1 - p2)
-    assert es._fixed_horizon_n(size) == expected
-    assert es._sequential_n(variance, effect, effect**2) == sequential_sample_size(
-        variance, effect, effect**2
-    )
+    root = NormalIndPower().solve_power(size, alpha=ALPHA, power=POWER, ratio=1.0)
+    assert fixed_horizon_n(size) == math.ceil(root)
+    n = sequential_sample_size(variance, effect, effect**2)
+    assert sequential_power(n, variance, effect, effect**2) >= POWER
+    assert sequential_power(n - 1, variance, effect, effect**2) < POWER

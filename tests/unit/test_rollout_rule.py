@@ -17,14 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.aggregates import AssignmentKind, Cell, Epoch, ExperimentAggregates
-from serve_app.experiment_stats import (
-    Metric,
-    _sequential_n,
-    stratified_comparison,
-    stratified_looks,
-)
+from serve_app.experiment_stats import Metric, stratified_comparison, stratified_looks
 from serve_app.rollout_config import Guardrails, RolloutConfig
 from serve_app.rollout_rule import Decision, DecisionKind, decide
+from serve_app.statistics import sequential_sample_size
 
 CONTROL, CANDIDATE = "control", "challenger"
 DESIGN = {
@@ -324,7 +320,7 @@ def _step_traffic(share: float, config: RolloutConfig = CONFIG) -> int:
 # 80% power for 0.05 + margin (earlier steps' data only add to it). At RATE this is
 # 4000 + 3000 + max(3000, 2 * 800) = 10 000 requests; case (c)'s cap adds one interval's
 # traffic per step for the randomness of arrivals: 11 500.
-PLANNED_N = _sequential_n(
+PLANNED_N = sequential_sample_size(
     BASE_ACCURACY * (1 - BASE_ACCURACY) + 0.9 * 0.1, 0.05 + CONFIG.non_inferiority_margin, 0.02**2
 )
 PLANNED = sum(_step_traffic(s) for s in CONFIG.steps[:-1]) + max(
