@@ -267,6 +267,19 @@ function renderVerdict(report) {
   warnings.replaceChildren(...items.map((w) => el("li", {}, w)));
 }
 
+function renderDeploy(models) {
+  // a refused deploy changes nothing that is served, so it must be said in words (GET /models)
+  const banner = document.getElementById("deploy-refused");
+  const deploy = models && models.deploy;
+  const refused = Boolean(deploy && deploy.status === "REFUSED");
+  banner.hidden = !refused;
+  banner.dataset.refused = deploy ? deploy.refused_config_hash || "" : "";
+  if (!refused) return;
+  const since = deploy.since ? new Date(deploy.since * 1000).toLocaleString() : "?";
+  banner.textContent = `The last deploy was refused (config ${deploy.refused_config_hash}, since ${since}):`
+    + ` ${deploy.reason} Still serving config ${deploy.serving_config_hash}.`;
+}
+
 function renderVariants(report, models, links) {
   const quality = report.task === "classification" ? "accuracy" : "mae";
   document.getElementById("quality-heading").textContent =
@@ -502,6 +515,7 @@ async function refresh() {
     if (!list.experiments.some((e) => e.experiment === report.experiment)) select.prepend(el("option", { value: report.experiment }, report.experiment));
     select.value = report.experiment;
     renderVerdict(report);
+    renderDeploy(models);
     renderVariants(report, current ? models : null, current ? links : null);
     renderTimeline(timeline, report.task);
     document.getElementById("rollout-section").hidden = !current;

@@ -10,6 +10,7 @@ Screenshots at a laptop's and a phone's width are taken every run; set
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -250,6 +251,7 @@ def test_the_page_shows_what_the_api_serves_and_draws_every_chart(
         assert figure.locator("svg").get_attribute("aria-label"), chart
         assert figure.locator("details table tbody tr").count() > 0, chart  # its text form
     assert page.get_attribute("#ray-dashboard", "href") == deployer.cluster.info.dashboard_url
+    assert page.locator("#deploy-refused").is_hidden()  # the last deploy was applied
     assert problems == []
 
     shots = shots_dir(tmp_path)
@@ -283,4 +285,41 @@ def test_an_earlier_experiment_is_one_choice_away(
     for v in report["variants"]:
         assert field(page, v["name"], "assigned").inner_text() == str(v["assigned"])
     assert problems == []
+    page.context.close()
+
+
+def models_everywhere(deployer: Deployer, status: str, replicas: int = 2) -> None:
+    """Until ``replicas`` replicas answer GET /models with ``deploy.status`` ``status``."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while len(seen) < replicas:
+        models = get(deployer, "/models")
+        if models["deploy"]["status"] == status:
+            seen.add(models["replica"])
+        assert time.monotonic() < deadline, models["deploy"]
+        time.sleep(0.2)
+
+
+def test_a_refused_deploy_is_said_on_the_page(
+    page_deployment: dict[str, str], deployer: Deployer, browser: Browser
+) -> None:
+    """A refused deploy changes nothing that is served, so the page says it in words, and
+    stops saying it once a good deploy is applied."""
+    good = deployer.last_running()
+    bad = copy.deepcopy(good)
+    variants_of = bad["applications"][0]["deployments"][0]["user_config"]["variants"]
+    variants_of[1]["model_uri"] = "models:/iris@typo"
+    deployer.apply(bad)  # RUNNING: every replica refused it and kept its config
+    models_everywhere(deployer, "REFUSED")
+    page, problems = open_page(browser, f"{deployer.url}/ui", DESKTOP)
+    banner = page.locator("#deploy-refused")
+    expect(banner).to_be_visible()
+    assert "models:/iris@typo" in banner.inner_text()
+    assert "Still serving config" in banner.inner_text()
+    page.context.close()
+    deployer.apply(good)
+    models_everywhere(deployer, "APPLIED")
+    page, more = open_page(browser, f"{deployer.url}/ui", DESKTOP)
+    assert page.locator("#deploy-refused").is_hidden()
+    assert problems == more == []
     page.context.close()

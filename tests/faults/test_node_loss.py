@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from raysplit.cluster import serving_environment
 from raysplit.core.settings import Locations
-from tests.conftest import BIN, Cluster, free_port
+from tests.conftest import BIN, Cluster
 from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import Deployer, user_config
@@ -50,10 +50,12 @@ JOIN_CAP_S = 600
 def worker_node(cluster: Cluster, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """A second raylet (1 CPU) joined to the session's head, with the serving environment.
 
-    Its dashboard agent gets a free port: by default every node asks for 52365, and on a
-    machine where another cluster's agent holds it (a developer's `raysplit up`, another
-    session's) the new agent fails to bind and the raylet, fate-shared with its agents,
-    dies; the fixture then waited out its deadline ("the worker node never joined").
+    One fresh-clone run failed here with "the worker node never joined" after a fixed 60 s,
+    its raylet dead. The cause is not known: a probe with another process holding Ray's
+    default agent port (52365) joined in 11.5 s and stayed alive, so not that. The wait
+    now follows the node's start instead of a deadline: it goes on while `ray start` runs
+    (600 s only against a hang) and fails at once when `ray start` exits, with its output
+    and Ray's process-exit log, which name the process that died and why.
     """
     before = len(ray_nodes(cluster))
     env = {
@@ -70,7 +72,6 @@ def worker_node(cluster: Cluster, tmp_path: Path) -> Iterator[subprocess.Popen]:
                 f"--address={cluster.info.address}",
                 "--node-ip-address=127.0.0.1",
                 "--num-cpus=1",
-                f"--dashboard-agent-listen-port={free_port()}",
                 "--disable-usage-stats",
                 "--block",
             ],
@@ -81,8 +82,11 @@ def worker_node(cluster: Cluster, tmp_path: Path) -> Iterator[subprocess.Popen]:
         )
     started = time.monotonic()
     # progress, not a deadline: wait while `ray start` runs (it exits if its raylet dies)
+    exits = cluster.info.temp_dir / "session_latest" / "logs" / "ray_process_exit.log"
     while len(ray_nodes(cluster)) <= before:
         tail = " | ".join(output.read_text(errors="replace").strip().splitlines()[-5:])
+        if exits.exists():
+            tail += " || exits: " + " | ".join(exits.read_text(errors="replace").splitlines()[-5:])
         assert process.poll() is None, f"ray start exited ({process.returncode}): {tail}"
         assert time.monotonic() - started < JOIN_CAP_S, f"no node after {JOIN_CAP_S} s: {tail}"
         time.sleep(1)
