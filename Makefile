@@ -84,10 +84,10 @@ demo: system-deps-demo install
 	@echo
 	@$(BIN)/raysplit info
 	@echo
-	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' -d '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
+	@echo "Predictions: curl -X POST http://127.0.0.1:8000/predict -H 'X-User-Id: alice' --json '{\"sepal_length\": 5.1, \"sepal_width\": 3.5, \"petal_length\": 1.4, \"petal_width\": 0.2}'"
 	@echo "Variants:    curl http://127.0.0.1:8000/models    API docs: http://127.0.0.1:8000/docs"
 	@echo "Results page (in a browser): http://127.0.0.1:8000/ui    diabetes: http://127.0.0.1:8000/diabetes/ui"
-	@echo "Diabetes:    curl -X POST http://127.0.0.1:8000/diabetes/predict -d '{\"instances\": [[0.04, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}'"
+	@echo "Diabetes:    curl -X POST http://127.0.0.1:8000/diabetes/predict --json '{\"instances\": [[0.04, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}'"
 	@echo "             raysplit report --app diabetes    API docs: http://127.0.0.1:8000/diabetes/docs"
 	@echo "Ray dashboard: $(DASHBOARD)   Serve status: RAY_AUTH_MODE=token $(BIN)/serve status -a $(DASHBOARD)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/python -c 'from raysplit.core.settings import Locations; print(Locations.resolve().mlflow_tracking_uri)') --port 5000"

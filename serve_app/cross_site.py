@@ -85,4 +85,7 @@ def content_type_refusal(method: str, headers: Mapping[str, str], path: str = "/
     if not declared and (not has_body or path.startswith(OIP_PREFIX)):
         return None  # a command without a body (POST /rollout/pause with a bearer key)
     what = f"Content-Type {declared}" if declared else "a body without Content-Type"
-    return f"{what} is not accepted: send the body as Content-Type: {JSON_TYPE}"
+    return (
+        f"{what} is not accepted: send the body as Content-Type: {JSON_TYPE}"
+        " (curl: --json, not -d alone, which sends a form)"
+    )
