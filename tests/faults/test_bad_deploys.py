@@ -176,6 +176,42 @@ def test_a_bad_rollout_block_and_a_control_of_another_model_are_refused(
     )
 
 
+def test_check_measures_the_replica_maxima_against_the_live_cluster(
+    cluster: Cluster, deployer: Deployer, tmp_path: Path
+) -> None:
+    """`raysplit check` asks the cluster's dashboard how many CPUs its nodes have: the
+    shipped config fits the session cluster's 2; with iris at 4 x 0.5 CPU it is warned
+    about (the deploy that once stayed DEPLOYING for 10 minutes), and still exit 0."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    def check(path: Path) -> subprocess.CompletedProcess:
+        command = [str(Path(sys.executable).parent / "raysplit"), "check", str(path)]
+        return subprocess.run(
+            [*command, "--address", cluster.info.dashboard_url],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **cluster.env},
+            cwd=REPO,
+        )
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["applications"] = config["applications"][:1]  # the session registry has iris only
+    fits = tmp_path / "fits.yaml"
+    fits.write_text(yaml.safe_dump(config))
+    shipped = check(fits)
+    assert shipped.returncode == 0, shipped.stderr
+    assert "warning" not in shipped.stderr, shipped.stderr
+    config["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 5
+    too_big = tmp_path / "too-big.yaml"
+    too_big.write_text(yaml.safe_dump(config))
+    warned = check(too_big)
+    assert warned.returncode == 0, warned.stderr
+    assert "up to 2.5 CPUs at their maximum replica counts; the cluster has 2" in warned.stderr
+
+
 def raysplit_status(deployer: Deployer, cluster: Cluster) -> str:
     """`raysplit status` as a user runs it: one line for the one application."""
     result = subprocess.run(
