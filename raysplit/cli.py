@@ -157,21 +157,31 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _ingress(method: str, url: str, path: str, api_key: str | None, **options: Any) -> Any:
+    """One call to the ingress with the key; a refusal or no answer is a one-line error."""
     import requests
 
-    from raysplit.traffic import app_url, auth_headers, refusal
+    from raysplit.traffic import auth_headers, refusal
 
-    url = app_url(args.url or Locations.resolve().ingress_url, args.app)
-    params = {"experiment": args.experiment} if args.experiment else None
     try:
-        response = requests.get(
-            f"{url}/experiment", params=params, headers=auth_headers(args.api_key), timeout=60
+        response = requests.request(
+            method, f"{url}{path}", headers=auth_headers(api_key), timeout=60, **options
         )
     except requests.RequestException as exc:
         raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
     if not response.ok:
         raise refusal(response)
+    return response
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import requests
+
+    from raysplit.traffic import app_url, auth_headers
+
+    url = app_url(args.url or Locations.resolve().ingress_url, args.app)
+    params = {"experiment": args.experiment} if args.experiment else None
+    response = _ingress("GET", url, "/experiment", args.api_key, params=params)
     if args.json:
         print(response.text)
     else:
@@ -192,22 +202,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    import requests
-
     from raysplit.rollout_text import render
-    from raysplit.traffic import auth_headers, refusal
 
     url = args.url or Locations.resolve().ingress_url
-    headers = auth_headers(args.api_key)
-    try:
-        if args.action == "status":
-            response = requests.get(f"{url}/rollout", headers=headers, timeout=60)
-        else:
-            response = requests.post(f"{url}/rollout/{args.action}", headers=headers, timeout=60)
-    except requests.RequestException as exc:
-        raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
-    if not response.ok:
-        raise refusal(response)
+    if args.action == "status":
+        response = _ingress("GET", url, "/rollout", args.api_key)
+    else:
+        response = _ingress("POST", url, f"/rollout/{args.action}", args.api_key)
     print(response.text if args.json else render(response.json()))
     return 0
 
@@ -299,17 +300,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    import requests
-
-    from raysplit.traffic import auth_headers, refusal
-
     url = args.url or Locations.resolve().ingress_url
-    try:
-        response = requests.get(f"{url}/keys", headers=auth_headers(args.api_key), timeout=30)
-    except requests.RequestException as exc:
-        raise RaysplitError(f"cannot reach the ingress at {url}: {type(exc).__name__}") from exc
-    if not response.ok:
-        raise refusal(response)
+    response = _ingress("GET", url, "/keys", args.api_key)
     if args.json:
         print(response.text)
         return 0
@@ -470,28 +462,31 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
 
     dashboard_help = "Ray dashboard URL (default: the local cluster's, `raysplit info`)"
-    check = commands.add_parser(
-        "check",
-        help="check a serve config against the live registry as a replica would",
-        description="Validate every raysplit application's user_config in a serve config with"
-        " the code a replica runs on deploy (models resolved and loaded from the registry,"
-        " variants compared); print each problem with its application, deployment and field."
-        " Exit 2 if a replica would refuse it. Warns when the replica maxima need more CPUs"
-        " than the cluster has.",
-    )
-    check.add_argument("config", type=Path, help="serve config (YAML), e.g. serve_config.yaml")
-    check.add_argument("--address", metavar="URL", help=dashboard_help)
-    check.set_defaults(func=cmd_check)
-
-    deploy = commands.add_parser(
-        "deploy",
-        help="raysplit check, then deploy the config as `serve deploy` does",
-        description="Check the serve config (see `raysplit check`) and, only if every"
-        " application's config would be applied, send it to the cluster's dashboard.",
-    )
-    deploy.add_argument("config", type=Path, help="serve config (YAML)")
-    deploy.add_argument("--address", metavar="URL", help=dashboard_help)
-    deploy.set_defaults(func=cmd_deploy)
+    for name, func, help_text, description in (
+        (
+            "check",
+            cmd_check,
+            "check a serve config against the live registry as a replica would",
+            "Validate every raysplit application's user_config in a serve config with the code"
+            " a replica runs on deploy (models resolved and loaded from the registry, variants"
+            " compared); print each problem with its application, deployment and field. Exit 2"
+            " if a replica would refuse it. Warns when the replica maxima need more CPUs than"
+            " the cluster has.",
+        ),
+        (
+            "deploy",
+            cmd_deploy,
+            "raysplit check, then deploy the config as `serve deploy` does",
+            "Check the serve config (see `raysplit check`) and, only if every application's"
+            " config would be applied, send it to the cluster's dashboard.",
+        ),
+    ):
+        command = commands.add_parser(name, help=help_text, description=description)
+        command.add_argument(
+            "config", type=Path, help="serve config (YAML), e.g. serve_config.yaml"
+        )
+        command.add_argument("--address", metavar="URL", help=dashboard_help)
+        command.set_defaults(func=func)
 
     status = commands.add_parser(
         "status",
