@@ -72,30 +72,44 @@ def ingresses(config: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
             yield app["name"], {"name": INGRESS_DEPLOYMENT}
 
 
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
-def _tracking(env_vars: Mapping[str, str]) -> Iterator[Any]:
+def _tracking(env_vars: Mapping[str, str], locations: Locations) -> Iterator[Any]:
     """An MLflow client for the registry a replica of this application would use: the
     application's runtime_env, else this machine's locations (what `raysplit up` gives
-    replicas)."""
+    replicas), resolved once before any application's were applied.
+
+    MLflow's module-level URIs are set for the model downloads and then put back as they
+    were, environment included: MLflow writes them to ``os.environ``, and restoring its
+    default instead would point the next application at ``./mlflow.db``."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    default = Locations.resolve().mlflow_tracking_uri
-    tracking = env_vars.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
-    tracking = tracking or default
-    registry = env_vars.get("MLFLOW_REGISTRY_URI") or tracking
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    tracking = env_vars.get("MLFLOW_TRACKING_URI") or locations.mlflow_tracking_uri
+    registry = (
+        env_vars.get("MLFLOW_REGISTRY_URI")
+        or (env_vars.get("MLFLOW_TRACKING_URI") and tracking)
+        or locations.mlflow_registry_uri
+    )
+    saved = {name: os.environ.get(name) for name in TRACKING_ENV}
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(registry)
     try:
         yield MlflowClient(tracking, registry)
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or locations.mlflow_tracking_uri)
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or locations.mlflow_registry_uri)
+        for name, value in saved.items():  # set_*_uri wrote them to the environment
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_application(
-    name: str, deployment: Mapping[str, Any], app: Mapping[str, Any]
+    name: str, deployment: Mapping[str, Any], app: Mapping[str, Any], locations: Locations
 ) -> list[Finding]:
     """Every reason a replica of this application would refuse its ``user_config``."""
     from serve_app.prepare import ConfigRefused, prepare
@@ -116,7 +130,7 @@ def check_application(
             "env_vars", {}
         ),
     }
-    with _tracking(env_vars) as client:
+    with _tracking(env_vars, locations) as client:
         try:
             prepare(user_config, client)
         except ConfigRefused as exc:
@@ -180,8 +194,9 @@ def check(path: Path, dashboard_url: str | None = None) -> list[Finding]:
     config = read_serve_config(path)
     findings: list[Finding] = []
     apps = {a["name"]: a for a in config["applications"]}
+    locations = Locations.resolve()  # before any application's runtime_env is applied
     for name, deployment in ingresses(config):
-        findings.extend(check_application(name, deployment, apps[name]))
+        findings.extend(check_application(name, deployment, apps[name], locations))
     cpus = cluster_cpus(dashboard_url) if dashboard_url else None
     if cpus is None:
         findings.append(

@@ -38,12 +38,15 @@ def console_script(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def raysplit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+def raysplit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The same command in this process: the console script's interpreter start and
-    imports cost about 5 s a call, and the command's code is the same."""
+    imports cost about 5 s a call, and the command's code is the same. It runs in a
+    directory of its own, so a stray ``./mlflow.db`` would show."""
     from raysplit.cli import main
 
-    monkeypatch.chdir(REPO)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         code = main([*args, "--address", NO_DASHBOARD])
@@ -86,10 +89,31 @@ def test_the_shipped_configs_pass_and_each_bad_kind_is_named(
         ("serve_config.yaml", console_script),
         ("serve_config_rollout.yaml", raysplit),
     ):
-        result = run("check", shipped)
+        result = run("check", str(REPO / shipped))
         assert result.returncode == 0, result.stderr
         assert "every application's config would be applied" in result.stdout
         assert "not checked: no Ray dashboard answered" in result.stderr  # said, not hidden
+
+
+def test_with_only_raysplit_home_set_every_application_is_checked_in_its_registry(
+    registry: dict[str, str], raysplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after `make demo`: no MLflow variable in the shell, the registry found through
+    RAYSPLIT_HOME. The second application is looked up where the first was (the first
+    version put MLflow's own default back between them, so diabetes was looked up in a
+    new ./mlflow.db and "not found"), and nothing is written to the working directory."""
+    import mlflow.tracking._model_registry.utils as registry_state
+    import mlflow.tracking._tracking_service.utils as tracking_state
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # a fresh `raysplit` process: MLflow has no URI of its own yet (the fixture set one)
+    monkeypatch.setattr(tracking_state, "_tracking_uri", None)
+    monkeypatch.setattr(registry_state, "_registry_uri", None)
+    result = raysplit("check", str(REPO / "serve_config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cwd" / "mlflow.db").exists()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # put back as it was
 
     base = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     expected = {
