@@ -39,6 +39,7 @@ from serve_app.auth import (
     presented_key,
     required_scope,
 )
+from serve_app.auth import Scope as KeyScope
 from serve_app.cross_site import content_type_refusal, cross_site_refusal
 
 Scope = dict[str, Any]
@@ -94,11 +95,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._from_another_site(scope, headers) or self._authorize(scope, headers)
-        if refusal is None:
-            message = content_type_refusal(scope["method"], headers, app_path(scope))
-            refusal = None if message is None else (415, message)
+        refusal = self._check(scope)
         if refusal is None and scope["method"] in BODY_METHODS:
             refusal, receive = await self._buffer_body(scope, receive)
         if refusal is None:
@@ -115,24 +112,42 @@ class Guard:
         key = "error" if app_path(scope).startswith("/v2/") else "detail"
         await _answer(send, status, message, key, extra)
 
-    def _from_another_site(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
-        if required_scope(scope["method"], app_path(scope)) is None:
-            return None  # health probes and docs
-        message = cross_site_refusal(
-            scope["method"], headers, scope.get("scheme", "http"), SETTINGS.allowed_origins
-        )
-        return None if message is None else (403, message)
+    def _check(self, scope: Scope) -> tuple[int, str] | None:
+        """Another site (403), the key (401/403), the body's type (415), in that order.
 
-    def _authorize(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        The path, its scope and the headers are worked out once per request, and the
+        headers only when something reads them: a GET with keys off reads none."""
+        method, path = scope["method"], app_path(scope)
+        needed = required_scope(method, path)
+        safe = method in SAFE_METHODS
+        if needed is None or (safe and not SETTINGS.keys.enabled):
+            return None  # health probes and docs; reads without keys
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if not safe:
+            message = cross_site_refusal(
+                method, headers, scope.get("scheme", "http"), SETTINGS.allowed_origins
+            )
+            if message is not None:
+                return 403, message
+        refusal = self._authorize(scope, headers, method, path, needed)
+        if refusal is None and not safe:
+            message = content_type_refusal(method, headers, path)
+            refusal = None if message is None else (415, message)
+        return refusal
+
+    def _authorize(
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        method: str,
+        path: str,
+        needed: KeyScope,
+    ) -> tuple[int, str] | None:
         keys = SETTINGS.keys
         if not keys.enabled:
             return None
-        path = app_path(scope)
-        method = scope["method"]
         route = f"{method} {path}"
-        decision = keys.authorize(
-            presented_key(headers, method), required_scope(method, path), route=route
-        )
+        decision = keys.authorize(presented_key(headers, method), needed, route=route)
         if decision.key is not None or decision.status != 200:
             # the audit trail: which key acted (the routes read it from the request's
             # state), and every refusal
