@@ -9,7 +9,7 @@ every process serving the system under test, before and after the run, and divid
 difference by the requests wrk counted.
 
 What counts as serving: for a Ray cluster, every process of it (``cluster_processes(temp_dir)``
-in raysplit/cluster.py: GCS, raylet, dashboard and its agents, the Serve controller,
+in raysplit/cli/cluster.py: GCS, raylet, dashboard and its agents, the Serve controller,
 proxies, HAProxy, replicas, writers), except the replicas of *other* applications on the
 same cluster, which sit idle while this one is measured; for a uvicorn server, its master
 and every worker. Never the load generator: wrk is a child of the benchmark, not of
@@ -96,7 +96,7 @@ def tree(pid: int) -> list[psutil.Process]:
 def ray_cluster(temp_dir: Path, app: str) -> Callable[[], list[psutil.Process]]:
     """The processes of the Ray cluster in ``temp_dir`` that serve application ``app``:
     all of them but other applications' replicas."""
-    from raysplit.cluster import cluster_processes
+    from raysplit.cli.cluster import cluster_processes
 
     own = f"ServeReplica:{app}:"
 

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from prom import query_range, start_prometheus
 from serving import REPO, Cluster, free_port
 
-from raysplit.traffic import send
+from raysplit.cli.traffic import send
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "raysplit_ab.json"
 PANELS = [

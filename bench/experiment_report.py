@@ -20,11 +20,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from serve_app.event_migrations import backfill_rollup, cells_from_rows
-from serve_app.event_schema import allocations, cells
-from serve_app.event_store import EventStore
-from serve_app.experiment_queries import ExperimentQueries
-from serve_app.report import build_report
+from raysplit.eventstore.migrations import backfill_rollup, cells_from_rows
+from raysplit.eventstore.schema import allocations, cells
+from raysplit.eventstore.store import EventStore
+from serve_app.report.experiment import build_report
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 DAY_S = 86_400.0
@@ -115,7 +114,7 @@ def timed(action, repeats: int = 5) -> float:
 
 
 def report(store: EventStore) -> None:
-    queries = ExperimentQueries(store.engine, EXPERIMENT, classification=True)
+    queries = store.queries(EXPERIMENT, classification=True)
     build_report(queries.aggregates("champion"), queries.variant_facts(), SHARES[-1])
 
 

@@ -42,7 +42,7 @@ from load import IRIS_RECORD, Run, write_scripts, wrk
 from scenario import deploy, foreign_listeners
 from serving import REPO, Cluster
 
-from serve_app.event_schema import predictions
+from raysplit.eventstore.schema import predictions
 
 UNBOUNDED, CAPPED = "queue unbounded", "queue capped"
 

@@ -85,7 +85,7 @@ def main() -> None:
         bad = copy.deepcopy(good)
         bad["variants"][1]["model_uri"] = "models:/iris@missing"
         serve_deploy(cluster, good, "good.yaml")
-        from raysplit.traffic import wait_ready
+        from raysplit.cli.traffic import wait_ready
 
         wait_ready(cluster.url, 180)
         assert wait_for(cluster.url, "APPLIED", time.monotonic()) is not None

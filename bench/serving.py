@@ -135,7 +135,7 @@ class Cluster:
         """`serve deploy` of serve_config.yaml with this cluster's port, ``user_config``
         merged into the ingress's, ``deployment`` options over the shipped ones, and any
         further applications."""
-        from raysplit.traffic import wait_ready
+        from raysplit.cli.traffic import wait_ready
 
         config = copy.deepcopy(self.base)
         config["applications"] = config["applications"][:1]  # iris; the bench trains no diabetes
@@ -152,12 +152,12 @@ class Cluster:
 
     def serving(self, app: str):
         """Processes serving ``app`` on this cluster, for CPU accounting (bench/cpu.py)."""
-        from raysplit.cluster import temp_dir_for
+        from raysplit.cli.cluster import temp_dir_for
 
         return ray_cluster(temp_dir_for(self.home), app)
 
     def stop(self) -> None:
-        from raysplit.cluster import temp_dir_for
+        from raysplit.cli.cluster import temp_dir_for
 
         self.down()
         shutil.rmtree(temp_dir_for(self.home), ignore_errors=True)  # Ray's logs of this run
@@ -323,7 +323,7 @@ def model_cost_us(cluster: Cluster, calls: int = 2000) -> dict[str, float | str]
         costs[name] = (time.process_time() - started) / calls * 1e6
     costs["estimator"] = type(files.estimator).__name__
     # what raysplit's replicas call instead when training verified an ONNX graph of it
-    from serve_app.models import compiled_runtime
+    from serve_app.predict.models import compiled_runtime
 
     graph, reason = compiled_runtime(local / "extra_files", files.estimator)
     costs["runtime"] = "ONNX Runtime" if graph is not None else f"scikit-learn ({reason})"

@@ -47,7 +47,7 @@ from load import IRIS_RECORD
 from scenario import deploy, foreign_listeners
 from serving import REPO, Cluster
 
-from serve_app.event_schema import feedback, predictions
+from raysplit.eventstore.schema import feedback, predictions
 
 REPLICA = "ServeReplica:iris:Ingress"
 

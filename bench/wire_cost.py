@@ -1,5 +1,5 @@
 """CPU of the wire format alone for one 1000-row OIP request, JSON against the binary
-tensor extension: the ingress's own parsing and response building (serve_app.oip), timed
+tensor extension: the ingress's own parsing and response building (serve_app.http.oip_codec), timed
 in the benchmark's process on the bench's own bodies. It bounds what binary can save: the
 rest of a request (the model call, 1000 event rows, Ray's path) is the same either way."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 from load import IRIS_RECORD, oip_binary_body, oip_json_body
 
-from serve_app.oip import binary_outputs, infer_response, parse_infer, split_binary
-from serve_app.schemas import parse_json
+from serve_app.http.oip_codec import binary_outputs, infer_response, parse_infer, split_binary
+from serve_app.http.schemas import parse_json
 
 FEATURES = list(IRIS_RECORD)
 MAX_ROWS = 10_000

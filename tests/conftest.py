@@ -19,7 +19,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from raysplit.cluster import ClusterInfo, down, up
+from raysplit.cli.cluster import ClusterInfo, down, up
 from raysplit.core.settings import Locations
 
 if TYPE_CHECKING:  # serving.py imports this module

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from raysplit.core.errors import RaysplitError, describe_validation_error
-from raysplit.core.labelled_events import DEFAULT_MIN_ROWS, TIME_HELP, parse_time_bound
+from raysplit.eventstore.labelled import DEFAULT_MIN_ROWS, TIME_HELP, parse_time_bound
 from tune.datasets import Task
 from tune.families import FAMILIES, FAMILY_NAMES, Family, families_for
 from tune.scoring import DEFAULT_METRIC, METRICS, Metric
@@ -107,7 +107,7 @@ class Distribution(BaseModel):
 
 class EventsConfig(BaseModel):
     """Labelled production predictions from the event store as training rows
-    (:mod:`tune.event_data`); times are checked here, resolved when the search starts."""
+    (:mod:`tune.retraining.event_rows`); times are checked here, resolved when the search starts."""
 
     model_config = ConfigDict(extra="forbid")
 

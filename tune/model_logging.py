@@ -27,8 +27,8 @@ from raysplit.core.trust import untrusted
 from tune.config import SearchPlan, TuneSpec
 from tune.datasets import Split, Task
 from tune.evaluation import diagnostic_figure, holdout_metrics
-from tune.event_data import EventSourceSummary, EventStoreSource
 from tune.onnx_export import export_onnx
+from tune.retraining.event_rows import EventSourceSummary, EventStoreSource
 
 SKOPS_CHECK_ROWS = 5  # rows the skops round trip must predict identically
 
@@ -39,7 +39,7 @@ def choose_serialization(model: Any, x_sample: Any) -> tuple[str, list[str] | No
     """``("skops", types to trust)`` if skops round-trips ``model``, else ``("cloudpickle", None)``.
 
     Loading a pickle runs whatever code the file names, so serving refuses pickle models
-    unless ``allow_pickle: true`` (see :func:`serve_app.models.load`). skops is preferred,
+    unless ``allow_pickle: true`` (see :func:`serve_app.predict.models.load`). skops is preferred,
     but only where it truly round-trips: the file must hold nothing but scikit-learn, NumPy
     and SciPy types (the ones serving trusts), and the model loaded back with exactly those
     types must answer ``predict`` (and ``predict_proba``) on the first rows of ``x_sample``
@@ -165,7 +165,8 @@ def log_inputs(
     split: Split, dataset_name: str, events: EventSourceSummary | None = None
 ) -> dict[str, str]:
     """Log both splits as the run's dataset inputs; event rows carry their store, window,
-    row count and digest as the source (see :class:`tune.event_data.EventStoreSource`)."""
+    row count and digest as the source
+    (see :class:`tune.retraining.event_rows.EventStoreSource`)."""
     digests = {}
     source = EventStoreSource.of(events) if events is not None else None
     for context, features, target in (

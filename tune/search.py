@@ -24,11 +24,11 @@ from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import Locations
 from tune.config import SearchPlan, TuneSpec, resolve_plan
 from tune.datasets import Dataset, Split, load_dataset, split_dataset
-from tune.event_data import EventSourceSummary, load_event_split
-from tune.incumbents import score_incumbent
 from tune.model_logging import log_best_model, log_inputs, onnx_tags
 from tune.registry import register_version
-from tune.retrain_gate import GateDecision, decide_gate
+from tune.retraining.event_rows import EventSourceSummary, load_event_split
+from tune.retraining.gate import GateDecision, decide_gate
+from tune.retraining.incumbents import score_incumbent
 from tune.spaces import candidate_from_config, flatten_trial_config, search_setup, trial_name
 from tune.tracking import TrialLogger, connect, ensure_experiment
 from tune.trainable import TrialData, cross_validate

@@ -18,7 +18,7 @@ case "${1:-head}" in
       --metrics-export-port="$METRICS_PORT" --disable-usage-stats ${RAY_NUM_CPUS:+--num-cpus="$RAY_NUM_CPUS"}
     if [ "${RAYSPLIT_BOOTSTRAP_DEMO:-0}" = "1" ]; then
       # first start of a demo stack: register a champion and a challenger if none exist
-      python -m raysplit.bootstrap_demo
+      python -m raysplit.cli.bootstrap_demo
     fi
     serve deploy /app/serve_config.yaml -a http://127.0.0.1:8265
     while ray status >/dev/null 2>&1; do sleep 10; done

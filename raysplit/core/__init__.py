@@ -2,8 +2,8 @@
 model types and the prediction event.
 
 Serving (``serve_app``) and training (``tune``) import from here and never from each other
-or from the command line on top (``raysplit.cli``, ``raysplit.cluster``); this package
-imports neither side. See docs/architecture.md.
+or from the command line on top (:mod:`raysplit.cli`); this package imports nothing of
+raysplit's but itself. See docs/architecture.md.
 """
 
 from importlib.metadata import version

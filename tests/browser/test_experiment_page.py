@@ -23,9 +23,9 @@ import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from raysplit.traffic import send
-from serve_app.auth import Scope, entry_for, new_key
-from serve_app.event_schema import BUCKET_S
+from raysplit.cli.traffic import send
+from raysplit.eventstore.schema import BUCKET_S
+from serve_app.http.auth import Scope, entry_for, new_key
 from tests.conftest import REPO, Cluster
 from tests.integration.serving import Deployer, variants
 

@@ -25,7 +25,7 @@ import requests
 from mlflow import MlflowClient
 
 from raysplit.core.settings import Locations
-from serve_app.prepare import config_hash
+from serve_app.predict.prepare import config_hash
 from tests.conftest import Cluster, running_mlflow_server
 from tests.faults.load import BackgroundLoad
 from tests.faults.registry import corrupt, register

@@ -24,7 +24,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from serve_app.event_store import EventStore
+from raysplit.eventstore.store import EventStore
 from tests.conftest import free_port
 from tests.integration.serving import Deployer, user_config
 

@@ -30,7 +30,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from raysplit.cluster import (
+from raysplit.cli.cluster import (
     TOKEN_PATH,
     ClusterInfo,
     GcsRedis,
@@ -43,7 +43,8 @@ from raysplit.cluster import (
     up,
 )
 from raysplit.core.settings import Locations
-from serve_app.rollout_store import RolloutStore
+from raysplit.eventstore.rollouts import RolloutStore
+from serve_app.rollout.state import DecisionEntry, RolloutRecord
 from tests.conftest import SERVE_TEST_ENV, Cluster, free_port
 from tests.events import stored_ids
 from tests.faults.load import BackgroundLoad
@@ -244,7 +245,7 @@ def test_serving_rollouts_and_events_survive_a_gcs_restart(
                 raise
             time.sleep(5)
     engine = sa.create_engine(ft_cluster.locations.event_store_url)
-    rollouts = RolloutStore(engine)
+    rollouts = RolloutStore(engine, RolloutRecord, DecisionEntry)
     deadline = time.monotonic() + 60
     while (before := rollouts.read(experiment)) is None:
         assert time.monotonic() < deadline, "the rollout never started"

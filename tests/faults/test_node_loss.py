@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from raysplit.cluster import serving_environment
+from raysplit.cli.cluster import serving_environment
 from raysplit.core.settings import Locations
 from tests.conftest import BIN, Cluster
 from tests.events import stored_ids

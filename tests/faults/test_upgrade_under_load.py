@@ -3,9 +3,10 @@
 under the same experiment and allocation, and the release's schema migration run once,
 although both new replicas start together and each opens the store.
 
-The release is this checkout's ``serve_app`` copied and changed as a release that needs a
-schema migration would be: the event store's schema version goes up by one, and that step
-records each time it runs in a table of its own, so the test can count the runs. It goes
+The release is this checkout's ``serve_app`` and ``raysplit`` copied and changed as a
+release that needs a schema migration would be: the event store's schema version goes up
+by one, and that step records each time it runs in a table of its own, so the test can
+count the runs. It goes
 to the cluster as the application's ``runtime_env.py_modules`` (a ``local://`` directory,
 as code baked into a node's image; a remote package URI does the same on a real cluster),
 which Serve treats as a code change: a rolling replacement of every replica, here with
@@ -25,8 +26,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from serve_app.event_schema import SCHEMA_VERSION
-from serve_app.event_store import EventStore
+from raysplit.eventstore.schema import SCHEMA_VERSION
+from raysplit.eventstore.store import EventStore
 from tests.conftest import REPO
 from tests.faults.load import BackgroundLoad
 from tests.faults.test_event_store_outage import PrivatePostgres
@@ -46,16 +47,19 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def build_release(root: Path) -> Path:
-    """This checkout's serve_app as release ``RELEASE``: the next schema version, whose
+    """This checkout's serving code as release ``RELEASE``: the next schema version, whose
     migration logs its runs."""
-    package = root / "serve_app"
-    shutil.copytree(REPO / "serve_app", package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("serve_app", "raysplit"):
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    store = root / "raysplit" / "eventstore"
     edit(
-        package / "event_schema.py",
+        store / "schema.py",
         f"SCHEMA_VERSION = {SCHEMA_VERSION}\n",
         f"SCHEMA_VERSION = {NEXT_SCHEMA}\n",
     )
-    with (package / "event_migrations.py").open("a") as migrations:
+    with (store / "migrations.py").open("a") as migrations:
         migrations.write(
             f"\n\nMIGRATIONS[{NEXT_SCHEMA}] = [\n"
             f'    "CREATE TABLE {RUNS_TABLE} (release VARCHAR(16) NOT NULL,"\n'

@@ -19,8 +19,8 @@ from typing import Any
 import requests
 import yaml
 
-from raysplit.cluster import TOKEN_PATH
-from raysplit.traffic import wait_ready
+from raysplit.cli.cluster import TOKEN_PATH
+from raysplit.cli.traffic import wait_ready
 from tests.conftest import REPO, Cluster, free_port
 
 SERVE = Path(sys.executable).parent / "serve"

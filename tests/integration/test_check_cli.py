@@ -42,7 +42,7 @@ def raysplit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     """The same command in this process: the console script's interpreter start and
     imports cost about 5 s a call, and the command's code is the same. It runs in a
     directory of its own, so a stray ``./mlflow.db`` would show."""
-    from raysplit.cli import main
+    from raysplit.cli.main import main
 
     workdir = tmp_path / "cwd"
     workdir.mkdir()

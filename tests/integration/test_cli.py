@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from raysplit.cli import main
+from raysplit.cli.main import main
 from raysplit.core.settings import Locations
 from tests.conftest import REPO, free_port
 from tune.registry import register_version

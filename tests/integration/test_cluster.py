@@ -7,7 +7,7 @@ import stat
 import pytest
 import requests
 
-from raysplit.cluster import TOKEN_PATH, read_state, up
+from raysplit.cli.cluster import TOKEN_PATH, read_state, up
 from raysplit.core.errors import RaysplitError
 from tests.conftest import Cluster, free_port
 

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from serve_app.auth import Scope, entry_for, new_key
+from serve_app.http.auth import Scope, entry_for, new_key
 from tests.conftest import REPO, Cluster
 from tests.faults.load import BackgroundLoad
 from tests.integration.serving import RECORD, Deployer, user_config

@@ -13,16 +13,15 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import Judgement
-from serve_app.event_buffer import EventBuffer
-from serve_app.event_store import (
+from raysplit.eventstore.store import (
     SCHEMA_VERSION,
     EventStore,
     SchemaError,
     predictions,
     schema_info,
 )
-from serve_app.experiment_queries import ExperimentQueries
-from serve_app.metric_tally import MetricTally
+from serve_app.events.buffer import EventBuffer
+from serve_app.predict.tally import MetricTally
 from tests.conftest import free_port
 from tests.events import feedback, prediction
 
@@ -109,9 +108,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
     assert outcomes(store) == {"old": "ok", "new": "error"}
     assert store.recent_inputs("iris-ab", "champion", 10) == [[1, 2, 3, 4]]  # "new" failed
     old_cells = [
-        c
-        for c in ExperimentQueries(store.engine, "iris-ab", True).aggregates("champion").cells
-        if c.epoch == 0
+        c for c in store.queries("iris-ab", True).aggregates("champion").cells if c.epoch == 0
     ]
     # the old row by the migration's backfill, the new one by its write
     assert sorted((c.variant, c.requests, c.errors) for c in old_cells) == [

@@ -16,22 +16,22 @@ from sklearn.linear_model import LogisticRegression
 
 from raysplit.core.errors import RaysplitError
 from raysplit.core.events import FeedbackEvent
-from raysplit.core.labelled_events import (
+from raysplit.core.settings import Locations
+from raysplit.eventstore.labelled import (
     EventQuery,
     count_labelled_events,
     read_labelled_events,
     require_rows,
 )
-from raysplit.core.settings import Locations
-from serve_app.event_store import EventStore
+from raysplit.eventstore.store import EventStore
 from tests.conftest import free_port
 from tests.events import feedback, prediction
 from tests.integration.test_cli import run_cli
 from tests.models import iris, log_model, seed_embedded_store
 from tune.config import DatasetConfig, EventsConfig
 from tune.datasets import Task
-from tune.event_data import SOURCE_TYPE, load_event_split
 from tune.model_logging import log_inputs
+from tune.retraining.event_rows import SOURCE_TYPE, load_event_split
 from tune.tracking import connect
 
 pytestmark = pytest.mark.integration

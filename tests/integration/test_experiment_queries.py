@@ -11,10 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
-from serve_app.event_migrations import cells_from_rows, pairs_from_rows, units_from_rows
-from serve_app.event_schema import cells, pairs, units
-from serve_app.event_store import EventStore
-from serve_app.experiment_queries import ExperimentQueries
+from raysplit.eventstore.migrations import cells_from_rows, pairs_from_rows, units_from_rows
+from raysplit.eventstore.schema import cells, pairs, units
+from raysplit.eventstore.store import EventStore
 from tests.events import feedback, prediction
 
 pytestmark = pytest.mark.integration
@@ -61,7 +60,7 @@ def test_aggregates_count_what_was_stored(store_url: str) -> None:
     events += [feedback(r, "setosa") for r in ("a", "b", "c", "f", "g")]
     store.write(events)
 
-    queries = ExperimentQueries(store.engine, "iris-ab", classification=True)
+    queries = store.queries("iris-ab", classification=True)
     result = queries.aggregates(control="champion")
     assert [(e.epoch, e.shares["champion"]) for e in result.epochs] == [(1, 0.9), (2, 0.5)]
     cells = {(c.variant, c.epoch, c.assignment, c.bucket): c for c in result.cells}
@@ -111,7 +110,7 @@ def test_regression_sums_absolute_errors(store_url: str) -> None:
             for r, v in (("r1", 13.0), ("r2", 18.0), ("r3", 0.0))
         ]
     )
-    result = ExperimentQueries(store.engine, "iris-ab", False).aggregates("champion")
+    result = store.queries("iris-ab", False).aggregates("champion")
     (cell,) = result.cells
     assert (cell.requests, cell.labelled) == (3, 2)
     assert cell.abs_error_sum == pytest.approx(5.0)

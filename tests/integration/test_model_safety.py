@@ -20,8 +20,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from serve_app.config import VariantConfig
-from serve_app.models import LoadedModel, ModelLoadError, load, resolve
+from serve_app.config.ingress import VariantConfig
+from serve_app.predict.models import LoadedModel, ModelLoadError, load, resolve
 from tests.models import embedded_registry, log_model
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.config import IngressConfig
-from serve_app.routing import Router
+from serve_app.config.ingress import IngressConfig
+from serve_app.predict.routing import Router
 from tests.conftest import Cluster, free_port
 from tests.integration.serving import RECORD, Deployer, user_config, variants
 

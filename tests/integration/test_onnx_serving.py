@@ -16,8 +16,8 @@ from mlflow.models import infer_signature
 
 from raysplit.core.onnx_check import ONNX_FILE, PROBA_ATOL
 from raysplit.core.reference_stats import REFERENCE_STATS_FILE, reference_stats
-from serve_app.config import VariantConfig
-from serve_app.models import LoadedModel, load, resolve
+from serve_app.config.ingress import VariantConfig
+from serve_app.predict.models import LoadedModel, load, resolve
 from tests.models import embedded_registry
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.families import FAMILIES

@@ -19,10 +19,10 @@ import yaml
 from mlflow import MlflowClient
 from sklearn.dummy import DummyClassifier
 
-from raysplit.cli import main as raysplit
-from raysplit.core.labelled_events import EventQuery, count_labelled_events
+from raysplit.cli.main import main as raysplit
+from raysplit.cli.traffic import send
 from raysplit.core.retrain_jobs import ACTIVE, job_client, retrain_status, submit_retrain
-from raysplit.traffic import send
+from raysplit.eventstore.labelled import EventQuery, count_labelled_events
 from tests.conftest import Cluster, cluster_registry, kill_server, running_mlflow_server
 from tests.integration.serving import Deployer
 from tests.models import iris, log_model

@@ -27,19 +27,19 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.core.events import FeedbackEvent
 from raysplit.core.settings import Locations
-from serve_app.config import IngressConfig
-from serve_app.event_buffer import EventBuffer
-from serve_app.event_schema import report_lease
-from serve_app.event_store import EventStore
-from serve_app.metrics import ExperimentMetrics
-from serve_app.models import LoadedModel, load, resolve
-from serve_app.predictor import Predictor, direct_call
-from serve_app.rollout_loops import RolloutController, RolloutFollower, lease_name
-from serve_app.rollout_state import DecisionEntry, RolloutPhase
-from serve_app.rollout_store import RolloutStore
-from serve_app.routes import base
-from serve_app.state import ServingState
-from serve_app.statistics import MIN_SEQUENTIAL_SAMPLES
+from raysplit.eventstore.schema import report_lease
+from raysplit.eventstore.store import EventStore
+from serve_app.config.ingress import IngressConfig
+from serve_app.events.buffer import EventBuffer
+from serve_app.http.routes import base
+from serve_app.metrics.experiment import ExperimentMetrics
+from serve_app.predict.models import LoadedModel, load, resolve
+from serve_app.predict.predictor import Predictor, direct_call
+from serve_app.predict.state import ServingState
+from serve_app.replica.rollout_loops import RolloutController, RolloutFollower, lease_name
+from serve_app.rollout.state import DecisionEntry, RolloutPhase
+from serve_app.rollout.store import rollout_store
+from serve_app.stats.common import MIN_SEQUENTIAL_SAMPLES
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
 
@@ -177,7 +177,7 @@ async def following(store: EventStore, config: IngressConfig) -> tuple[Replica, 
 
 
 def decisions(store: EventStore, experiment: str = "rollout-unit") -> list[DecisionEntry]:
-    rollouts = RolloutStore(store.engine)
+    rollouts = rollout_store(store)
     return rollouts.decisions(rollouts.read(experiment).rollout_id)
 
 
@@ -241,7 +241,7 @@ def test_a_better_candidate_is_promoted_step_by_step_and_the_alias_moves(
         assert a.share() == b.share() == pytest.approx(0.5)
         await serve([a, b], store, 300, ROUND)
         await a.controller.tick()  # promote, then the registry is written
-        record = RolloutStore(store.engine).read("rollout-unit")
+        record = rollout_store(store).read("rollout-unit")
         assert record.phase is RolloutPhase.PROMOTED and record.registry == "done"
         assert kinds(store)[-1] == "promote", reasons(store)
         for replica in (a, b):
@@ -286,7 +286,7 @@ def test_a_worse_candidate_is_rolled_back_and_no_alias_moves(
 
     run(scenario)
     assert kinds(store) == ["start", "rollback"], reasons(store)
-    record = RolloutStore(store.engine).read("rollout-unit")
+    record = rollout_store(store).read("rollout-unit")
     assert record.phase is RolloutPhase.ROLLED_BACK and record.registry == "done"
     assert "worse than the control" in record.reason
     assert registry.get_model_version_by_alias("iris", "champion").version == 1
@@ -304,7 +304,7 @@ def test_a_killed_controller_is_replaced_and_no_step_is_skipped_or_repeated(
     async def scenario() -> None:
         a, b = await following(store, config)
         await serve([a, b], store, ROUND, 0)
-        rollouts = RolloutStore(store.engine)
+        rollouts = rollout_store(store)
         stale = rollouts.read("rollout-unit")
         await a.controller.tick()  # step 1 -> 2 (20% -> 40%)
         await b.controller.tick()  # a's lease holds
@@ -372,23 +372,23 @@ def test_a_redeploy_keeps_the_rollout_and_a_changed_block_starts_a_new_one(
         await a.follower.tick()
         await serve([a], store, ROUND, 0)
         await a.controller.tick()
-        first = RolloutStore(store.engine).read("rollout-unit")
+        first = rollout_store(store).read("rollout-unit")
         assert first.step == 1
         restarted = Replica("a2", lambda: store, config)  # same config, fresh process
         restarted.events.start()
         await restarted.follower.tick()
         assert restarted.share() == pytest.approx(0.5)  # the stored step, not a new start
-        assert RolloutStore(store.engine).read("rollout-unit") == first
+        assert rollout_store(store).read("rollout-unit") == first
         changed = ingress_config(steps=[10, 30, 60])
         new = Replica("b", lambda: store, changed)
         new.events.start()
         await a.follower.tick()  # a (older config) ticks first: nothing changes
-        assert RolloutStore(store.engine).read("rollout-unit") == first
+        assert rollout_store(store).read("rollout-unit") == first
         await new.follower.tick()
-        second = RolloutStore(store.engine).read("rollout-unit")
+        second = rollout_store(store).read("rollout-unit")
         assert second.rollout_id != first.rollout_id and (second.step, second.share) == (0, 10)
         await a.follower.tick()  # the old config's replica must not restart the old block
-        assert RolloutStore(store.engine).read("rollout-unit") == second
+        assert rollout_store(store).read("rollout-unit") == second
         assert a.share() == pytest.approx(0.5)  # it keeps what it served until reconfigured
         for replica in (a, restarted, new):
             await replica.events.close()
@@ -402,8 +402,8 @@ def test_operators_pause_resume_and_abort_and_a_late_command_is_refused(
     """Commands go through the same compare-and-set as decisions: paused, the controller
     decides nothing however much data is in; resumed, it advances; aborted, the candidate
     gets nothing at once and nothing moves in the registry."""
-    from serve_app.rollout_desk import command, rollout_view
-    from serve_app.rollout_state import RolloutConflict
+    from serve_app.replica.rollout_desk import command, rollout_view
+    from serve_app.rollout.state import RolloutConflict
 
     store = EventStore(store_url)
     config = ingress_config(steps=[20, 50, 80])

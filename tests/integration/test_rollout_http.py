@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from sklearn.dummy import DummyClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
-from raysplit.cli import main as raysplit
+from raysplit.cli.main import main as raysplit
+from raysplit.cli.traffic import send
 from raysplit.core.registry import move_alias
-from raysplit.traffic import send
 from tests.conftest import Cluster, cluster_registry
 from tests.integration.serving import Deployer
 from tests.integration.test_observability import dashboard_metrics, scrape

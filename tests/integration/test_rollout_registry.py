@@ -15,11 +15,10 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.core.registry import HISTORY_TAG, current_holder, rollback_alias
 from raysplit.core.settings import Locations
-from serve_app.experiment_stats import Metric
-from serve_app.rollout_config import RolloutConfig
-from serve_app.rollout_registry import ModelRef, record_outcome
-from serve_app.rollout_rule import Decision, DecisionKind, RolloutFigures
-from serve_app.rollout_state import (
+from serve_app.config.rollout import RolloutConfig
+from serve_app.rollout.registry import ModelRef, record_outcome
+from serve_app.rollout.rule import Decision, DecisionKind, RolloutFigures
+from serve_app.rollout.state import (
     DecisionEntry,
     RolloutPhase,
     RolloutRecord,
@@ -27,6 +26,7 @@ from serve_app.rollout_state import (
     after_decision,
     start,
 )
+from serve_app.stats.models import Metric
 from tests.models import iris, log_model, seed_embedded_store
 from tune.tracking import connect, ensure_experiment
 

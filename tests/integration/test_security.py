@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve_app.auth import Scope, entry_for, new_key
+from serve_app.http.auth import Scope, entry_for, new_key
 from tests.conftest import REPO, Cluster
 from tests.integration.serving import RECORD, Deployer, user_config
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 from scipy.stats import chisquare
 
-from serve_app.config import IngressConfig
-from serve_app.routing import Router
+from serve_app.config.ingress import IngressConfig
+from serve_app.predict.routing import Router
 from tests.conftest import Cluster, free_port
 from tests.integration.serving import RECORD, Deployer, Reply, user_config, variants
 

@@ -24,7 +24,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from raysplit.traffic import wait_ready
+from raysplit.cli.traffic import wait_ready
 from tests.conftest import Cluster, cluster_registry
 from tests.integration.serving import RECORD, Deployer, user_config, variants
 from tests.integration.test_cli import RAYSPLIT

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.auth import (
+from serve_app.http.auth import (
     ApiKeys,
     AuthDecision,
     KeyEntry,
@@ -226,7 +226,7 @@ def test_same_key_listed_with_both_scopes_gets_admin() -> None:
 
 def test_every_digest_is_compared(monkeypatch: pytest.MonkeyPatch, keys: ApiKeys) -> None:
     """No early exit: a match on the first entry still compares the rest."""
-    import serve_app.auth as auth
+    import serve_app.http.auth as auth
 
     calls: list[tuple[bytes, bytes]] = []
     real = auth.hmac.compare_digest

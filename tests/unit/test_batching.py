@@ -10,8 +10,8 @@ from sklearn.linear_model import Ridge, SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from serve_app.batching import PredictionJob, run_jobs
-from serve_app.models import ARGMAX_OF_PROBA, LoadedModel, ResolvedUri, final_estimator
+from serve_app.predict.batching import PredictionJob, run_jobs
+from serve_app.predict.models import ARGMAX_OF_PROBA, LoadedModel, ResolvedUri, final_estimator
 from tune.datasets import Task
 from tune.families import FAMILIES
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.cross_site import content_type_refusal, cross_site_refusal, origin_of
+from serve_app.http.cross_site import content_type_refusal, cross_site_refusal, origin_of
 
 HOST = {"host": "127.0.0.1:8000"}
 

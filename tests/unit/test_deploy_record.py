@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysplit.deploy_check import capacity_warning, ingresses, replica_cpus
-from serve_app.deploy_record import DeployPhase, DeployStatus
-from serve_app.prepare import ConfigRefused, config_hash, validate
+from raysplit.cli.deploy_check import capacity_warning, ingresses, replica_cpus
+from serve_app.predict.deploy_status import DeployPhase, DeployStatus
+from serve_app.predict.prepare import ConfigRefused, config_hash, validate
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {

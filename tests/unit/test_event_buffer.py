@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 from raysplit.core.events import PredictionEvent
-from serve_app.event_buffer import EventBuffer
-from serve_app.event_store import EventStore
+from raysplit.eventstore.store import EventStore
+from serve_app.events.buffer import EventBuffer
 from tests.events import prediction as event
 
 

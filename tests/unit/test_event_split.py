@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from raysplit.core.errors import RaysplitError
-from raysplit.core.labelled_events import iso_time, parse_time_bound, redact_url
+from raysplit.eventstore.labelled import iso_time, parse_time_bound, redact_url
 from tune.config import load_spec
 from tune.datasets import Task, check_folds, split_by_time, with_training_rows
 

@@ -2,8 +2,8 @@
 (the last one is the report itself), points are spread over long experiments, and p95
 latency comes from the answers inside each point's interval."""
 
-from serve_app.experiment_history import build_timeline
-from serve_app.report import build_report
+from serve_app.report.experiment import build_report
+from serve_app.report.timeline import build_timeline
 from tests.unit.test_report import SHADOW, aggregates, cell
 
 

@@ -21,7 +21,7 @@ from scipy import stats
 from scipy.stats import chisquare
 from statsmodels.stats.proportion import proportions_ztest
 
-from serve_app.aggregates import (
+from raysplit.eventstore.aggregates import (
     AssignmentKind,
     Cell,
     Epoch,
@@ -29,19 +29,15 @@ from serve_app.aggregates import (
     ExperimentAggregates,
     PairedCell,
 )
-from serve_app.experiment_stats import (
-    SCHEMA_VERSION,
-    ExperimentStatistics,
-    Metric,
-    experiment_statistics,
-    holm,
-    label_coverage,
-    paired_shadow_comparison,
-    render_text,
-    sample_ratio_by_epoch,
-    stratified_comparison,
-)
-from serve_app.statistics import SRM_ALPHA, Verdict
+from serve_app.stats.common import SRM_ALPHA, Verdict
+from serve_app.stats.experiment import experiment_statistics
+from serve_app.stats.labels import label_coverage
+from serve_app.stats.models import SCHEMA_VERSION, ExperimentStatistics, Metric
+from serve_app.stats.multiple import holm
+from serve_app.stats.paired import paired_shadow_comparison
+from serve_app.stats.sample_ratio import sample_ratio_by_epoch
+from serve_app.stats.stratified import stratified_comparison
+from serve_app.stats.text import render_text
 
 SPLIT, STICKY, FORCED = AssignmentKind.SPLIT, AssignmentKind.STICKY, AssignmentKind.FORCED
 RAMP = (0.05, 0.25, 0.50, 0.90)  # the challenger's share, epoch by epoch
@@ -625,13 +621,13 @@ def test_the_result_renders_as_json_and_text() -> None:
 
 @pytest.mark.parametrize("rates", [(0.8, 0.85), (0.97, 0.92), (0.5, 0.52), None])
 def test_the_closed_form_sample_size_is_statsmodels_root(rates: tuple | None) -> None:
-    """One implementation of the sample sizes (serve_app.statistics), in closed form: the
+    """One implementation of the sample sizes (serve_app.stats.common), in closed form: the
     fixed horizon equals statsmodels' normal-power root, and the sequential size is the
     smallest n at which the mSPRT's power reaches 80%."""
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
 
-    from serve_app.statistics import (
+    from serve_app.stats.common import (
         ALPHA,
         POWER,
         fixed_horizon_n,

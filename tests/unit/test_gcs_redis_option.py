@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raysplit.cli import main
-from raysplit.cluster import gcs_namespace, parse_gcs_redis
+from raysplit.cli.cluster import gcs_namespace, parse_gcs_redis
+from raysplit.cli.main import main
 from raysplit.core.errors import RaysplitError
 
 

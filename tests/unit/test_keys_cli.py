@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serve_app.auth import ApiKeys, Scope
+from serve_app.http.auth import ApiKeys, Scope
 
 RAYSPLIT = str(Path(sys.executable).parent / "raysplit")
 

@@ -10,8 +10,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.http._utils import _get_inference_request
 
-from serve_app.errors import InvalidRequest
-from serve_app.oip import binary_outputs, infer_response, parse_infer, split_binary
+from serve_app.config.errors import InvalidRequest
+from serve_app.http.oip_codec import binary_outputs, infer_response, parse_infer, split_binary
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]])

@@ -25,7 +25,7 @@ from raysplit.core.onnx_check import (
     OnnxModel,
     compare,
 )
-from serve_app.models import LoadedModel, ResolvedUri, compiled_runtime
+from serve_app.predict.models import LoadedModel, ResolvedUri, compiled_runtime
 from tune.datasets import Split, Task, load_dataset, split_dataset
 from tune.families import FAMILIES
 from tune.onnx_export import convert, export_onnx

@@ -14,15 +14,15 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from serve_app.batching import JobResult, PredictionJob
-from serve_app.config import IngressConfig
-from serve_app.errors import OverrideDisabled, PredictionFailed, RoutingError
-from serve_app.event_buffer import EventBuffer
-from serve_app.event_store import EventStore
-from serve_app.metric_tally import MetricTally
-from serve_app.models import LoadedModel, ResolvedUri
-from serve_app.predictor import Predictor, direct_call
-from serve_app.state import ServingState
+from raysplit.eventstore.store import EventStore
+from serve_app.config.errors import OverrideDisabled, PredictionFailed, RoutingError
+from serve_app.config.ingress import IngressConfig
+from serve_app.events.buffer import EventBuffer
+from serve_app.predict.batching import JobResult, PredictionJob
+from serve_app.predict.models import LoadedModel, ResolvedUri
+from serve_app.predict.predictor import Predictor, direct_call
+from serve_app.predict.state import ServingState
+from serve_app.predict.tally import MetricTally
 from tests.events import prediction as event
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raysplit.cluster import (
+from raysplit.cli.cluster import (
     FALLBACK_PORT_VARS,
     HAPROXY_PORT_VARS,
     REPLICA_PORT_VARS,

@@ -5,11 +5,17 @@ import numpy as np
 import pandas as pd
 
 from raysplit.core.reference_stats import reference_stats
-from serve_app.aggregates import AssignmentKind, Cell, Epoch, ExperimentAggregates, PairedCell
-from serve_app.drift import psi
-from serve_app.experiment_queries import VariantFacts
-from serve_app.report import build_report
-from serve_app.statistics import Verdict
+from raysplit.eventstore.aggregates import (
+    AssignmentKind,
+    Cell,
+    Epoch,
+    ExperimentAggregates,
+    PairedCell,
+)
+from raysplit.eventstore.queries import VariantFacts
+from serve_app.report.experiment import build_report
+from serve_app.stats.common import Verdict
+from serve_app.stats.drift import psi
 
 SPLIT, FORCED, SHADOW = AssignmentKind.SPLIT, AssignmentKind.FORCED, AssignmentKind.SHADOW
 HALF = {"champion": 0.5, "challenger": 0.5}

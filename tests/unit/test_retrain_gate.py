@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tune.retrain_gate import GateConfig, IncumbentScore, decide_gate
+from tune.retraining.gate import GateConfig, IncumbentScore, decide_gate
 
 GATE = GateConfig(margin=0.01)
 

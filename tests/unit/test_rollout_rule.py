@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serve_app.aggregates import AssignmentKind, Cell, Epoch, ExperimentAggregates
-from serve_app.experiment_stats import Metric, stratified_comparison, stratified_looks
-from serve_app.rollout_config import Guardrails, RolloutConfig
-from serve_app.rollout_rule import Decision, DecisionKind, decide
-from serve_app.statistics import sequential_sample_size
+from raysplit.eventstore.aggregates import AssignmentKind, Cell, Epoch, ExperimentAggregates
+from serve_app.config.rollout import Guardrails, RolloutConfig
+from serve_app.rollout.rule import Decision, DecisionKind, decide
+from serve_app.stats.common import sequential_sample_size
+from serve_app.stats.models import Metric
+from serve_app.stats.stratified import stratified_comparison, stratified_looks
 
 CONTROL, CANDIDATE = "control", "challenger"
 DESIGN = {

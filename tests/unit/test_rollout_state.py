@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import IngressConfig
-from serve_app.rollout_rule import Decision, DecisionKind, RolloutFigures
-from serve_app.rollout_state import (
+from serve_app.config.ingress import IngressConfig
+from serve_app.predict.routing import Router
+from serve_app.rollout.rule import Decision, DecisionKind, RolloutFigures
+from serve_app.rollout.state import (
     RolloutConflict,
     RolloutPhase,
     after_action,
@@ -21,7 +22,6 @@ from serve_app.rollout_state import (
     start,
     weights_differ,
 )
-from serve_app.routing import Router
 
 
 def config(rollout: dict[str, Any] | None = None, **overrides: Any) -> IngressConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raysplit.rollout_text import render
+from raysplit.cli.rollout_text import render
 
 
 def view(serving_seq: int | None, seq: int = 3) -> dict[str, Any]:

@@ -4,9 +4,9 @@ import pytest
 from scipy.stats import chisquare
 
 from raysplit.core.events import AssignmentKind
-from serve_app.config import IngressConfig
-from serve_app.errors import RoutingError
-from serve_app.routing import Router, bucket
+from serve_app.config.errors import RoutingError
+from serve_app.config.ingress import IngressConfig
+from serve_app.predict.routing import Router, bucket
 
 
 def router(weights: tuple[float, ...], **extra) -> Router:

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidRequest
-from serve_app.oip import infer_response, parse_infer
-from serve_app.schemas import parse_instances, parse_json
+from serve_app.config.errors import InvalidRequest
+from serve_app.http.oip_codec import infer_response, parse_infer
+from serve_app.http.schemas import parse_instances, parse_json
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -128,7 +128,7 @@ def test_oip_response_tensors() -> None:
 
 
 def test_feedback_single_and_batch() -> None:
-    from serve_app.schemas import parse_feedback
+    from serve_app.events.feedback import parse_feedback
 
     assert parse_feedback({"request_id": "r1", "label": "setosa"})[0].label == "setosa"
     items = parse_feedback([{"request_id": "r1", "value": 2.5}, {"request_id": "r2", "label": 1}])
@@ -152,7 +152,7 @@ def test_feedback_single_and_batch() -> None:
     ],
 )
 def test_feedback_mistakes_are_named(payload: object, message: str) -> None:
-    from serve_app.schemas import parse_feedback
+    from serve_app.events.feedback import parse_feedback
 
     with pytest.raises(InvalidRequest, match=message):
         parse_feedback(payload)

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import IngressConfig
+from serve_app.config.ingress import IngressConfig
 
 
 def config(**overrides) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.config import IngressConfig
+from serve_app.config.ingress import IngressConfig
 from tests.conftest import REPO
 from tune.config import load_raw
 from tune.retrain import retrain_spec

@@ -4,14 +4,15 @@ stratified interval's behaviour on hand-checked cases."""
 import pytest
 from statsmodels.stats.proportion import confint_proportions_2indep
 
-from serve_app.aggregates import AssignmentKind, Cell
-from serve_app.experiment_stats import Metric, stratified_comparison
-from serve_app.statistics import (
+from raysplit.eventstore.aggregates import AssignmentKind, Cell
+from serve_app.stats.common import (
     accuracy_interval,
     fixed_horizon_sample_size,
     sequential_power,
     sequential_sample_size,
 )
+from serve_app.stats.models import Metric
+from serve_app.stats.stratified import stratified_comparison
 
 
 def test_wilson_interval_matches_the_textbook_value() -> None:

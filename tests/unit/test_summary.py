@@ -1,4 +1,4 @@
-from serve_app.summary import summarize
+from serve_app.report.summary import summarize
 
 
 def row(variant: str, latency: float, outcome: str = "ok", shadow: bool = False) -> dict:

@@ -1,0 +1,302 @@
+"""The report's counts and sums, kept current by every event write.
+
+Reading every prediction made the report grow with the experiment: 3.4 s for 10^6 rows on
+PostgreSQL here even as one hash-join ``GROUP BY``. So each write adds what it changes to
+``raysplit_cells`` (one row per experiment, variant, allocation, assignment, model version
+and minute) in the same transaction, and the report reads only those rows.
+
+A label scores its prediction once, whichever of the two is written second: new
+predictions are matched with feedback already stored *before* this batch's feedback is
+inserted, and new feedback with every prediction stored after. Writers take a lock for
+the transaction (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so two
+replicas writing a prediction and its feedback at the same moment cannot both miss the
+other.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from raysplit.core.events import RANDOMISED
+from raysplit.eventstore.dialect import insert, insert_ignoring
+from raysplit.eventstore.schema import (
+    BUCKET_S,
+    CELL_COUNTERS,
+    PAIR_COUNTERS,
+    cells,
+    feedback,
+    pairs,
+    predictions,
+    units,
+)
+
+MIN_LATENCY_MS = 0.001  # the log latency of anything faster is taken at this floor
+CellKey = tuple[
+    str, str, str, str, str, int
+]  # experiment, variant, allocation, kind, version, bucket
+
+
+Delta = dict[str, float]  # CELL_COUNTERS -> what one write adds
+
+
+def new_delta() -> Delta:
+    return dict.fromkeys(CELL_COUNTERS, 0)
+
+
+def cell_key(row: Any) -> CellKey:
+    """``row``: anything with a prediction's columns (an event's row dict or a DB row)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    return (
+        get("experiment"),
+        get("variant"),
+        get("allocation") or "",
+        str(get("assignment")),
+        str(get("model_version") or ""),
+        math.floor(get("created_at") / BUCKET_S),
+    )
+
+
+def score(delta: Delta, prediction: Any, label_text: str | None, value: float | None) -> None:
+    """Add one label's score to the cell of the answered prediction it labels."""
+    get = prediction.get if isinstance(prediction, dict) else lambda n: getattr(prediction, n)
+    if get("outcome") != "ok":
+        return
+    predicted, predicted_value = get("predicted"), get("predicted_value")
+    if label_text is not None and predicted is not None:
+        delta["labelled"] += 1
+        delta["correct"] += int(predicted == label_text)
+    elif value is not None and predicted_value is not None:
+        error = abs(predicted_value - value)
+        delta["labelled"] += 1
+        delta["abs_error_sum"] += error
+        delta["abs_error_sq"] += error * error
+
+
+def served(delta: Delta, prediction: dict[str, Any]) -> None:
+    """Add one newly stored prediction's request, error or latency to its cell."""
+    delta["requests"] += 1
+    if prediction["outcome"] != "ok":
+        delta["errors"] += 1
+        return
+    log_latency = math.log(max(prediction["latency_ms"], MIN_LATENCY_MS))
+    delta["log_latency_sum"] += log_latency
+    delta["log_latency_sq"] += log_latency * log_latency
+
+
+class Rollup:
+    """The deltas of one write transaction, applied at its end."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[CellKey, Delta] = defaultdict(new_delta)
+        self.units: set[tuple[str, str, str, str]] = set()
+
+    def add_predictions(
+        self, rows: Iterable[dict[str, Any]], labels: dict[str, tuple[str | None, float | None]]
+    ) -> None:
+        """Newly stored predictions, with the labels already stored for their requests."""
+        for row in rows:
+            delta = self.deltas[cell_key(row)]
+            served(delta, row)
+            if row["request_id"] in labels:
+                score(delta, row, *labels[row["request_id"]])
+            if row["assignment"] == "sticky" and row["unit_hash"]:
+                self.units.add(
+                    (row["experiment"], row["allocation"], row["variant"], row["unit_hash"])
+                )
+
+    def add_labels(self, found: Iterable[Any], labels: dict[str, tuple[str | None, float | None]]):
+        """Newly stored feedback, with every stored prediction of its request."""
+        for prediction in found:
+            score(self.deltas[cell_key(prediction)], prediction, *labels[prediction.request_id])
+
+    def apply(self, conn: sa.Connection) -> None:
+        dialect = conn.dialect.name
+        if self.deltas:
+            rows = [
+                dict(zip(CELL_KEY_COLUMNS, key, strict=True), **delta)
+                for key, delta in self.deltas.items()
+            ]
+            conn.execute(adding_upsert(dialect, "cells"), rows)
+        if self.units:
+            conn.execute(
+                insert_ignoring(dialect, units),
+                [
+                    dict(zip(("experiment", "allocation", "variant", "unit_hash"), u, strict=True))
+                    for u in self.units
+                ],
+            )
+
+
+CELL_KEY_COLUMNS = ("experiment", "variant", "allocation", "assignment", "model_version", "bucket")
+ROLLUPS = {"cells": (cells, CELL_COUNTERS), "pairs": (pairs, PAIR_COUNTERS)}
+
+
+@functools.cache
+def adding_upsert(dialect: str, rollup: str) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE`` adding each counter to the stored one.
+
+    Built once per dialect and table: building it (``excluded`` and one expression per
+    counter) cost more per write than running it.
+    """
+    table, counters = ROLLUPS[rollup]
+    statement = insert(dialect, table)
+    return statement.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key],
+        set_={name: table.c[name] + statement.excluded[name] for name in counters},
+    )
+
+
+PairKey = tuple[str, str, str, int]  # experiment, shadow, live allocation, live bucket
+
+
+@dataclass
+class PairState:
+    """What the store holds for one request: its live answer, its shadows, its label."""
+
+    live: Any = None
+    shadows: dict[str, Any] | None = None
+    label: tuple[str | None, float | None] | None = None
+
+    def complete(self) -> tuple[set[str], set[str]]:
+        """The shadows that can be compared with the live answer, and those of them whose
+        comparison is also labelled."""
+        live = self.live
+        if live is None or live.outcome != "ok" or live.predicted is None:
+            return set(), set()
+        if live.assignment not in RANDOMISED:  # forced answers are never compared
+            return set(), set()
+        compared = {
+            name
+            for name, s in (self.shadows or {}).items()
+            if s.outcome == "ok" and s.predicted is not None
+        }
+        if self.label is None:
+            return compared, set()
+        text, value = self.label
+        labelled = {
+            name
+            for name in compared
+            if text is not None
+            or (
+                value is not None
+                and live.predicted_value is not None
+                and self.shadows[name].predicted_value is not None
+            )
+        }
+        return compared, labelled
+
+
+STORED_COLUMNS = (
+    "request_id",
+    "experiment",
+    "variant",
+    "shadow",
+    "assignment",
+    "allocation",
+    "model_version",
+    "created_at",
+    "outcome",
+    "predicted",
+    "predicted_value",
+)
+
+
+@functools.cache
+def stored_query() -> sa.Select:
+    """Every stored prediction of a batch's requests with the request's label, if any.
+
+    One read per write: the labels stored before this batch (to score its new
+    predictions), the predictions its new feedback scores, and the shadows it completes
+    a pair with all come from these rows. Built once: constructing the statement cost a
+    writer more than executing it.
+    """
+    p, f = predictions, feedback
+    return (
+        sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value)
+        .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
+        .where(p.c.request_id.in_(sa.bindparam("ids", expanding=True)))
+    )
+
+
+def pair_states(rows: Iterable[Any]) -> dict[str, PairState]:
+    """The stored state of each request among ``rows`` (:func:`stored_query`'s)."""
+    states: dict[str, PairState] = defaultdict(PairState)
+    for row in rows:
+        state = states[row.request_id]
+        if row.shadow:
+            state.shadows = {**(state.shadows or {}), row.variant: row}
+        else:
+            state.live = row
+        if row.label_text is not None or row.value is not None:
+            state.label = (row.label_text, row.value)
+    return states
+
+
+def pair_deltas(
+    after: dict[str, PairState], new_predictions: set[tuple[str, str]], new_labels: set[str]
+) -> dict[PairKey, dict[str, float]]:
+    """What one write adds to the pair rollup: every (request, shadow) comparison, and
+    every labelled one, that is complete now and has a part this write stored (under the
+    write lock, so it was not complete before)."""
+    deltas: dict[PairKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PAIR_COUNTERS, 0))
+    for rid, state in after.items():
+        compared, labelled = state.complete()
+        live = state.live
+        live_new = live is not None and (rid, live.variant) in new_predictions
+        for name in compared:
+            pair_new = live_new or (rid, name) in new_predictions
+            label_now = name in labelled and (pair_new or rid in new_labels)
+            if not (pair_new or label_now):
+                continue
+            shadow = state.shadows[name]
+            bucket = math.floor(live.created_at / BUCKET_S)
+            delta = deltas[(live.experiment, name, live.allocation, bucket)]
+            if pair_new:
+                delta["compared"] += 1
+                delta["agreed"] += int(shadow.predicted == live.predicted)
+            if label_now:
+                _score_pair(delta, live, shadow, *state.label)
+    return deltas
+
+
+def _score_pair(
+    delta: dict[str, float], live: Any, shadow: Any, text: str | None, value: float | None
+) -> None:
+    """McNemar's four counts (a label), or the paired difference of absolute errors."""
+    if text is not None:
+        right = (live.predicted == text, shadow.predicted == text)
+        delta["labelled"] += 1
+        delta[PAIR_CELLS[right]] += 1
+        return
+    diff = abs(shadow.predicted_value - value) - abs(live.predicted_value - value)
+    delta["valued"] += 1
+    delta["diff_sum"] += diff
+    delta["diff_sq"] += diff * diff
+
+
+# (live right, shadow right) -> the pair rollup's column
+PAIR_CELLS = {
+    (True, True): "both_correct",
+    (True, False): "live_only",
+    (False, True): "shadow_only",
+    (False, False): "neither",
+}
+
+
+def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) -> None:
+    if not deltas:
+        return
+    conn.execute(
+        adding_upsert(conn.dialect.name, "pairs"),
+        [
+            {"experiment": k[0], "shadow": k[1], "allocation": k[2], "bucket": k[3], **d}
+            for k, d in deltas.items()
+        ],
+    )

@@ -1,0 +1,253 @@
+"""Every prediction and piece of feedback as a row in a real database (SQLAlchemy Core).
+
+SQLite in WAL mode under RAYSPLIT_HOME by default, PostgreSQL by URL for clusters.
+:class:`EventStore` owns the engine: serving reaches every table through it (the report's
+reads, rollouts, accepted configs, key use, leases), so the connection handling, the
+dialect differences and the locks live in this package and nowhere else. The tables and
+their migrations are in :mod:`raysplit.eventstore.schema`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
+from raysplit.eventstore.accepted_configs import AcceptedConfigs
+from raysplit.eventstore.dialect import insert_ignoring
+from raysplit.eventstore.key_use import Tally, add_use, read_use
+from raysplit.eventstore.migrations import migrate
+from raysplit.eventstore.queries import ExperimentQueries, ExperimentSpan, experiment_spans
+from raysplit.eventstore.rollouts import EntryT, RecordT, RolloutStore
+from raysplit.eventstore.rollup import (
+    Rollup,
+    apply_pairs,
+    pair_deltas,
+    pair_states,
+    stored_query,
+)
+from raysplit.eventstore.schema import (
+    BEGIN_OPTION,
+    SCHEMA_VERSION,
+    SchemaError,
+    allocations,
+    feedback,
+    leases,
+    make_engine,
+    predictions,
+    schema_info,
+)
+
+__all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema_info"]
+
+
+# Event writers take this transaction-scoped advisory lock on PostgreSQL (see event_rollup).
+WRITE_LOCK = 0x7261797370_6C6975
+
+
+def new_prediction_rows(
+    rows: list[dict[str, Any]], stored: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The rows this write inserted, each once: a repeat within the batch counts once."""
+    new = set(stored)
+    kept = []
+    for row in rows:
+        if (key := (row["request_id"], row["variant"])) in new:
+            new.discard(key)
+            kept.append(row)
+    return kept
+
+
+def prior_labels(
+    rows: list[Any], new_feedback: set[str]
+) -> dict[str, tuple[str | None, float | None]]:
+    """Labels stored before this write: they score its new predictions (its own new
+    feedback scores every stored prediction instead, so nothing is scored twice)."""
+    return {
+        r.request_id: (r.label_text, r.value)
+        for r in rows
+        if r.request_id not in new_feedback and (r.label_text is not None or r.value is not None)
+    }
+
+
+class EventStore:
+    """Batched, idempotent writes and the reads the experiment report needs."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.version = migrate(self.engine)
+        self.accepted_configs = AcceptedConfigs(self.engine)
+
+    def queries(self, experiment: str, classification: bool) -> ExperimentQueries:
+        """The report's reads of one experiment."""
+        return ExperimentQueries(self.engine, experiment, classification)
+
+    def rollouts(
+        self, record_type: type[RecordT], entry_type: type[EntryT]
+    ) -> RolloutStore[RecordT, EntryT]:
+        """Rollout records and decision logs, as the caller's models."""
+        return RolloutStore(self.engine, record_type, entry_type)
+
+    def experiment_spans(self) -> list[ExperimentSpan]:
+        return experiment_spans(self.engine)
+
+    def add_key_use(self, counts: Mapping[str, Tally]) -> None:
+        add_use(self.engine, counts)
+
+    def key_use(self) -> dict[str, dict[str, Any]]:
+        return read_use(self.engine)
+
+    def write(self, events: Sequence[Event]) -> set[str]:
+        """Write one batch in one transaction, with the report's counts it changes (see
+        :mod:`raysplit.eventstore.rollup`); repeats (same request id) are ignored.
+
+        Returns the request ids whose feedback was new: a client that posts the same
+        feedback twice (or to two replicas) must be counted once, as the store keeps it.
+        """
+        prediction_rows = [e.row() for e in events if isinstance(e, PredictionEvent)]
+        feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
+        allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
+        dialect = self.engine.dialect.name
+        new_feedback: set[str] = set()
+        stored: set[tuple[str, str]] = set()  # (request id, variant) this write inserted
+        options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
+        with self.engine.connect().execution_options(**options) as conn, conn.begin():
+            if dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
+            if allocation_rows:  # the first replica to serve an allocation dates it
+                conn.execute(insert_ignoring(dialect, allocations), allocation_rows)
+            if prediction_rows:
+                inserted = conn.execute(
+                    insert_ignoring(dialect, predictions).returning(
+                        predictions.c.request_id, predictions.c.variant
+                    ),
+                    prediction_rows,
+                )
+                stored = set(map(tuple, inserted))
+            if feedback_rows:
+                inserted = conn.execute(
+                    insert_ignoring(dialect, feedback).returning(feedback.c.request_id),
+                    feedback_rows,
+                )
+                new_feedback.update(inserted.scalars())
+            touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
+            rows = list(conn.execute(stored_query(), {"ids": list(touched)})) if touched else []
+            rollup = Rollup()
+            rollup.add_predictions(
+                new_prediction_rows(prediction_rows, stored), prior_labels(rows, new_feedback)
+            )
+            labels = {
+                r["request_id"]: (r["label_text"], r["value"])
+                for r in feedback_rows
+                if r["request_id"] in new_feedback
+            }
+            rollup.add_labels([r for r in rows if r.request_id in labels], labels)
+            rollup.apply(conn)
+            apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
+        return new_feedback
+
+    def reachable(self) -> bool:
+        """Whether the database answers at all: tells a refused row from an outage."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    def claim_lease(self, lease: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
+        """Whether ``holder`` holds ``lease`` now (claimed, or renewed).
+
+        One replica does a job that must not run on every replica: the report's gauges
+        (building the report reads the whole experiment; with every ingress replica doing
+        it, a 4-replica deployment spent a quarter of its CPU there, py-spy) and a
+        rollout's decisions (exactly one decision maker). The holder renews the lease each
+        time; another replica takes over once it has lapsed for ``ttl_s``, so a lost
+        replica is replaced without any coordination service.
+        """
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.name == lease,
+                    sa.or_(leases.c.holder == holder, leases.c.expires_at < now),
+                )
+                .values(holder=holder, expires_at=now + ttl_s)
+            ).rowcount
+            if renewed:
+                return True
+            claim = (
+                insert_ignoring(self.engine.dialect.name, leases)
+                .values(name=lease, holder=holder, expires_at=now + ttl_s)
+                .returning(leases.c.holder)  # rowcount is -1 here on psycopg
+            )
+            return conn.execute(claim).first() is not None
+
+    def live_predictions(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The answered (live) prediction behind each known request id, for feedback."""
+        ids = list(request_ids)
+        if not ids:
+            return {}
+        query = sa.select(
+            predictions.c.request_id,
+            predictions.c.experiment,
+            predictions.c.variant,
+            predictions.c.predictions,
+        ).where(predictions.c.request_id.in_(ids), predictions.c.shadow.is_(False))
+        with self.engine.connect() as conn:
+            return {r.request_id: dict(r._mapping) for r in conn.execute(query)}
+
+    def recent_predictions(
+        self,
+        limit: int,
+        variant: str | None = None,
+        shadow: bool | None = None,
+        experiment: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = sa.select(predictions).order_by(predictions.c.id.desc()).limit(limit)
+        if experiment is not None:
+            query = query.where(predictions.c.experiment == experiment)
+        if variant is not None:
+            query = query.where(predictions.c.variant == variant)
+        if shadow is not None:
+            query = query.where(predictions.c.shadow == shadow)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def recent_outcomes(self, experiment: str, since: float) -> list[dict[str, Any]]:
+        """Outcome and latency of the experiment's predictions since ``since``."""
+        query = sa.select(
+            predictions.c.variant,
+            predictions.c.shadow,
+            predictions.c.outcome,
+            predictions.c.latency_ms,
+        ).where(predictions.c.experiment == experiment, predictions.c.created_at >= since)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def recent_inputs(self, experiment: str, variant: str, limit: int) -> list[list[float]]:
+        """The input rows of a variant's ``limit`` most recent answered predictions, for
+        drift: decoding every stored input of a large experiment cost the first report builder
+        gigabytes and most of its time.
+        """
+        query = (
+            sa.select(predictions.c.inputs)
+            .where(
+                predictions.c.experiment == experiment,
+                predictions.c.variant == variant,
+                predictions.c.shadow.is_(False),
+                predictions.c.outcome == "ok",
+            )
+            .order_by(predictions.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [row for (inputs,) in conn.execute(query) for row in inputs]
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,115 @@
+"""Ground truth arriving for earlier predictions: matched to the live prediction it
+answers (in the store or still queued) and queued as an event.
+
+The Prometheus counters are bumped by the event writer once the store has taken the
+feedback as new (see :class:`serve_app.events.buffer.EventBuffer`), so a client that
+retries, or posts the same feedback to two replicas, is counted once, as it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysplit.core.errors import describe_validation_error
+from raysplit.core.events import FeedbackEvent, Judgement, check_request_id
+from raysplit.eventstore.store import EventStore
+from serve_app.config.errors import InvalidRequest, NotReady
+from serve_app.events.buffer import EventBuffer
+
+
+class FeedbackItem(BaseModel):
+    """Ground truth for one prediction: ``label`` for classifiers, ``value`` for regressors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    label: str | int | bool | None = None
+    value: float | None = Field(None, allow_inf_nan=False)
+
+    @field_validator("request_id")
+    @classmethod
+    def _storable(cls, request_id: str) -> str:
+        return check_request_id(request_id)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackItem:
+        if (self.label is None) == (self.value is None):
+            raise ValueError("give exactly one of label (classification) or value (regression)")
+        return self
+
+
+MAX_FEEDBACK = 10_000
+
+
+def parse_feedback(payload: Any) -> list[FeedbackItem]:
+    """One ``{request_id, label|value}`` object or a list of them."""
+    batch = isinstance(payload, list)
+    raw = payload if batch else [payload]
+    if not raw:
+        raise InvalidRequest("feedback list is empty")
+    if len(raw) > MAX_FEEDBACK:
+        raise InvalidRequest(f"{len(raw)} feedback items exceed the limit of {MAX_FEEDBACK}")
+    items = []
+    for index, item in enumerate(raw):
+        try:
+            items.append(FeedbackItem.model_validate(item))
+        except ValidationError as exc:
+            where = f"feedback[{index}]" if batch else "feedback"
+            raise InvalidRequest(describe_validation_error(exc, where)) from exc
+    return items
+
+
+class FeedbackReceipt(BaseModel):
+    accepted: int
+    unknown_request_ids: list[str]
+
+
+def judge(experiment: str, variant: str, predicted: list[Any], item: FeedbackItem) -> Judgement:
+    """Online quality of one single-row prediction: correct or not, or the absolute error
+    (multi-row predictions carry one label for many rows and are not scored)."""
+    single = len(predicted) == 1
+    correct = None
+    if single and item.label is not None:
+        correct = str(predicted[0]) == str(item.label)
+    abs_error = None
+    if single and item.value is not None:
+        abs_error = abs(float(predicted[0]) - item.value)
+    return Judgement(experiment, variant, correct, abs_error)
+
+
+async def receive(
+    items: list[FeedbackItem], store: EventStore, events: EventBuffer
+) -> FeedbackReceipt:
+    ids = {i.request_id for i in items}
+    try:
+        stored = await asyncio.to_thread(store.live_predictions, ids)
+    except sa.exc.OperationalError as exc:  # the database is down or unreachable
+        # feedback must be matched to its prediction to be scored: take none of it, and
+        # say so in a way clients retry on, rather than a bare 500
+        raise NotReady(
+            "the event store is unreachable, so no feedback was accepted; retry later"
+        ) from exc
+    found: dict[str, tuple[str, str, list[Any]]] = {
+        rid: (row["experiment"], row["variant"], row["predictions"]) for rid, row in stored.items()
+    }
+    for rid, event in events.pending_predictions(ids - found.keys()).items():
+        found[rid] = (event.experiment, event.variant, event.predictions)
+    now = time.time()
+    accepted = 0
+    for item in items:
+        prediction = found.get(item.request_id)
+        accepted += events.add_feedback(
+            FeedbackEvent(
+                request_id=item.request_id,
+                created_at=now,
+                label=item.label,
+                value=item.value,
+                judgement=None if prediction is None else judge(*prediction, item),
+            )
+        )
+    return FeedbackReceipt(accepted=accepted, unknown_request_ids=sorted(ids - found.keys()))

@@ -1,0 +1,161 @@
+"""All of an experiment's statistics at once: the comparisons, Holm, the verdicts after it,
+the warnings, and a one-line summary per challenger."""
+
+from __future__ import annotations
+
+from raysplit.eventstore.aggregates import AssignmentKind, ExperimentAggregates
+from serve_app.stats.common import DEFAULT_RELATIVE_ERROR_EFFECT, MIN_SEQUENTIAL_SAMPLES, Verdict
+from serve_app.stats.labels import label_coverage
+from serve_app.stats.models import (
+    RANDOMISED,
+    ChallengerSummary,
+    ExperimentStatistics,
+    ForcedTraffic,
+    Metric,
+    StratifiedComparison,
+)
+from serve_app.stats.multiple import _adjust
+from serve_app.stats.paired import _decide_paired, paired_shadow_comparison
+from serve_app.stats.sample_ratio import sample_ratio_by_epoch
+from serve_app.stats.stratified import _decide, stratified_comparison
+
+
+def _live_variants(aggregates: ExperimentAggregates) -> list[str]:
+    names: list[str] = []
+    for e in sorted(aggregates.epochs, key=lambda e: e.epoch):
+        names += [n for n, s in e.shares.items() if s > 0 and n not in names]
+    names += sorted(
+        {c.variant for c in aggregates.cells if c.assignment in RANDOMISED} - set(names)
+    )
+    return names
+
+
+def _quality_words(verdict: Verdict, metric: Metric) -> str:
+    return {
+        Verdict.BETTER: "more accurate",
+        Verdict.WORSE: "less accurate",
+        Verdict.NO_DIFFERENCE: "as accurate",
+        Verdict.NOT_ENOUGH_DATA: f"not enough data on {metric.value}",
+        Verdict.SRM: "untrustworthy (SRM)",
+    }[verdict]
+
+
+def _summary(
+    quality: StratifiedComparison, errors: StratifiedComparison, latency: StratifiedComparison
+) -> ChallengerSummary:
+    """One line a person can act on, e.g. "as accurate but slower (1.93x latency)"."""
+    clauses = []
+    if latency.verdict in (Verdict.BETTER, Verdict.WORSE) and latency.ratio is not None:
+        word = "faster" if latency.verdict is Verdict.BETTER else "slower"
+        clauses.append((latency.verdict, f"{word} ({latency.ratio.estimate:.2f}x latency)"))
+    if errors.verdict in (Verdict.BETTER, Verdict.WORSE) and errors.difference is not None:
+        word = "fewer errors" if errors.verdict is Verdict.BETTER else "more errors"
+        clauses.append((errors.verdict, f"{word} ({100 * errors.difference.estimate:+.2f} pts)"))
+    text = _quality_words(quality.verdict, quality.metric)
+    for verdict, clause in clauses:
+        contrast = (verdict is Verdict.WORSE) != (quality.verdict is Verdict.WORSE)
+        text += (
+            " but " if contrast and quality.verdict is not Verdict.NOT_ENOUGH_DATA else " and "
+        ) + clause
+    return ChallengerSummary(
+        challenger=quality.challenger,
+        quality=quality.verdict,
+        error_rate=errors.verdict,
+        latency=latency.verdict,
+        summary=text,
+    )
+
+
+def experiment_statistics(
+    aggregates: ExperimentAggregates,
+    control: str | None = None,
+    min_detectable_effect: float | None = None,
+    min_samples: int = MIN_SEQUENTIAL_SAMPLES,
+) -> ExperimentStatistics:
+    """All of issue 15's statistics for one experiment, ready to embed in the report.
+
+    ``control`` defaults to the aggregates' control, then to the first live variant of the
+    earliest epoch. ``min_detectable_effect`` applies to the quality metric (accuracy points
+    or MAE units); guardrails use their own defaults.
+    """
+    cells = aggregates.cells
+    live = _live_variants(aggregates)
+    control = control or aggregates.control or (live[0] if live else None)
+    srm = sample_ratio_by_epoch(cells, aggregates.epochs, aggregates.units)
+    quality_metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
+    challengers = [n for n in live if n != control]
+    comparisons, errors, latency = [], [], []
+    if control is not None:
+        for name in challengers:
+            comparisons.append(
+                stratified_comparison(
+                    cells, control, name, quality_metric, min_samples, min_detectable_effect
+                )
+            )
+            errors.append(
+                stratified_comparison(cells, control, name, Metric.ERROR_RATE, min_samples)
+            )
+            latency.append(
+                stratified_comparison(cells, control, name, Metric.LOG_LATENCY, min_samples)
+            )
+    shadow_names = sorted(
+        {p.shadow for p in aggregates.paired}
+        | {c.variant for c in cells if c.assignment is AssignmentKind.SHADOW}
+    )
+    shadow_effect = min_detectable_effect
+    if shadow_effect is None and not aggregates.classification:  # a tenth of the live MAE
+        scored = [c for c in cells if c.assignment in RANDOMISED and c.labelled]
+        labelled = sum(c.labelled for c in scored)
+        mae = sum(c.abs_error_sum for c in scored) / labelled if labelled else 0.0
+        shadow_effect = DEFAULT_RELATIVE_ERROR_EFFECT * mae or None
+    shadows = [
+        paired_shadow_comparison(
+            aggregates.paired, name, aggregates.classification, min_samples, shadow_effect
+        )
+        for name in shadow_names
+        if any(p.shadow == name for p in aggregates.paired)
+    ]
+    _adjust([*comparisons, *shadows])
+    _adjust(errors)
+    _adjust(latency)
+    for c in (*comparisons, *errors, *latency):
+        c.verdict = _decide(c, srm.flagged, min_samples)
+    for s in shadows:
+        s.verdict = _decide_paired(s, min_samples)
+    labels = label_coverage(cells, aggregates.label_delay_s, live)
+    forced: dict[str, ForcedTraffic] = {}
+    for c in cells:
+        if c.assignment is AssignmentKind.FORCED:
+            f = forced.setdefault(
+                c.variant,
+                ForcedTraffic(variant=c.variant, requests=0, errors=0, labelled=0, correct=0),
+            )
+            f.requests += c.requests
+            f.errors += c.errors
+            f.labelled += c.labelled
+            f.correct += c.correct
+    warnings = []
+    if srm.flagged:
+        warnings.append(
+            f"sample ratio mismatch (p = {srm.p_value:.2g}): the router or the logging is off;"
+            " do not trust the comparisons"
+        )
+    warnings += srm.notes
+    if labels.flagged:
+        warnings.append(
+            f"label coverage differs between variants (p = {labels.p_value:.2g}):"
+            " accuracy may be biased by which requests got labels"
+        )
+    return ExperimentStatistics(
+        experiment=aggregates.experiment,
+        task="classification" if aggregates.classification else "regression",
+        control=control,
+        sample_ratio=srm,
+        comparisons=comparisons,
+        guardrails=[*errors, *latency],
+        shadows=shadows,
+        labels=labels,
+        forced=sorted(forced.values(), key=lambda f: f.variant),
+        summaries=[_summary(q, e, t) for q, e, t in zip(comparisons, errors, latency, strict=True)],
+        warnings=warnings,
+    )

@@ -1,0 +1,307 @@
+"""Challenger against control on one metric, estimated within strata and combined.
+
+* **Strata.** Within one allocation epoch (and one assignment kind) assignment is
+  independent of time, so a difference between two variants there is not confounded by a
+  base rate that moves over the day. Across epochs it is: when the challenger's share grows
+  while the base rate rises, the pooled difference mixes the two (Simpson's paradox). So
+  every comparison is estimated per stratum ``(epoch, assignment)`` and combined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysplit.eventstore.aggregates import AssignmentKind, Cell
+from serve_app.stats.common import ALPHA, MIN_SEQUENTIAL_SAMPLES, Interval, Verdict
+from serve_app.stats.inference import _interval, _z_p_value, msprt_p_value
+from serve_app.stats.models import (
+    BINARY,
+    HIGHER_IS_BETTER,
+    RANDOMISED,
+    Metric,
+    StratifiedComparison,
+    StratumEffect,
+)
+from serve_app.stats.sample_size import _default_effect, _sample_size
+
+# (observations, sum, sum of squares) of a metric in one cell; for 0/1 outcomes the sum of
+# squares is the sum
+_MOMENTS: dict[Metric, Callable[[Cell], tuple[float, float, float]]] = {
+    Metric.ACCURACY: lambda c: (c.labelled, c.correct, c.correct),
+    Metric.MAE: lambda c: (c.labelled, c.abs_error_sum, c.abs_error_sq),
+    Metric.ERROR_RATE: lambda c: (c.requests, c.errors, c.errors),
+    Metric.LOG_LATENCY: lambda c: (c.answered, c.log_latency_sum, c.log_latency_sq),
+}
+
+
+@dataclass(frozen=True)
+class _Cumulative:
+    """One arm's cumulative moments: arrays of shape (looks, strata)."""
+
+    n: np.ndarray
+    total: np.ndarray
+    squares: np.ndarray
+
+
+def _cumulate(
+    cells: Iterable[Cell],
+    metric: Metric,
+    strata: dict[tuple[int, AssignmentKind], int],
+    looks: dict[int, int],
+) -> _Cumulative:
+    moments = np.zeros((3, len(looks), len(strata)))
+    for c in cells:
+        moments[:, looks[c.bucket], strata[(c.epoch, c.assignment)]] += _MOMENTS[metric](c)
+    n, total, squares = np.cumsum(moments, axis=1)
+    return _Cumulative(n, total, squares)
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """Combined difference per look: estimate, its variance for the interval, its variance
+    for the test (pooled under the null for 0/1 outcomes) and the per-stratum parts."""
+
+    estimate: np.ndarray
+    variance: np.ndarray
+    null_variance: np.ndarray
+    weights: np.ndarray  # (looks, strata), rows sum to 1 where defined
+    control_mean: np.ndarray  # (looks, strata)
+    challenger_mean: np.ndarray
+    unit_variance: np.ndarray  # per-observation variance of both arms summed, final look
+
+
+def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Estimate:
+    """Cochran-Mantel-Haenszel-weighted difference of means across strata.
+
+    Weights are ``n_control * n_challenger / (n_control + n_challenger)``: they depend on
+    counts only, never on outcomes, so the estimate stays unbiased where inverse-variance
+    weights (variances estimated from the same data, correlated with the means for 0/1
+    outcomes and absolute errors) would not; and with equal per-observation variance across
+    strata they are the inverse-variance weights, so the sequence of estimates has the
+    independent-increment structure the mSPRT assumes. For 0/1 outcomes the test variance
+    uses each stratum's pooled rate (the Mantel-Haenszel test), the interval each arm's own
+    (Agresti-Caffo adjusted).
+    """
+    na, nb = control.n, challenger.n
+    least = 1 if binary else 2  # a sample variance needs two
+    usable = (na >= least) & (nb >= least)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ma, mb = control.total / na, challenger.total / nb
+        if binary:
+            pooled = (control.total + challenger.total) / (na + nb)
+            null_part = pooled * (1 - pooled) * (1 / na + 1 / nb)
+            # Agresti-Caffo: each arm's rate with one success and one failure added, so a
+            # perfect (or hopeless) small arm does not claim zero variance and collapse
+            # the interval (190/200 against 20/20 gave [0.020, 0.080] with p = 0.31)
+            ta = (control.total + 1) / (na + 2)
+            tb = (challenger.total + 1) / (nb + 2)
+            part = ta * (1 - ta) / (na + 2) + tb * (1 - tb) / (nb + 2)
+        else:
+            va = np.maximum(control.squares - control.total * ma, 0) / (na - 1)
+            vb = np.maximum(challenger.squares - challenger.total * mb, 0) / (nb - 1)
+            null_part = va / na + vb / nb
+            part = null_part
+        w = np.where(usable, na * nb / (na + nb), 0.0)
+        w_sum = w.sum(axis=1, keepdims=True)
+        weights = w / w_sum
+        difference = np.where(usable, mb - ma, 0.0)
+        estimate = np.sum(weights * difference, axis=1)
+        variance = np.sum(weights**2 * np.where(usable, part, 0.0), axis=1)
+        null_variance = np.sum(weights**2 * np.where(usable, null_part, 0.0), axis=1)
+        if binary:  # per observation, under the null, in the final look's pooled rate
+            rate = (control.total[-1].sum() + challenger.total[-1].sum()) / (
+                na[-1].sum() + nb[-1].sum()
+            )
+            unit_variance = 2 * rate * (1 - rate)
+        else:
+            unit_variance = np.sum(weights[-1] * np.where(usable[-1], va[-1] + vb[-1], 0.0))
+    return _Estimate(
+        estimate=estimate,
+        variance=variance,
+        null_variance=null_variance,
+        weights=weights,
+        control_mean=np.where(na > 0, ma, np.nan),
+        challenger_mean=np.where(nb > 0, mb, np.nan),
+        unit_variance=np.asarray(unit_variance, dtype=float),
+    )
+
+
+def stratified_comparison(
+    cells: Sequence[Cell],
+    control: str,
+    challenger: str,
+    metric: Metric,
+    min_samples: int = MIN_SEQUENTIAL_SAMPLES,
+    min_detectable_effect: float | None = None,
+) -> StratifiedComparison:
+    """Challenger minus control on ``metric`` over split and sticky cells only.
+
+    Fixed-horizon: the stratified estimate with a 95% normal interval and a two-sided z
+    p-value. Always-valid: the mSPRT of the same stratified estimate at every bucket
+    boundary (cumulative over buckets), from the first boundary at which both arms have
+    ``min_samples`` observations; tau^2 is the squared minimum detectable effect. The
+    verdict here is unadjusted; :func:`experiment_statistics` re-decides after Holm.
+    """
+    mine = [c for c in cells if c.assignment in RANDOMISED and c.variant in (control, challenger)]
+    strata = {k: i for i, k in enumerate(sorted({(c.epoch, c.assignment) for c in mine}))}
+    looks = {b: i for i, b in enumerate(sorted({c.bucket for c in mine}))}
+    binary = metric in BINARY
+    a = _cumulate((c for c in mine if c.variant == control), metric, strata, looks)
+    b = _cumulate((c for c in mine if c.variant == challenger), metric, strata, looks)
+    n_control = int(a.n[-1].sum()) if looks else 0
+    n_challenger = int(b.n[-1].sum()) if looks else 0
+    result = StratifiedComparison(
+        challenger=challenger,
+        control=control,
+        metric=metric,
+        higher_is_better=HIGHER_IS_BETTER[metric],
+        control_n=n_control,
+        challenger_n=n_challenger,
+        control_mean=float(a.total[-1].sum() / n_control) if n_control else None,
+        challenger_mean=float(b.total[-1].sum() / n_challenger) if n_challenger else None,
+        difference=None,
+        pooled_difference=None,
+        p_value=None,
+        always_valid_p_value=None,
+        looks=0,
+        adjusted_p_value=None,
+        adjusted_always_valid_p_value=None,
+        sample_size=None,
+        strata=[],
+        verdict=Verdict.NOT_ENOUGH_DATA,
+    )
+    if not looks:
+        return result
+    est = _combine(a, b, binary)
+    final, variance, null_variance = (
+        float(est.estimate[-1]),
+        float(est.variance[-1]),
+        float(est.null_variance[-1]),
+    )
+    result.strata = [
+        StratumEffect(
+            epoch=epoch,
+            assignment=kind,
+            control_n=int(a.n[-1, i]),
+            challenger_n=int(b.n[-1, i]),
+            control_mean=_finite(est.control_mean[-1, i]),
+            challenger_mean=_finite(est.challenger_mean[-1, i]),
+            difference=_finite(est.challenger_mean[-1, i] - est.control_mean[-1, i]),
+            weight=_finite(est.weights[-1, i]) or 0.0,
+        )
+        for (epoch, kind), i in strata.items()
+    ]
+    if not np.isfinite(final) or not (est.weights[-1] > 0).any():
+        return result
+    result.difference = _interval(final, variance)
+    if metric is Metric.LOG_LATENCY and result.difference is not None:
+        d = result.difference
+        result.ratio = Interval(
+            estimate=math.exp(d.estimate), low=math.exp(d.low), high=math.exp(d.high)
+        )
+    pooled = _combine(
+        _Cumulative(*(x[-1:].sum(axis=1, keepdims=True) for x in (a.n, a.total, a.squares))),
+        _Cumulative(*(x[-1:].sum(axis=1, keepdims=True) for x in (b.n, b.total, b.squares))),
+        binary,
+    )
+    result.pooled_difference = _interval(float(pooled.estimate[0]), float(pooled.variance[0]))
+    result.p_value = _z_p_value(final, null_variance)
+    effect = min_detectable_effect or _default_effect(metric, result.control_mean)
+    eligible = (a.n.sum(axis=1) >= max(min_samples, 1)) & (b.n.sum(axis=1) >= max(min_samples, 1))
+    result.looks = int(eligible.sum())
+    if result.looks:
+        result.always_valid_p_value = msprt_p_value(
+            est.estimate[eligible], est.null_variance[eligible], effect**2
+        )
+    result.sample_size = _sample_size(
+        metric, effect, result.control_mean, float(est.unit_variance), null_variance
+    )
+    result.adjusted_p_value = result.p_value
+    result.adjusted_always_valid_p_value = result.always_valid_p_value
+    result.verdict = _decide(result, srm=False, min_samples=min_samples)
+    return result
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _decide(c: StratifiedComparison, srm: bool, min_samples: int) -> Verdict:
+    """SRM first; then the (adjusted) always-valid p-value; "no detectable difference" only
+    once the effective sample reaches the sequential test's 80%-power size."""
+    if srm:
+        return Verdict.SRM
+    if c.difference is None or min(c.control_n, c.challenger_n) < min_samples:
+        return Verdict.NOT_ENOUGH_DATA
+    p = c.adjusted_always_valid_p_value
+    if p is not None and p < ALPHA:
+        better = (c.difference.estimate > 0) == c.higher_is_better
+        return Verdict.BETTER if better else Verdict.WORSE
+    if c.sample_size is None or c.sample_size.collected >= c.sample_size.sequential:
+        return Verdict.NO_DIFFERENCE
+    return Verdict.NOT_ENOUGH_DATA
+
+
+@dataclass(frozen=True)
+class StratifiedLooks:
+    """The stratified difference (challenger - control) at every bucket boundary.
+
+    Arrays have one entry per look (cumulative over buckets, in bucket order), the same
+    numbers :func:`stratified_comparison` feeds to its mSPRT: ``variance`` from each arm's
+    own spread (Agresti-Caffo for 0/1 outcomes), ``null_variance`` pooled under "no
+    difference" for 0/1 outcomes (equal to ``variance`` otherwise). ``control_mean`` is the
+    control's mean under the same stratum weights; ``*_n`` are observations summed over
+    strata. Looks where no stratum has both arms carry NaN.
+    """
+
+    buckets: np.ndarray
+    estimate: np.ndarray
+    variance: np.ndarray
+    null_variance: np.ndarray
+    control_mean: np.ndarray
+    control_n: np.ndarray
+    challenger_n: np.ndarray
+
+
+def stratified_looks(
+    cells: Sequence[Cell], control: str, challenger: str, metric: Metric
+) -> StratifiedLooks | None:
+    """Per-look stratified estimate and variances over split and sticky cells (as in
+    :func:`stratified_comparison`), for callers that test against a shifted null (a
+    non-inferiority margin, a guardrail threshold). None when there are no such cells."""
+    mine = [c for c in cells if c.assignment in RANDOMISED and c.variant in (control, challenger)]
+    if not mine:
+        return None
+    strata = {k: i for i, k in enumerate(sorted({(c.epoch, c.assignment) for c in mine}))}
+    buckets = sorted({c.bucket for c in mine})
+    looks = {b: i for i, b in enumerate(buckets)}
+    # _cumulate's sums with one scatter-add (this runs at every evaluation of a rollout)
+    moments = np.zeros((2, 3, len(looks), len(strata)))
+    np.add.at(
+        moments,
+        (
+            np.array([c.variant == challenger for c in mine], dtype=int),
+            slice(None),
+            np.array([looks[c.bucket] for c in mine], dtype=int),
+            np.array([strata[(c.epoch, c.assignment)] for c in mine], dtype=int),
+        ),
+        np.array([_MOMENTS[metric](c) for c in mine], dtype=float),
+    )
+    a, b = (_Cumulative(*np.cumsum(arm, axis=1)) for arm in moments)
+    est = _combine(a, b, metric in BINARY)
+    with np.errstate(invalid="ignore"):
+        control_mean = np.nansum(est.weights * est.control_mean, axis=1)
+    defined = np.isfinite(est.estimate) & (est.weights > 0).any(axis=1)
+    return StratifiedLooks(
+        buckets=np.asarray(buckets),
+        estimate=np.where(defined, est.estimate, np.nan),
+        variance=np.where(defined, est.variance, np.nan),
+        null_variance=np.where(defined, est.null_variance, np.nan),
+        control_mean=np.where(defined, control_mean, np.nan),
+        control_n=a.n.sum(axis=1),
+        challenger_n=b.n.sum(axis=1),
+    )

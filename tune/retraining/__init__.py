@@ -1,0 +1,1 @@
+"""Retraining on production's labelled events: the rows, the incumbents, the gate."""
