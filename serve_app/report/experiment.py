@@ -19,10 +19,11 @@ from raysplit.core.events import RANDOMISED
 from raysplit.core.reference_stats import ReferenceStats
 from raysplit.eventstore.aggregates import AssignmentKind, Cell, ExperimentAggregates
 from raysplit.eventstore.queries import VariantFacts
-from serve_app.stats.common import Interval, Z, accuracy_interval
+from serve_app.stats.common import Interval, accuracy_interval
 from serve_app.stats.drift import FeatureDrift, feature_drift
 from serve_app.stats.experiment import experiment_statistics
 from serve_app.stats.models import ExperimentStatistics
+from serve_app.stats.settings import Z
 
 REPORT_SCHEMA_VERSION = 2
 DRIFT_WINDOW = 1000

@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 from raysplit.eventstore.aggregates import ExperimentAggregates
 from raysplit.eventstore.queries import ExperimentSpan
 from serve_app.report.experiment import Latency, build_report
-from serve_app.stats.common import ALPHA, Interval
+from serve_app.stats.common import Interval
+from serve_app.stats.settings import ALPHA
 
 MAX_POINTS = 60
 

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from raysplit.core.errors import RaysplitError
 from raysplit.core.registry import ROLLED_BACK_TAG, move_alias
 from raysplit.core.settings import raysplit_home
-from serve_app.rollout.rule import ALPHA_PROMOTE, ALPHA_WORSE
 from serve_app.rollout.state import TERMINAL, DecisionEntry, RolloutPhase, RolloutRecord
+from serve_app.stats.settings import ALPHA_PROMOTE, ALPHA_WORSE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

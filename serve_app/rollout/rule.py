@@ -82,23 +82,24 @@ from pydantic import BaseModel, Field
 
 from raysplit.eventstore.aggregates import Cell, ExperimentAggregates
 from serve_app.config.rollout import MAX_STEPS, RolloutConfig
-from serve_app.stats.common import (
+from serve_app.stats.inference import msprt_p_value
+from serve_app.stats.models import RANDOMISED, Metric, SampleRatio
+from serve_app.stats.sample_ratio import sample_ratio_by_epoch
+from serve_app.stats.settings import (
     ALPHA,
+    ALPHA_ERROR_RATE,
+    ALPHA_LATENCY,
+    ALPHA_PROMOTE,
+    ALPHA_WORSE,
     DEFAULT_ACCURACY_EFFECT,
+    DEFAULT_ERROR_RATE_EFFECT,
+    DEFAULT_LOG_LATENCY_EFFECT,
     DEFAULT_RELATIVE_ERROR_EFFECT,
     MIN_SEQUENTIAL_SAMPLES,
     SRM_ALPHA,
 )
-from serve_app.stats.inference import msprt_p_value
-from serve_app.stats.models import RANDOMISED, Metric, SampleRatio
-from serve_app.stats.sample_ratio import sample_ratio_by_epoch
-from serve_app.stats.sample_size import DEFAULT_ERROR_RATE_EFFECT, DEFAULT_LOG_LATENCY_EFFECT
 from serve_app.stats.stratified import StratifiedLooks, stratified_looks
 
-ALPHA_PROMOTE = ALPHA  # non-inferiority: the only way to promote
-ALPHA_WORSE = 0.02  # the rollback budget: quality, error rate, latency, SRM (<= 10 looks)
-ALPHA_ERROR_RATE = 0.01
-ALPHA_LATENCY = 0.01
 ROLLBACK_BUDGET = ALPHA_WORSE + ALPHA_ERROR_RATE + ALPHA_LATENCY + MAX_STEPS * SRM_ALPHA
 assert ROLLBACK_BUDGET <= ALPHA + 1e-12, "the rollback tests must share ALPHA"
 

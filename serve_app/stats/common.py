@@ -19,13 +19,10 @@ from statsmodels.stats.proportion import (
     proportion_effectsize,
 )
 
-ALPHA = 0.05
-POWER = 0.8
-SRM_ALPHA = 0.001
-MIN_SEQUENTIAL_SAMPLES = 100  # per arm before the sequential test looks (normal approximation)
-DEFAULT_ACCURACY_EFFECT = 0.05  # five accuracy points
-DEFAULT_RELATIVE_ERROR_EFFECT = 0.10  # a tenth of the control's mean absolute error
-Z = float(stats.norm.ppf(1 - ALPHA / 2))  # the two-sided normal quantile at ALPHA (1.96)
+from serve_app.stats.settings import (
+    ALPHA,
+    POWER,
+)
 
 
 class Verdict(StrEnum):

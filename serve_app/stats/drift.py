@@ -9,10 +9,7 @@ from pydantic import BaseModel
 from scipy import stats
 
 from raysplit.core.reference_stats import ReferenceStats
-
-PSI_MODERATE = 0.1
-PSI_DRIFT = 0.25
-MIN_ROWS = 50
+from serve_app.stats.settings import MIN_DRIFT_ROWS, PSI_DRIFT, PSI_MODERATE
 
 
 class FeatureDrift(BaseModel):
@@ -35,7 +32,7 @@ def feature_drift(
     reference: ReferenceStats, features: list[str], rows: np.ndarray
 ) -> dict[str, FeatureDrift] | None:
     """PSI (and KS where the reference kept a sample) for each feature; None if too few rows."""
-    if len(rows) < MIN_ROWS:
+    if len(rows) < MIN_DRIFT_ROWS:
         return None
     result = {}
     for index, name in enumerate(features):

@@ -4,7 +4,7 @@ the warnings, and a one-line summary per challenger."""
 from __future__ import annotations
 
 from raysplit.eventstore.aggregates import AssignmentKind, ExperimentAggregates
-from serve_app.stats.common import DEFAULT_RELATIVE_ERROR_EFFECT, MIN_SEQUENTIAL_SAMPLES, Verdict
+from serve_app.stats.common import Verdict
 from serve_app.stats.labels import label_coverage
 from serve_app.stats.models import (
     RANDOMISED,
@@ -17,6 +17,7 @@ from serve_app.stats.models import (
 from serve_app.stats.multiple import _adjust
 from serve_app.stats.paired import _decide_paired, paired_shadow_comparison
 from serve_app.stats.sample_ratio import sample_ratio_by_epoch
+from serve_app.stats.settings import DEFAULT_RELATIVE_ERROR_EFFECT, MIN_SEQUENTIAL_SAMPLES
 from serve_app.stats.stratified import _decide, stratified_comparison
 
 

@@ -14,7 +14,8 @@ import math
 import numpy as np
 from scipy import stats
 
-from serve_app.stats.common import Interval, Z
+from serve_app.stats.common import Interval
+from serve_app.stats.settings import Z
 
 
 def msprt_p_value(estimate: np.ndarray, variance: np.ndarray, tau2: float) -> float | None:

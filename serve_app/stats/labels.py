@@ -8,15 +8,9 @@ import numpy as np
 from scipy import stats
 
 from raysplit.eventstore.aggregates import AssignmentKind, Cell
-from serve_app.stats.models import (
-    LABEL_COVERAGE_ALPHA,
-    MIN_EXPECTED_COUNT,
-    RANDOMISED,
-    LabelCoverage,
-    LabelDelay,
-    VariantCoverage,
-)
+from serve_app.stats.models import RANDOMISED, LabelCoverage, LabelDelay, VariantCoverage
 from serve_app.stats.sample_ratio import _chi_square
+from serve_app.stats.settings import LABEL_COVERAGE_ALPHA, MIN_EXPECTED_COUNT
 
 
 def label_coverage(

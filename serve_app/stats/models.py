@@ -9,11 +9,10 @@ from pydantic import BaseModel, Field
 
 from raysplit.core.events import RANDOMISED as RANDOMISED  # re-exported: one definition
 from raysplit.eventstore.aggregates import AssignmentKind
-from serve_app.stats.common import ALPHA, SRM_ALPHA, Interval, SampleSize, Verdict
+from serve_app.stats.common import Interval, SampleSize, Verdict
+from serve_app.stats.settings import ALPHA, LABEL_COVERAGE_ALPHA, SRM_ALPHA
 
 SCHEMA_VERSION = 1  # of ExperimentStatistics' JSON; bump on any incompatible change
-LABEL_COVERAGE_ALPHA = SRM_ALPHA  # a validity alarm re-checked at every refresh: strict
-MIN_EXPECTED_COUNT = 5.0  # chi-square approximation: strata below this are not tested
 
 
 class Metric(StrEnum):

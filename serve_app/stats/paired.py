@@ -10,18 +10,16 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
 from raysplit.eventstore.aggregates import PairedCell
-from serve_app.stats.common import (
+from serve_app.stats.common import Interval, Verdict
+from serve_app.stats.inference import _interval, msprt_p_value
+from serve_app.stats.models import HIGHER_IS_BETTER, Metric, PairedComparison
+from serve_app.stats.settings import (
     ALPHA,
     DEFAULT_ACCURACY_EFFECT,
     DEFAULT_RELATIVE_ERROR_EFFECT,
+    EXACT_MCNEMAR_BELOW,
     MIN_SEQUENTIAL_SAMPLES,
-    Interval,
-    Verdict,
 )
-from serve_app.stats.inference import _interval, msprt_p_value
-from serve_app.stats.models import HIGHER_IS_BETTER, Metric, PairedComparison
-
-EXACT_MCNEMAR_BELOW = 25  # discordant pairs under which McNemar is the exact binomial
 
 
 def paired_shadow_comparison(

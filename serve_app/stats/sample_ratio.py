@@ -9,8 +9,8 @@ import numpy as np
 from scipy import stats
 
 from raysplit.eventstore.aggregates import AssignmentKind, Cell, Epoch, EpochUnits
-from serve_app.stats.common import SRM_ALPHA
-from serve_app.stats.models import MIN_EXPECTED_COUNT, SampleRatio, SampleRatioStratum
+from serve_app.stats.models import SampleRatio, SampleRatioStratum
+from serve_app.stats.settings import MIN_EXPECTED_COUNT, SRM_ALPHA
 
 
 def _chi_square(observed: np.ndarray, expected: np.ndarray) -> float:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import math
 
-from serve_app.stats.common import (
-    DEFAULT_ACCURACY_EFFECT,
-    DEFAULT_RELATIVE_ERROR_EFFECT,
-    SampleSize,
-    fixed_horizon_n,
-    sequential_sample_size,
-)
+from serve_app.stats.common import SampleSize, fixed_horizon_n, sequential_sample_size
 from serve_app.stats.models import BINARY, Metric
-
-DEFAULT_ERROR_RATE_EFFECT = 0.01  # one point of error rate
-DEFAULT_LOG_LATENCY_EFFECT = math.log(1.1)  # 10% slower (geometric mean)
+from serve_app.stats.settings import (
+    DEFAULT_ACCURACY_EFFECT,
+    DEFAULT_ERROR_RATE_EFFECT,
+    DEFAULT_LOG_LATENCY_EFFECT,
+    DEFAULT_RELATIVE_ERROR_EFFECT,
+)
 
 
 def _default_effect(metric: Metric, control_mean: float | None) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raysplit.eventstore.aggregates import AssignmentKind, Cell
-from serve_app.stats.common import ALPHA, MIN_SEQUENTIAL_SAMPLES, Interval, Verdict
+from serve_app.stats.common import Interval, Verdict
 from serve_app.stats.inference import _interval, _z_p_value, msprt_p_value
 from serve_app.stats.models import (
     BINARY,
@@ -27,6 +27,7 @@ from serve_app.stats.models import (
     StratumEffect,
 )
 from serve_app.stats.sample_size import _default_effect, _sample_size
+from serve_app.stats.settings import ALPHA, MIN_SEQUENTIAL_SAMPLES
 
 # (observations, sum, sum of squares) of a metric in one cell; for 0/1 outcomes the sum of
 # squares is the sum

@@ -39,7 +39,7 @@ from serve_app.predict.state import ServingState
 from serve_app.replica.rollout_loops import RolloutController, RolloutFollower, lease_name
 from serve_app.rollout.state import DecisionEntry, RolloutPhase
 from serve_app.rollout.store import rollout_store
-from serve_app.stats.common import MIN_SEQUENTIAL_SAMPLES
+from serve_app.stats.settings import MIN_SEQUENTIAL_SAMPLES
 from tests.models import iris, log_model
 from tune.tracking import connect, ensure_experiment
 

@@ -29,13 +29,14 @@ from raysplit.eventstore.aggregates import (
     ExperimentAggregates,
     PairedCell,
 )
-from serve_app.stats.common import SRM_ALPHA, Verdict
+from serve_app.stats.common import Verdict
 from serve_app.stats.experiment import experiment_statistics
 from serve_app.stats.labels import label_coverage
 from serve_app.stats.models import SCHEMA_VERSION, ExperimentStatistics, Metric
 from serve_app.stats.multiple import holm
 from serve_app.stats.paired import paired_shadow_comparison
 from serve_app.stats.sample_ratio import sample_ratio_by_epoch
+from serve_app.stats.settings import SRM_ALPHA
 from serve_app.stats.stratified import stratified_comparison
 from serve_app.stats.text import render_text
 
@@ -628,13 +629,12 @@ def test_the_closed_form_sample_size_is_statsmodels_root(rates: tuple | None) ->
     from statsmodels.stats.proportion import proportion_effectsize
 
     from serve_app.stats.common import (
-        ALPHA,
-        POWER,
         fixed_horizon_n,
         fixed_horizon_sample_size,
         sequential_power,
         sequential_sample_size,
     )
+    from serve_app.stats.settings import ALPHA, POWER
 
     if rates is None:
         sd, effect = 2.0, 0.3
