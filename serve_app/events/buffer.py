@@ -34,10 +34,9 @@ from raysplit.core.events import (
     Judgement,
     PredictionEvent,
 )
+from serve_app.config.constants import REFUSED_KEPT
 
 logger = logging.getLogger("ray.serve")
-
-REFUSED_KEPT = 50
 
 
 class Store(Protocol):

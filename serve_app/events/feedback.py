@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raysplit.core.errors import describe_validation_error
 from raysplit.core.events import FeedbackEvent, Judgement, check_request_id
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import MAX_FEEDBACK
 from serve_app.config.errors import InvalidRequest, NotReady
 from serve_app.events.buffer import EventBuffer
 
@@ -41,9 +42,6 @@ class FeedbackItem(BaseModel):
         if (self.label is None) == (self.value is None):
             raise ValueError("give exactly one of label (classification) or value (regression)")
         return self
-
-
-MAX_FEEDBACK = 10_000
 
 
 def parse_feedback(payload: Any) -> list[FeedbackItem]:

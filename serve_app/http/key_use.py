@@ -6,7 +6,7 @@ The guard (:mod:`serve_app.http.guard`) hands every keyed or refused request to
 event store every few seconds (one upsert per key), where ``GET /keys`` and ``raysplit keys
 list`` read them. :class:`KeysFileWatcher` re-reads ``RAYSPLIT_API_KEYS_FILE`` when it
 changes (a Kubernetes Secret update swaps the file under its mount): a removed entry stops
-working on every replica within :data:`WATCH_INTERVAL_S` of the file changing.
+working on every replica within :data:`KEYS_WATCH_INTERVAL_S` of the file changing.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from raysplit.eventstore.key_use import Tally
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import KEY_USE_FLUSH_S, KEYS_WATCH_INTERVAL_S
 from serve_app.http import guard
 from serve_app.http.auth import KEYS_FILE_ENV, ApiKeys
 from serve_app.replica.loops import Loop
 
 logger = logging.getLogger("ray.serve")
-
-WATCH_INTERVAL_S = 1.0
-FLUSH_INTERVAL_S = 5.0
 
 
 class KeyUse:
@@ -79,7 +77,7 @@ class KeyAudit(Loop):
         self._store = store
 
     def interval(self) -> float:
-        return FLUSH_INTERVAL_S if guard.SETTINGS.keys.enabled else 0.0
+        return KEY_USE_FLUSH_S if guard.SETTINGS.keys.enabled else 0.0
 
     async def tick(self) -> None:
         counts = self._use.take()
@@ -115,7 +113,7 @@ class KeysFileWatcher(Loop):
         self._seen = file_signature(self._path) if self._path else None
 
     def interval(self) -> float:
-        return WATCH_INTERVAL_S if self._path else 0.0
+        return KEYS_WATCH_INTERVAL_S if self._path else 0.0
 
     async def tick(self) -> None:
         signature = file_signature(self._path)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysplit.core.events import Judgement
-
-MAX_CLASS_LABELS = 50  # beyond this, predicted classes are counted as "other"
+from serve_app.config.constants import MAX_CLASS_LABELS
 
 Key = tuple[str, ...]
 

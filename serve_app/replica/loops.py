@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import IDLE_POLL_S, LEASE_TTLS
 from serve_app.events.buffer import EventBuffer
 from serve_app.metrics.experiment import ExperimentMetrics
 from serve_app.predict.models import LoadedModel
@@ -22,8 +23,6 @@ from serve_app.predict.state import ServingState
 from serve_app.report.experiment import ExperimentReport
 
 logger = logging.getLogger("ray.serve")
-
-IDLE_POLL_S = 1.0
 
 
 class Loop:
@@ -148,7 +147,7 @@ class ReportPublisher(Loop):
     async def tick(self) -> None:
         state = self._current()
         store = await self._store()
-        ttl = 3 * state.config.report_interval_s
+        ttl = LEASE_TTLS * state.config.report_interval_s
         if await asyncio.to_thread(store.claim_lease, state.config.experiment, self._holder, ttl):
             self._metrics.report(await self._build())
             self.published_at = time.time()

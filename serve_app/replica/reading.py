@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from raysplit.eventstore.queries import ExperimentQueries
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import DRIFT_WINDOW
 from serve_app.predict.state import ServingState
-from serve_app.report.experiment import DRIFT_WINDOW, ExperimentReport, build_report
+from serve_app.report.experiment import ExperimentReport, build_report
 from serve_app.report.timeline import (
     ExperimentList,
     ExperimentTimeline,

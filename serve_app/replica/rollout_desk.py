@@ -15,6 +15,7 @@ import time
 from pydantic import BaseModel, Field
 
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import COMMAND_ATTEMPTS
 from serve_app.config.rollout import RolloutConfig
 from serve_app.predict.state import ServingState
 from serve_app.rollout.state import (
@@ -28,8 +29,6 @@ from serve_app.rollout.state import (
     weights_differ,
 )
 from serve_app.rollout.store import rollout_store
-
-ATTEMPTS = 3  # a command races at most a decision or two
 
 
 class RolloutView(BaseModel):
@@ -73,7 +72,7 @@ def command(
     """Apply an operator's ``action`` to the deployed rollout; raises
     :class:`RolloutConflict` (409) when there is none or its phase does not allow it."""
     rollouts = rollout_store(store)
-    for _ in range(ATTEMPTS):
+    for _ in range(COMMAND_ATTEMPTS):
         record = rollouts.read(state.configured.experiment)
         if record is None or not applies(state.configured, record):
             raise RolloutConflict(

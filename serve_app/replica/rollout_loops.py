@@ -2,7 +2,7 @@
 
 * :class:`RolloutFollower` runs in every replica: it starts the deployed rollout if the
   event store does not hold it yet, and serves the stored rollout's weights. Each replica
-  polls the one stored record, so all of them serve a decision within ``POLL_S``.
+  polls the one stored record, so all of them serve a decision within ``ROLLOUT_POLL_S``.
 * :class:`RolloutController` runs in every replica but acts only in the one holding the
   rollout's lease in the event store: one decision maker at a time, with no extra
   deployment (on 2 cores a replica of its own would cost a CPU share for a job that reads
@@ -24,11 +24,11 @@ from mlflow.tracking import MlflowClient
 
 from raysplit.eventstore.aggregates import ExperimentAggregates
 from raysplit.eventstore.store import EventStore
+from serve_app.config.constants import DRIFT_WINDOW, LEASE_TTLS, ROLLOUT_POLL_S
 from serve_app.metrics.experiment import ExperimentMetrics
 from serve_app.predict.state import ServingState
 from serve_app.replica.loops import Loop
 from serve_app.replica.reading import experiment_report
-from serve_app.report.experiment import DRIFT_WINDOW
 from serve_app.rollout.inputs import candidate_psi, rollout_aggregates
 from serve_app.rollout.registry import ModelRef, record_outcome
 from serve_app.rollout.rule import decide
@@ -45,9 +45,6 @@ from serve_app.rollout.state import (
 from serve_app.rollout.store import rollout_store
 
 logger = logging.getLogger("ray.serve")
-
-POLL_S = 2.0  # how often every replica reads the rollout's record
-LEASE_TTLS = 3  # evaluation intervals a silent controller keeps the lease
 
 
 def lease_name(experiment: str) -> str:
@@ -87,7 +84,7 @@ class RolloutFollower(Loop):
 
     def interval(self) -> float:
         state = self._current()
-        return POLL_S if state is not None and state.configured.rollout is not None else 0.0
+        return ROLLOUT_POLL_S if state is not None and state.configured.rollout is not None else 0.0
 
     async def tick(self) -> None:
         state = self._current()

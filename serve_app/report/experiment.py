@@ -26,7 +26,6 @@ from serve_app.stats.models import ExperimentStatistics
 from serve_app.stats.settings import Z
 
 REPORT_SCHEMA_VERSION = 2
-DRIFT_WINDOW = 1000
 
 
 class Latency(BaseModel):

@@ -21,11 +21,10 @@ from pydantic import BaseModel, Field
 
 from raysplit.eventstore.aggregates import ExperimentAggregates
 from raysplit.eventstore.queries import ExperimentSpan
+from serve_app.config.constants import MAX_TIMELINE_POINTS
 from serve_app.report.experiment import Latency, build_report
 from serve_app.stats.common import Interval
 from serve_app.stats.settings import ALPHA
-
-MAX_POINTS = 60
 
 
 class VariantPoint(BaseModel):
@@ -84,7 +83,7 @@ def _chosen(buckets: list[int], max_points: int) -> list[int]:
 def build_timeline(
     aggregates: ExperimentAggregates,
     latencies: dict[str, list[tuple[float, float]]],
-    max_points: int = MAX_POINTS,
+    max_points: int = MAX_TIMELINE_POINTS,
     min_detectable_effect: float | None = None,
 ) -> ExperimentTimeline:
     """The report at the end of each of (at most ``max_points``) time buckets.

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from raysplit.core.errors import RaysplitError
 from raysplit.core.registry import ROLLED_BACK_TAG, move_alias
 from raysplit.core.settings import raysplit_home
+from serve_app.config.constants import MAX_REASON
 from serve_app.rollout.state import TERMINAL, DecisionEntry, RolloutPhase, RolloutRecord
 from serve_app.stats.settings import ALPHA_PROMOTE, ALPHA_WORSE
 
@@ -40,7 +41,6 @@ REASON_TAG = "raysplit.rollout.reason"
 RUN_TAG = "raysplit.rollout.run"
 ALIAS_MOVED_TAG = "raysplit.rollout.alias_moved"
 ALIAS_REASON_TAG = "raysplit.rollout.alias_reason"
-MAX_REASON = 500  # a reason is one line for a person, not a log
 P_VALUE_FLOOR = 1e-12  # a p-value of 0 has no place on a log axis
 
 _ALIASED = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z0-9_-]+)$")

@@ -9,23 +9,18 @@ import time
 
 from fastapi import APIRouter, Request
 
+from serve_app.config.constants import DEPLOY_STATUS_TIMEOUT_S, MAX_HISTORY, MAX_TIMELINE_POINTS
 from serve_app.events import feedback as feedback_desk
 from serve_app.http.schemas import parse_json
 from serve_app.replica.base import Replica, ReplicaDep, acting_key
 from serve_app.replica.reading import list_experiments, read_timeline
 from serve_app.report.experiment import ExperimentReport
 from serve_app.report.summary import MetricsSummary, summarize
-from serve_app.report.timeline import MAX_POINTS, ExperimentList, ExperimentTimeline
+from serve_app.report.timeline import ExperimentList, ExperimentTimeline
 from serve_app.rollout.state import weights_differ
-
-MAX_HISTORY = 2000
-
 
 router = APIRouter()
 logger = logging.getLogger("ray.serve")
-
-
-DEPLOY_STATUS_TIMEOUT_S = 5.0
 
 
 async def serve_status(replica: Replica) -> dict[str, str]:
@@ -113,11 +108,13 @@ async def experiment(replica: ReplicaDep, experiment: str | None = None):
     summary="The report at the end of each time bucket: intervals, shares, p-values, p95",
     response_model=ExperimentTimeline,
 )
-async def timeline(replica: ReplicaDep, experiment: str | None = None, points: int = MAX_POINTS):
+async def timeline(
+    replica: ReplicaDep, experiment: str | None = None, points: int = MAX_TIMELINE_POINTS
+):
     state = replica.serving()
     store = await replica.store()
     name = experiment or state.config.experiment
-    points = max(1, min(points, MAX_POINTS))
+    points = max(1, min(points, MAX_TIMELINE_POINTS))
     return await asyncio.to_thread(read_timeline, store, state, name, points)
 
 
