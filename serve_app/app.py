@@ -1,9 +1,8 @@
 """The Ray Serve application: one ingress deployment that holds every variant in process.
 
-Measured on 2 cores (docs/architecture.md): a router calling model deployments through
-handles served 316-598 req/s, the same models loaded in the ingress replica 2088-3251
-req/s, so each ingress replica loads all variants and routes locally; autoscaling scales
-the ingress.
+A router calling model deployments through handles served a fraction of what the same
+models loaded in the ingress replica served (docs/architecture.md, "Measured reasons"), so
+each ingress replica loads all variants and routes locally; autoscaling scales the ingress.
 
 This module is the Ray edge: the deployment's life cycle (``reconfigure()``, background
 loops, shutdown), Serve's request batching and its status API. The prediction pipeline
@@ -108,7 +107,7 @@ class Ingress(Replica):
         A config is validated and every model loaded before anything live changes
         (:func:`serve_app.predict.prepare.prepare`). Serve stops a replica whose ``reconfigure()``
         raises, so raising would take the only replica of a small deployment down
-        (measured: 696 of 745 requests answered 503 at one replica). Instead a replica
+        (docs/refused_deploy.md). Instead a replica
         that serves something keeps it and says so, and a replica that *starts* on a
         refused config serves the last config any replica of this application accepted,
         kept in the event store. Only a replica with nothing to serve (the very first

@@ -3,8 +3,8 @@
 Counts and sums per variant, allocation, assignment kind and minute come from the rows
 every write keeps current (:mod:`raysplit.eventstore.rollup`), so reading them grows with the
 number of minutes, not of predictions; the statistics work on those
-(:mod:`raysplit.eventstore.aggregates`). The first version loaded every row: 1.05 s at 10^5 stored
-predictions, and it stopped counting at 200,000. What needs rows reads a bounded recent
+(:mod:`raysplit.eventstore.aggregates`). The first version loaded every row and stopped
+counting at 200,000 (docs/report_scaling.md). What needs rows reads a bounded recent
 sample (latency percentiles, label delays, drift) or only the shadow rows (paired scores).
 """
 

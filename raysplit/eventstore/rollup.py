@@ -1,7 +1,7 @@
 """The report's counts and sums, kept current by every event write.
 
-Reading every prediction made the report grow with the experiment: 3.4 s for 10^6 rows on
-PostgreSQL here even as one hash-join ``GROUP BY``. So each write adds what it changes to
+Reading every prediction made the report grow with the experiment, even as one hash-join
+``GROUP BY`` (docs/report_scaling.md). So each write adds what it changes to
 ``raysplit_cells`` (one row per experiment, variant, allocation, assignment, model version
 and minute) in the same transaction, and the report reads only those rows.
 

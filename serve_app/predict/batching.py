@@ -1,9 +1,9 @@
 """One model call for many concurrent requests: the work behind ``@serve.batch``.
 
-scikit-learn spends about a millisecond per call on validation and pipeline steps whatever
-the row count (measured: the calibrated-SVC iris champion takes 1.15 ms for one row and
-1.07 ms for 32), so under load the ingress stacks the rows of the requests waiting at the
-same moment, calls each variant once and splits the answers. This module is the pure
+scikit-learn spends about the same time per call on validation and pipeline steps whatever
+the row count (docs/architecture.md, "Batching concurrent single rows"), so under load the
+ingress stacks the rows of the requests waiting at the same moment, calls each variant once
+and splits the answers. This module is the pure
 part (no Ray): grouping, splitting and isolating a failure to the request that caused it.
 """
 

@@ -1,12 +1,12 @@
 """What a replica did with the last ``user_config`` it was given, and the durable record of
 the last config any replica of the application accepted.
 
-A refused config must never take traffic down (measured on the first version: at one
-replica a missing alias made ``reconfigure()`` raise, Serve stopped the only replica, and
-696 of 745 requests got 503). So a replica that refuses keeps what it serves, and a
-replica that *starts* on a refused config serves the last accepted one, read from the
-event store. :class:`DeployStatus` is what ``GET /models``, the gauge and ``raysplit
-status`` show; the event store keeps the record
+A refused config must never take traffic down: on the first version, at one replica, a
+missing alias made ``reconfigure()`` raise, Serve stopped the only replica and most
+requests got 503 until a good config came (docs/refused_deploy.md). So a replica that
+refuses keeps what it serves, and a replica that *starts* on a refused config serves the
+last accepted one, read from the event store. :class:`DeployStatus` is what
+``GET /models``, the gauge and ``raysplit status`` show; the event store keeps the record
 (:class:`raysplit.eventstore.accepted_configs.AcceptedConfigs`).
 """
 
