@@ -21,6 +21,7 @@ from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raysplit.core.errors import RaysplitError
+from raysplit.core.onnx_check import OnnxCheck
 from raysplit.core.settings import Locations
 from tune.config import SearchPlan, TuneSpec, resolve_plan
 from tune.datasets import Dataset, Split, load_dataset, split_dataset
@@ -209,113 +210,205 @@ def _gate(
     return decision
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a search runs on, read and validated before Ray starts or a run is created."""
+
+    dataset: Dataset
+    plan: SearchPlan
+    split: Split
+    events: EventSourceSummary | None
+    data_name: str  # the MLflow input's and the tags' name for the rows
+    model_name: str
+    source_tags: dict[str, str]  # the event-store source's, or none
+
+
+@dataclass(frozen=True)
+class _Trials:
+    """The Tune run, summarised: what the parent run records and the outcome reports."""
+
+    count: int  # every trial, failed ones included
+    summaries: list[TrialSummary]
+    errors: list[str]
+    complete: list[TrialSummary]  # ran every fold: ASHA stopped none of them
+    best: TrialSummary
+    search_seconds: float
+
+
+@dataclass(frozen=True)
+class _Registered:
+    """The refitted best model as registered, and the verdicts that decided its alias."""
+
+    scores: dict[str, float]
+    onnx_check: OnnxCheck
+    gate: GateDecision | None
+    alias: str | None
+    version: str
+
+
+def _prepare(spec: TuneSpec, locations: Locations) -> _Inputs:
+    """Read and split the data first, so a bad dataset fails before anything is started."""
+    dataset, plan, split, events = _data(spec, locations)
+    return _Inputs(
+        dataset=dataset,
+        plan=plan,
+        split=split,
+        events=events,
+        data_name=events.input_name if events is not None else dataset.name,
+        model_name=spec.registration.model_name or dataset.name,
+        source_tags=events.tags() if events is not None else {},
+    )
+
+
+def _log_search_inputs(spec: TuneSpec, inputs: _Inputs) -> dict[str, str]:
+    """The parent run's parameters, tags and dataset inputs; the digests, which the
+    registered version carries too."""
+    plan, split = inputs.plan, inputs.split
+    mlflow.log_params(
+        {
+            "dataset": inputs.data_name,
+            "task": str(inputs.dataset.task),
+            "metric": plan.metric.name,
+            "families": ",".join(plan.spaces),
+            **spec.search.model_dump(exclude={"families", "metric"}),
+            "test_size": spec.dataset.test_size,
+            "train_rows": len(split.x_train),
+            "test_rows": len(split.x_test),
+        }
+    )
+    mlflow.set_tags({"raysplit.kind": "search", **inputs.source_tags})
+    return log_inputs(split, inputs.data_name, inputs.events)
+
+
+def _search(spec: TuneSpec, inputs: _Inputs, logger: TrialLogger, locations: Locations) -> _Trials:
+    """Run the trials and pick the best complete one. No complete trial is an error that
+    quotes the first trial error: there is nothing to refit or register."""
+    search_started = time.perf_counter()
+    results = _run_trials(spec, inputs.plan, inputs.split, logger, locations)
+    search_seconds = time.perf_counter() - search_started
+    summaries, errors = _trial_summaries(results)
+    complete = [s for s in summaries if s.folds_done == spec.search.cv_folds]
+    if not complete:
+        reason = errors[0] if errors else "no trial reported a score"
+        raise RaysplitError(f"all {len(results)} trials failed; first error: {reason}")
+    best = _best(summaries, spec.search.cv_folds, inputs.plan.metric.mode)
+    return _Trials(len(results), summaries, errors, complete, best, search_seconds)
+
+
+def _log_search_result(trials: _Trials, plan: SearchPlan) -> None:
+    """The best trial and the trial counts on the parent run."""
+    best = trials.best
+    mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+    mlflow.log_param("best.family", best.family)
+    mlflow.log_metrics(
+        {
+            f"best_cv_{plan.metric.name}": best.cv_mean,
+            "trials": trials.count,
+            "trials_early_stopped": len(trials.summaries) - len(trials.complete),
+            "trials_failed": len(trials.errors),
+        }
+    )
+
+
+def _register(
+    client: MlflowClient,
+    spec: TuneSpec,
+    inputs: _Inputs,
+    parent: str,
+    best: TrialSummary,
+    digests: dict[str, str],
+) -> _Registered:
+    """Refit, evaluate and log the best model, then register it; the alias moves only if
+    ``register.gate`` (when set) says the new version beats the incumbents."""
+    plan = inputs.plan
+    model_info, scores, onnx_check = log_best_model(
+        spec, plan, inputs.split, best.family, best.params, digests
+    )
+    tags = {
+        "raysplit.search_run_id": parent,
+        "raysplit.metric": plan.metric.name,
+        "raysplit.cv_score": f"{best.cv_mean:.6f}",
+        "raysplit.test_score": f"{scores['test_' + plan.metric.name]:.6f}",
+        "raysplit.family": best.family,
+        "raysplit.task": str(inputs.dataset.task),
+        "raysplit.dataset": inputs.data_name,
+        "raysplit.dataset_digest": digests["dataset_digest_training"],
+        "raysplit.serialization_format": model_info.metadata["serialization_format"],
+        **onnx_tags(onnx_check),
+        **inputs.source_tags,
+    }
+    gate = _gate(client, spec, plan, inputs.split, inputs.model_name, scores)
+    alias = spec.registration.alias if gate is None or gate.promote else None
+    if gate is not None:
+        verdict = gate_tags(gate)
+        tags.update(verdict)
+        mlflow.set_tags(verdict)
+    version = register_version(
+        client,
+        inputs.model_name,
+        model_info.model_uri,
+        parent,
+        tags,
+        alias,
+        model_id=model_info.model_id,
+    )
+    mlflow.set_tag("raysplit.registered_version", f"{inputs.model_name}/{version.version}")
+    return _Registered(scores, onnx_check, gate, alias, str(version.version))
+
+
 def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
     """Validate everything, then search, log, refit and register; see the module docstring."""
-    dataset, plan, split, events = _data(spec, locations)
-    source_tags = events.tags() if events is not None else {}
-    data_name = events.input_name if events is not None else dataset.name
-    model_name = spec.registration.model_name or dataset.name
+    inputs = _prepare(spec, locations)
     client = connect(locations)
     experiment_id = ensure_experiment(
-        client, spec.experiment or f"raysplit-{model_name}", locations
+        client, spec.experiment or f"raysplit-{inputs.model_name}", locations
     )
 
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(log_to_driver=False, configure_logging=False)
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"search-{model_name}") as run:
+        run_name = f"search-{inputs.model_name}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             parent = run.info.run_id
-            mlflow.log_params(
-                {
-                    "dataset": data_name,
-                    "task": str(dataset.task),
-                    "metric": plan.metric.name,
-                    "families": ",".join(plan.spaces),
-                    **spec.search.model_dump(exclude={"families", "metric"}),
-                    "test_size": spec.dataset.test_size,
-                    "train_rows": len(split.x_train),
-                    "test_rows": len(split.x_test),
-                }
-            )
-            mlflow.set_tags({"raysplit.kind": "search", **source_tags})
-            digests = log_inputs(split, data_name, events)
+            digests = _log_search_inputs(spec, inputs)
             logger = TrialLogger(
                 locations.mlflow_tracking_uri, experiment_id, parent, spec.search.cv_folds
             )
-            search_started = time.perf_counter()
-            results = _run_trials(spec, plan, split, logger, locations)
-            search_seconds = time.perf_counter() - search_started
-            summaries, errors = _trial_summaries(results)
-            complete = [s for s in summaries if s.folds_done == spec.search.cv_folds]
-            if not complete:
-                reason = errors[0] if errors else "no trial reported a score"
-                raise RaysplitError(f"all {len(results)} trials failed; first error: {reason}")
-            best = _best(summaries, spec.search.cv_folds, plan.metric.mode)
-            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-            mlflow.log_param("best.family", best.family)
-            mlflow.log_metrics(
-                {
-                    f"best_cv_{plan.metric.name}": best.cv_mean,
-                    "trials": len(results),
-                    "trials_early_stopped": len(summaries) - len(complete),
-                    "trials_failed": len(errors),
-                }
-            )
-            model_info, scores, onnx_check = log_best_model(
-                spec, plan, split, best.family, best.params, digests
-            )
-            tags = {
-                "raysplit.search_run_id": parent,
-                "raysplit.metric": plan.metric.name,
-                "raysplit.cv_score": f"{best.cv_mean:.6f}",
-                "raysplit.test_score": f"{scores['test_' + plan.metric.name]:.6f}",
-                "raysplit.family": best.family,
-                "raysplit.task": str(dataset.task),
-                "raysplit.dataset": data_name,
-                "raysplit.dataset_digest": digests["dataset_digest_training"],
-                "raysplit.serialization_format": model_info.metadata["serialization_format"],
-                **onnx_tags(onnx_check),
-                **source_tags,
-            }
-            gate = _gate(client, spec, plan, split, model_name, scores)
-            alias = spec.registration.alias if gate is None or gate.promote else None
-            if gate is not None:
-                verdict = gate_tags(gate)
-                tags.update(verdict)
-                mlflow.set_tags(verdict)
-            version = register_version(
-                client,
-                model_name,
-                model_info.model_uri,
-                parent,
-                tags,
-                alias,
-                model_id=model_info.model_id,
-            )
-            mlflow.set_tag("raysplit.registered_version", f"{model_name}/{version.version}")
+            trials = _search(spec, inputs, logger, locations)
+            _log_search_result(trials, inputs.plan)
+            registered = _register(client, spec, inputs, parent, trials.best, digests)
     finally:
         if started_ray:
             ray.shutdown()
+    return _outcome(experiment_id, parent, inputs, trials, registered)
+
+
+def _outcome(
+    experiment_id: str, parent: str, inputs: _Inputs, trials: _Trials, registered: _Registered
+) -> SearchOutcome:
+    """What :func:`run_search` reports, from what its phases returned."""
+    best = trials.best
+    onnx_check = registered.onnx_check
     return SearchOutcome(
         experiment_id=experiment_id,
         parent_run_id=parent,
-        trials=len(results),
-        completed_trials=len(complete),
-        early_stopped_trials=len(summaries) - len(complete),
-        metric=plan.metric.name,
+        trials=trials.count,
+        completed_trials=len(trials.complete),
+        early_stopped_trials=len(trials.summaries) - len(trials.complete),
+        metric=inputs.plan.metric.name,
         best_family=best.family,
         best_params=best.params,
         best_cv_score=best.cv_mean,
-        test_scores=scores,
-        model_name=model_name,
-        model_version=str(version.version),
-        alias=alias,
-        search_seconds=search_seconds,
-        folds_fitted=sum(s.folds_done for s in summaries),
+        test_scores=registered.scores,
+        model_name=inputs.model_name,
+        model_version=registered.version,
+        alias=registered.alias,
+        search_seconds=trials.search_seconds,
+        folds_fitted=sum(s.folds_done for s in trials.summaries),
         onnx=("verified: " if onnx_check.verified else "not verified: ") + onnx_check.reason,
-        gate=gate,
-        events=events.tags() if events is not None else {},
+        gate=registered.gate,
+        events=inputs.events.tags() if inputs.events is not None else {},
     )
 
 

@@ -4,9 +4,10 @@ traffic, report, rollout, retrain, keys, info.
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
 
-Over 600 lines on purpose: a third is :func:`build_parser`, the one place that lists
-every command's flags and help (what ``raysplit --help`` prints), and each ``cmd_*`` is a
-few lines that turn parsed flags into one call into the library; the work is elsewhere.
+Over 600 lines on purpose: a third is :func:`build_parser` and its ``_add_*`` helpers
+(one per command group), the one place that lists every command's flags and help (what
+``raysplit --help`` prints), and each ``cmd_*`` is a few lines that turn parsed flags into
+one call into the library; the work is elsewhere.
 """
 
 from __future__ import annotations
@@ -388,12 +389,8 @@ def add_app(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="raysplit", description="Tune, register and A/B-serve scikit-learn models on Ray."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """tune, promote, rollback: the commands that make registered versions and move aliases."""
     tune = commands.add_parser(
         "tune",
         help="search hyperparameters on Ray, log to MLflow, register the best model",
@@ -429,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--alias", default="champion")
     rollback.set_defaults(func=cmd_rollback)
 
+
+def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """up, down: start and stop the local Ray head."""
     up = commands.add_parser("up", help="start a local Ray head ready for serving")
     up.add_argument("--port", type=int, default=DEFAULT_RAY_PORT, help="GCS port (not 6379)")
     up.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
@@ -461,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     down.set_defaults(func=cmd_down)
 
+
+def _add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """check, deploy, status: a serve config on its way to the cluster, and what it became.
+    They share the dashboard flag, so they are added together."""
     dashboard_help = "Ray dashboard URL (default: the local cluster's, `raysplit info`)"
     for name, func, help_text, description in (
         (
@@ -497,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_key(status, "GET /models")
     status.set_defaults(func=cmd_status)
 
+
+def _add_experiment_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """traffic, report, rollout: the commands that talk to a running ingress's experiment."""
     traffic = commands.add_parser("traffic", help="send sample predictions, show the split")
     traffic.add_argument("--url", help="ingress URL (default: raysplit info's ingress_url)")
     add_app(traffic)
@@ -551,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_key(rollout, "admin scope")
     rollout.set_defaults(func=cmd_rollout)
 
+
+def _add_retrain_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """retrain: the experiment's feedback back into a search, as a Ray job."""
     retrain = commands.add_parser(
         "retrain",
         help="retrain from production feedback as a Ray job on the running cluster",
@@ -566,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--address", help="Ray dashboard URL (default: the local cluster's)")
     retrain.set_defaults(func=cmd_retrain)
 
+
+def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """keys new, keys list: minting API keys offline and asking the ingress about its own."""
     keys = commands.add_parser("keys", help="API keys for the ingress (see docs/security.md)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_commands.add_parser(
@@ -604,6 +619,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_key(keys_list, "admin")
     keys_list.set_defaults(func=cmd_keys_list)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag. The helpers run in the order the commands are listed in
+    ``raysplit --help``, which is the order they are added in."""
+    parser = argparse.ArgumentParser(
+        prog="raysplit", description="Tune, register and A/B-serve scikit-learn models on Ray."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_model_commands(commands)
+    _add_cluster_commands(commands)
+    _add_deploy_commands(commands)
+    _add_experiment_commands(commands)
+    _add_retrain_command(commands)
+    _add_key_commands(commands)
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)
     return parser
