@@ -73,9 +73,10 @@ only the sample-ratio check. The current step's epochs are those that started at
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -211,19 +212,39 @@ def _fmt(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.3g}"
 
 
-def decide(
-    config: RolloutConfig,
-    step: int,
-    step_started_at: float,
-    now: float,
-    aggregates: ExperimentAggregates,
-    candidate_psi: float | None = None,
-    control: str | None = None,
-) -> Decision:
-    """One evaluation of a rollout in step ``step`` (an index into ``config.steps``),
-    started at ``step_started_at`` (same clock as ``now`` and the epochs' ``started_at``).
-    ``control`` defaults to ``aggregates.control``; ``candidate_psi`` is the largest input
-    PSI of the candidate's traffic, if known."""
+@dataclass(frozen=True)
+class _Quality:
+    """The quality tests' results, kept as computed (a plain dataclass, no validation), so
+    the checks compare and format exactly what the tests returned; None before a look."""
+
+    metric: Metric
+    difference: float | None = None
+    margin: float | None = None
+    p_ni: float | None = None
+    p_sup: float | None = None
+    p_inf: float | None = None
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """Everything one evaluation reads, gathered before any check, so that the checks are
+    plain reads in a fixed order."""
+
+    control: str
+    candidate: str
+    labelled: dict[str, int]  # this step's labelled requests, by variant
+    totals: dict[str, int]  # over the rollout's epochs
+    elapsed: float
+    quality: _Quality
+    errors: _Test
+    latency: _Test
+    psi: float | None
+
+
+def _resolve_control(
+    config: RolloutConfig, step: int, aggregates: ExperimentAggregates, control: str | None
+) -> str:
+    """The control to compare with; refuses arguments no decision can be taken on."""
     control = control or aggregates.control
     if control is None:
         raise ValueError("the rollout needs a control: pass one or set aggregates.control")
@@ -231,43 +252,58 @@ def decide(
         raise ValueError(f"the candidate '{control}' cannot be its own control")
     if not 0 <= step < len(config.steps):
         raise ValueError(f"step {step} is outside the rollout's {len(config.steps)} steps")
-    candidate, guard = config.candidate, config.guardrails
-    cells = aggregates.cells
-    last_step = step == len(config.steps) - 1
-    share = config.steps[step]
+    return control
 
-    # the current step's labelled counts
+
+def _labelled_counts(
+    aggregates: ExperimentAggregates, step_started_at: float, control: str, candidate: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Labelled requests per arm in the current step (its epochs started at or after
+    ``step_started_at``) and over the rollout: the step's minimum is counted on the first."""
     step_epochs = {e.epoch for e in aggregates.epochs if e.started_at >= step_started_at}
     labelled = {control: 0, candidate: 0}
     totals = {control: 0, candidate: 0}
-    for c in cells:
+    for c in aggregates.cells:
         if c.assignment in RANDOMISED and c.variant in labelled:
             totals[c.variant] += c.labelled
             if c.epoch in step_epochs:
                 labelled[c.variant] += c.labelled
-    elapsed = now - step_started_at
+    return labelled, totals
 
-    # quality: worse, superiority, non-inferiority
-    metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
+
+def _quality_tests(
+    config: RolloutConfig, cells: Sequence[Cell], control: str, candidate: str, classification: bool
+) -> _Quality:
+    """Worse, superiority and non-inferiority on the stratified quality difference, signed
+    so that positive is better (accuracy up, MAE down)."""
+    metric = Metric.ACCURACY if classification else Metric.MAE
     sign = 1.0 if metric is Metric.ACCURACY else -1.0
     looks = stratified_looks(cells, control, candidate, metric)
-    difference = margin = p_ni = p_sup = p_inf = None
-    if looks is not None:
-        eligible = _eligible(looks)
-        better = sign * looks.estimate  # positive: candidate better
-        if metric is Metric.ACCURACY:
-            margins = np.full_like(looks.estimate, config.non_inferiority_margin)
-            default_tau = DEFAULT_ACCURACY_EFFECT
-        else:
-            margins = config.non_inferiority_margin * looks.control_mean
-            default_tau = DEFAULT_RELATIVE_ERROR_EFFECT * (_last(looks.control_mean) or 0.0)
-        difference, margin = _last(looks.estimate), _last(margins)
-        tau = margin if margin else default_tau or 1.0
-        with np.errstate(invalid="ignore"):
-            p_ni = _one_sided(better + margins, looks.variance, eligible, tau**2)
-            p_sup = _one_sided(better, looks.null_variance, eligible, tau**2)
-            p_inf = _one_sided(-better, looks.null_variance, eligible, tau**2)
+    if looks is None:
+        return _Quality(metric=metric)
+    eligible = _eligible(looks)
+    better = sign * looks.estimate  # positive: candidate better
+    if metric is Metric.ACCURACY:
+        margins = np.full_like(looks.estimate, config.non_inferiority_margin)
+        default_tau = DEFAULT_ACCURACY_EFFECT
+    else:
+        margins = config.non_inferiority_margin * looks.control_mean
+        default_tau = DEFAULT_RELATIVE_ERROR_EFFECT * (_last(looks.control_mean) or 0.0)
+    difference, margin = _last(looks.estimate), _last(margins)
+    tau = margin if margin else default_tau or 1.0
+    with np.errstate(invalid="ignore"):
+        p_ni = _one_sided(better + margins, looks.variance, eligible, tau**2)
+        p_sup = _one_sided(better, looks.null_variance, eligible, tau**2)
+        p_inf = _one_sided(-better, looks.null_variance, eligible, tau**2)
+    return _Quality(metric, difference, margin, p_ni, p_sup, p_inf)
 
+
+def _guardrail_tests(
+    config: RolloutConfig, cells: Sequence[Cell], control: str, candidate: str
+) -> tuple[_Test, _Test]:
+    """The error-rate and latency guardrails, each against its configured limit (latency on
+    the log scale, where the aggregates hold it)."""
+    guard = config.guardrails
     errors = _guardrail(
         cells,
         control,
@@ -287,112 +323,183 @@ def decide(
         log_limit,
         max(log_limit or 0.0, DEFAULT_LOG_LATENCY_EFFECT),
     )
-    figures = RolloutFigures(
-        metric=metric,
-        step_elapsed_s=elapsed,
-        control_labelled=labelled[control],
-        candidate_labelled=labelled[candidate],
-        control_labelled_total=totals[control],
-        candidate_labelled_total=totals[candidate],
-        difference=difference,
-        margin=margin,
-        non_inferiority_p_value=p_ni,
-        superiority_p_value=p_sup,
-        inferiority_p_value=p_inf,
-        error_rate_increase=errors.estimate,
-        error_rate_p_value=errors.p_value,
+    return errors, latency
+
+
+def _figures(ev: _Evidence) -> RolloutFigures:
+    """The decision's figures; the sample-ratio ones are filled in by :func:`_decision`,
+    since they are computed only for a change of share."""
+    q, latency = ev.quality, ev.latency
+    return RolloutFigures(
+        metric=q.metric,
+        step_elapsed_s=ev.elapsed,
+        control_labelled=ev.labelled[ev.control],
+        candidate_labelled=ev.labelled[ev.candidate],
+        control_labelled_total=ev.totals[ev.control],
+        candidate_labelled_total=ev.totals[ev.candidate],
+        difference=q.difference,
+        margin=q.margin,
+        non_inferiority_p_value=q.p_ni,
+        superiority_p_value=q.p_sup,
+        inferiority_p_value=q.p_inf,
+        error_rate_increase=ev.errors.estimate,
+        error_rate_p_value=ev.errors.p_value,
         latency_ratio=math.exp(latency.estimate) if latency.estimate is not None else None,
         latency_p_value=latency.p_value,
-        psi=candidate_psi,
+        psi=ev.psi,
         srm_p_value=None,
         srm_flagged=None,
     )
 
-    @cache
-    def sample_ratio() -> SampleRatio:
-        return sample_ratio_by_epoch(cells, aggregates.epochs, aggregates.units)
 
-    def decision(kind: DecisionKind, reason: str) -> Decision:
-        if kind is not DecisionKind.HOLD:  # the sample-ratio figure of every change of share
-            srm = sample_ratio()
-            figures.srm_p_value, figures.srm_flagged = srm.p_value, srm.flagged
-        after = {
-            DecisionKind.HOLD: share,
-            DecisionKind.ADVANCE: config.steps[min(step + 1, len(config.steps) - 1)],
-            DecisionKind.ROLLBACK: 0.0,
-            DecisionKind.PROMOTE: share,
-        }[kind]
-        return Decision(
-            kind=kind, reason=reason, step=step, share=share, share_after=after, figures=figures
-        )
-
-    rollback = DecisionKind.ROLLBACK
-    name = metric.value
-    if p_inf is not None and p_inf < ALPHA_WORSE:
-        return decision(
-            rollback,
-            f"candidate worse than the control on {name}: difference {difference:+.4g}"
-            f" (always-valid p = {_fmt(p_inf)} < {ALPHA_WORSE})",
+def _shown_worse(config: RolloutConfig, ev: _Evidence, figures: RolloutFigures) -> str | None:
+    """The reason to roll back if an always-valid test shows the candidate worse (quality,
+    then error rate, then latency); these may act at any look, before the step's minimum."""
+    q, errors, latency, guard = ev.quality, ev.errors, ev.latency, config.guardrails
+    if q.p_inf is not None and q.p_inf < ALPHA_WORSE:
+        return (
+            f"candidate worse than the control on {q.metric.value}: difference"
+            f" {q.difference:+.4g} (always-valid p = {_fmt(q.p_inf)} < {ALPHA_WORSE})"
         )
     if errors.p_value is not None and errors.p_value < ALPHA_ERROR_RATE:
-        return decision(
-            rollback,
+        return (
             f"error-rate guardrail breached: increase {errors.estimate:+.4g} above"
             f" {guard.max_error_rate_increase:g} (always-valid p = {_fmt(errors.p_value)}"
-            f" < {ALPHA_ERROR_RATE})",
+            f" < {ALPHA_ERROR_RATE})"
         )
     if latency.p_value is not None and latency.p_value < ALPHA_LATENCY:
-        return decision(
-            rollback,
+        return (
             f"latency guardrail breached: latency ratio {figures.latency_ratio:.3g} above"
             f" {guard.max_p95_latency_ratio:g} (always-valid p = {_fmt(latency.p_value)}"
-            f" < {ALPHA_LATENCY})",
+            f" < {ALPHA_LATENCY})"
         )
+    return None
 
+
+def _not_ready(config: RolloutConfig, step: int, ev: _Evidence) -> str | None:
+    """The reason to hold if the step's minimum (labelled requests, time) is not in, or
+    both arms are still too small for any test to look."""
     missing = []
-    if labelled[candidate] < config.min_scored_per_step:
+    if ev.labelled[ev.candidate] < config.min_scored_per_step:
         missing.append(
-            f"{labelled[candidate]} of {config.min_scored_per_step} labelled requests of"
-            f" '{candidate}'"
+            f"{ev.labelled[ev.candidate]} of {config.min_scored_per_step} labelled requests of"
+            f" '{ev.candidate}'"
         )
-    if elapsed < config.min_step_s:
-        missing.append(f"{elapsed:.0f} of {config.min_step_s:g} s")
+    if ev.elapsed < config.min_step_s:
+        missing.append(f"{ev.elapsed:.0f} of {config.min_step_s:g} s")
     if missing:
-        return decision(
-            DecisionKind.HOLD, f"step {step + 1} minimum not in yet: {'; '.join(missing)}"
-        )
-    if p_inf is None:
-        return decision(
-            DecisionKind.HOLD,
+        return f"step {step + 1} minimum not in yet: {'; '.join(missing)}"
+    if ev.quality.p_inf is None:
+        return (
             f"step minimum in, but too few labelled requests to compare (both arms need"
-            f" {MIN_SEQUENTIAL_SAMPLES} over the rollout)",
+            f" {MIN_SEQUENTIAL_SAMPLES} over the rollout)"
         )
-    if guard.max_psi is not None and candidate_psi is not None and candidate_psi > guard.max_psi:
-        return decision(
-            rollback, f"input drift guardrail breached: PSI {candidate_psi:.3g} > {guard.max_psi:g}"
+    return None
+
+
+def _step_outcome(
+    config: RolloutConfig, step: int, ev: _Evidence, sample_ratio: Callable[[], SampleRatio]
+) -> tuple[DecisionKind, str]:
+    """Once the step's minimum is in: drift, then (last step) non-inferiority, then the
+    sample-ratio check, which is looked at only when the step would otherwise pass."""
+    guard, q, psi = config.guardrails, ev.quality, ev.psi
+    last_step = step == len(config.steps) - 1
+    if guard.max_psi is not None and psi is not None and psi > guard.max_psi:
+        return (
+            DecisionKind.ROLLBACK,
+            f"input drift guardrail breached: PSI {psi:.3g} > {guard.max_psi:g}",
         )
-    if last_step and not (p_ni is not None and p_ni < ALPHA_PROMOTE):
-        return decision(
+    if last_step and not (q.p_ni is not None and q.p_ni < ALPHA_PROMOTE):
+        return (
             DecisionKind.HOLD,
-            f"last step: non-inferiority within {_fmt(margin)} not shown yet (always-valid"
-            f" p = {_fmt(p_ni)}, needs < {ALPHA_PROMOTE}); collecting",
+            f"last step: non-inferiority within {_fmt(q.margin)} not shown yet (always-valid"
+            f" p = {_fmt(q.p_ni)}, needs < {ALPHA_PROMOTE}); collecting",
         )
     srm = sample_ratio()
     if srm.flagged:
-        return decision(
-            rollback,
+        return (
+            DecisionKind.ROLLBACK,
             f"sample-ratio mismatch: the split does not follow the shares (p = {_fmt(srm.p_value)}"
             f" < {SRM_ALPHA})",
         )
     if last_step:
-        return decision(
+        return (
             DecisionKind.PROMOTE,
-            f"candidate non-inferior within {_fmt(margin)} {name} (always-valid p = {_fmt(p_ni)}"
-            f" < {ALPHA_PROMOTE}), no guardrail breached",
+            f"candidate non-inferior within {_fmt(q.margin)} {q.metric.value} (always-valid"
+            f" p = {_fmt(q.p_ni)} < {ALPHA_PROMOTE}), no guardrail breached",
         )
-    return decision(
+    return (
         DecisionKind.ADVANCE,
-        f"step {step + 1} passed: {labelled[candidate]} labelled, nothing shown wrong"
-        f" (worse p = {_fmt(p_inf)}, error-rate p = {_fmt(errors.p_value)}, latency p ="
-        f" {_fmt(latency.p_value)}); to {config.steps[step + 1]:g}%",
+        f"step {step + 1} passed: {ev.labelled[ev.candidate]} labelled, nothing shown wrong"
+        f" (worse p = {_fmt(q.p_inf)}, error-rate p = {_fmt(ev.errors.p_value)}, latency p ="
+        f" {_fmt(ev.latency.p_value)}); to {config.steps[step + 1]:g}%",
     )
+
+
+def _decision(
+    config: RolloutConfig,
+    step: int,
+    kind: DecisionKind,
+    reason: str,
+    figures: RolloutFigures,
+    sample_ratio: Callable[[], SampleRatio],
+) -> Decision:
+    """The decision with its figures and the share it asks for; every change of share
+    carries the sample-ratio figures."""
+    if kind is not DecisionKind.HOLD:
+        srm = sample_ratio()
+        figures.srm_p_value, figures.srm_flagged = srm.p_value, srm.flagged
+    share = config.steps[step]
+    after = {
+        DecisionKind.HOLD: share,
+        DecisionKind.ADVANCE: config.steps[min(step + 1, len(config.steps) - 1)],
+        DecisionKind.ROLLBACK: 0.0,
+        DecisionKind.PROMOTE: share,
+    }[kind]
+    return Decision(
+        kind=kind, reason=reason, step=step, share=share, share_after=after, figures=figures
+    )
+
+
+def decide(
+    config: RolloutConfig,
+    step: int,
+    step_started_at: float,
+    now: float,
+    aggregates: ExperimentAggregates,
+    candidate_psi: float | None = None,
+    control: str | None = None,
+) -> Decision:
+    """One evaluation of a rollout in step ``step`` (an index into ``config.steps``),
+    started at ``step_started_at`` (same clock as ``now`` and the epochs' ``started_at``).
+    ``control`` defaults to ``aggregates.control``; ``candidate_psi`` is the largest input
+    PSI of the candidate's traffic, if known.
+
+    Precedence: an always-valid rollback, then hold for the step's minimum, then
+    :func:`_step_outcome` (drift, last-step non-inferiority, sample ratio, pass)."""
+    control = _resolve_control(config, step, aggregates, control)
+    candidate, cells = config.candidate, aggregates.cells
+    labelled, totals = _labelled_counts(aggregates, step_started_at, control, candidate)
+    quality = _quality_tests(config, cells, control, candidate, aggregates.classification)
+    errors, latency = _guardrail_tests(config, cells, control, candidate)
+    ev = _Evidence(
+        control=control,
+        candidate=candidate,
+        labelled=labelled,
+        totals=totals,
+        elapsed=now - step_started_at,
+        quality=quality,
+        errors=errors,
+        latency=latency,
+        psi=candidate_psi,
+    )
+    figures = _figures(ev)
+    # computed at most once, and only when a step would pass or the share changes
+    sample_ratio = cache(partial(sample_ratio_by_epoch, cells, aggregates.epochs, aggregates.units))
+    if (reason := _shown_worse(config, ev, figures)) is not None:
+        kind = DecisionKind.ROLLBACK
+    elif (reason := _not_ready(config, step, ev)) is not None:
+        kind = DecisionKind.HOLD
+    else:
+        kind, reason = _step_outcome(config, step, ev, sample_ratio)
+    return _decision(config, step, kind, reason, figures, sample_ratio)
