@@ -3,7 +3,9 @@ the warnings, and a one-line summary per challenger."""
 
 from __future__ import annotations
 
-from raysplit.eventstore.aggregates import AssignmentKind, ExperimentAggregates
+from collections.abc import Sequence
+
+from raysplit.eventstore.aggregates import AssignmentKind, Cell, ExperimentAggregates
 from serve_app.stats.common import Verdict
 from serve_app.stats.labels import label_coverage
 from serve_app.stats.models import (
@@ -11,7 +13,10 @@ from serve_app.stats.models import (
     ChallengerSummary,
     ExperimentStatistics,
     ForcedTraffic,
+    LabelCoverage,
     Metric,
+    PairedComparison,
+    SampleRatio,
     StratifiedComparison,
 )
 from serve_app.stats.multiple import _adjust
@@ -67,6 +72,121 @@ def _summary(
     )
 
 
+def _challenger_comparisons(
+    cells: Sequence[Cell],
+    control: str | None,
+    challengers: Sequence[str],
+    quality_metric: Metric,
+    min_samples: int,
+    min_detectable_effect: float | None,
+) -> tuple[list[StratifiedComparison], list[StratifiedComparison], list[StratifiedComparison]]:
+    """Quality, error-rate and latency comparisons of every challenger against the control,
+    kept as three lists because each is its own Holm family; none without a control."""
+    comparisons: list[StratifiedComparison] = []
+    errors: list[StratifiedComparison] = []
+    latency: list[StratifiedComparison] = []
+    if control is not None:
+        for name in challengers:
+            comparisons.append(
+                stratified_comparison(
+                    cells, control, name, quality_metric, min_samples, min_detectable_effect
+                )
+            )
+            errors.append(
+                stratified_comparison(cells, control, name, Metric.ERROR_RATE, min_samples)
+            )
+            latency.append(
+                stratified_comparison(cells, control, name, Metric.LOG_LATENCY, min_samples)
+            )
+    return comparisons, errors, latency
+
+
+def _shadow_effect(
+    aggregates: ExperimentAggregates, min_detectable_effect: float | None
+) -> float | None:
+    """The effect shadows are tested for: the one given, else for regressors a tenth of the
+    live MAE (paired cells carry differences only, not the error level itself)."""
+    if min_detectable_effect is not None or aggregates.classification:
+        return min_detectable_effect
+    scored = [c for c in aggregates.cells if c.assignment in RANDOMISED and c.labelled]
+    labelled = sum(c.labelled for c in scored)
+    mae = sum(c.abs_error_sum for c in scored) / labelled if labelled else 0.0
+    return DEFAULT_RELATIVE_ERROR_EFFECT * mae or None
+
+
+def _shadow_comparisons(
+    aggregates: ExperimentAggregates, min_samples: int, min_detectable_effect: float | None
+) -> list[PairedComparison]:
+    """A paired comparison per shadow (in name order) that has paired cells; shadows seen
+    only in unpaired cells have nothing to compare on the same requests."""
+    shadow_names = sorted(
+        {p.shadow for p in aggregates.paired}
+        | {c.variant for c in aggregates.cells if c.assignment is AssignmentKind.SHADOW}
+    )
+    effect = _shadow_effect(aggregates, min_detectable_effect)
+    return [
+        paired_shadow_comparison(
+            aggregates.paired, name, aggregates.classification, min_samples, effect
+        )
+        for name in shadow_names
+        if any(p.shadow == name for p in aggregates.paired)
+    ]
+
+
+def _adjust_and_decide(
+    comparisons: list[StratifiedComparison],
+    errors: list[StratifiedComparison],
+    latency: list[StratifiedComparison],
+    shadows: list[PairedComparison],
+    srm: bool,
+    min_samples: int,
+) -> None:
+    """Holm within each family (quality with the shadows, errors, latency), then every
+    verdict re-decided on the adjusted p-values and the SRM flag."""
+    _adjust([*comparisons, *shadows])
+    _adjust(errors)
+    _adjust(latency)
+    for c in (*comparisons, *errors, *latency):
+        c.verdict = _decide(c, srm, min_samples)
+    for s in shadows:
+        s.verdict = _decide_paired(s, min_samples)
+
+
+def _forced_traffic(cells: Sequence[Cell]) -> list[ForcedTraffic]:
+    """Forced requests per variant, by name: counted apart because they were not randomised
+    and so are never part of a comparison."""
+    forced: dict[str, ForcedTraffic] = {}
+    for c in cells:
+        if c.assignment is AssignmentKind.FORCED:
+            f = forced.setdefault(
+                c.variant,
+                ForcedTraffic(variant=c.variant, requests=0, errors=0, labelled=0, correct=0),
+            )
+            f.requests += c.requests
+            f.errors += c.errors
+            f.labelled += c.labelled
+            f.correct += c.correct
+    return sorted(forced.values(), key=lambda f: f.variant)
+
+
+def _warnings(srm: SampleRatio, labels: LabelCoverage) -> list[str]:
+    """What makes the comparisons untrustworthy, first the SRM and its notes, then biased
+    label coverage, so the report leads with them."""
+    warnings = []
+    if srm.flagged:
+        warnings.append(
+            f"sample ratio mismatch (p = {srm.p_value:.2g}): the router or the logging is off;"
+            " do not trust the comparisons"
+        )
+    warnings += srm.notes
+    if labels.flagged:
+        warnings.append(
+            f"label coverage differs between variants (p = {labels.p_value:.2g}):"
+            " accuracy may be biased by which requests got labels"
+        )
+    return warnings
+
+
 def experiment_statistics(
     aggregates: ExperimentAggregates,
     control: str | None = None,
@@ -85,68 +205,12 @@ def experiment_statistics(
     srm = sample_ratio_by_epoch(cells, aggregates.epochs, aggregates.units)
     quality_metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
     challengers = [n for n in live if n != control]
-    comparisons, errors, latency = [], [], []
-    if control is not None:
-        for name in challengers:
-            comparisons.append(
-                stratified_comparison(
-                    cells, control, name, quality_metric, min_samples, min_detectable_effect
-                )
-            )
-            errors.append(
-                stratified_comparison(cells, control, name, Metric.ERROR_RATE, min_samples)
-            )
-            latency.append(
-                stratified_comparison(cells, control, name, Metric.LOG_LATENCY, min_samples)
-            )
-    shadow_names = sorted(
-        {p.shadow for p in aggregates.paired}
-        | {c.variant for c in cells if c.assignment is AssignmentKind.SHADOW}
+    comparisons, errors, latency = _challenger_comparisons(
+        cells, control, challengers, quality_metric, min_samples, min_detectable_effect
     )
-    shadow_effect = min_detectable_effect
-    if shadow_effect is None and not aggregates.classification:  # a tenth of the live MAE
-        scored = [c for c in cells if c.assignment in RANDOMISED and c.labelled]
-        labelled = sum(c.labelled for c in scored)
-        mae = sum(c.abs_error_sum for c in scored) / labelled if labelled else 0.0
-        shadow_effect = DEFAULT_RELATIVE_ERROR_EFFECT * mae or None
-    shadows = [
-        paired_shadow_comparison(
-            aggregates.paired, name, aggregates.classification, min_samples, shadow_effect
-        )
-        for name in shadow_names
-        if any(p.shadow == name for p in aggregates.paired)
-    ]
-    _adjust([*comparisons, *shadows])
-    _adjust(errors)
-    _adjust(latency)
-    for c in (*comparisons, *errors, *latency):
-        c.verdict = _decide(c, srm.flagged, min_samples)
-    for s in shadows:
-        s.verdict = _decide_paired(s, min_samples)
+    shadows = _shadow_comparisons(aggregates, min_samples, min_detectable_effect)
+    _adjust_and_decide(comparisons, errors, latency, shadows, srm.flagged, min_samples)
     labels = label_coverage(cells, aggregates.label_delay_s, live)
-    forced: dict[str, ForcedTraffic] = {}
-    for c in cells:
-        if c.assignment is AssignmentKind.FORCED:
-            f = forced.setdefault(
-                c.variant,
-                ForcedTraffic(variant=c.variant, requests=0, errors=0, labelled=0, correct=0),
-            )
-            f.requests += c.requests
-            f.errors += c.errors
-            f.labelled += c.labelled
-            f.correct += c.correct
-    warnings = []
-    if srm.flagged:
-        warnings.append(
-            f"sample ratio mismatch (p = {srm.p_value:.2g}): the router or the logging is off;"
-            " do not trust the comparisons"
-        )
-    warnings += srm.notes
-    if labels.flagged:
-        warnings.append(
-            f"label coverage differs between variants (p = {labels.p_value:.2g}):"
-            " accuracy may be biased by which requests got labels"
-        )
     return ExperimentStatistics(
         experiment=aggregates.experiment,
         task="classification" if aggregates.classification else "regression",
@@ -156,7 +220,7 @@ def experiment_statistics(
         guardrails=[*errors, *latency],
         shadows=shadows,
         labels=labels,
-        forced=sorted(forced.values(), key=lambda f: f.variant),
+        forced=_forced_traffic(cells),
         summaries=[_summary(q, e, t) for q, e, t in zip(comparisons, errors, latency, strict=True)],
-        warnings=warnings,
+        warnings=_warnings(srm, labels),
     )

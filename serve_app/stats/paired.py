@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -20,6 +21,85 @@ from serve_app.stats.settings import (
     EXACT_MCNEMAR_BELOW,
     MIN_SEQUENTIAL_SAMPLES,
 )
+
+
+@dataclass(frozen=True)
+class _PairedLooks:
+    """Sums over the pairs up to each look (arrays of one entry per bucket, in order) and
+    the paired difference with its variance there, as the mSPRT reads them."""
+
+    n: np.ndarray
+    live_only: np.ndarray
+    shadow_only: np.ndarray
+    estimate: np.ndarray
+    variance: np.ndarray
+
+
+def _paired_looks(mine: Sequence[PairedCell], classification: bool) -> _PairedLooks:
+    """Cumulative sums per bucket boundary and the difference at each: the accuracy
+    difference with McNemar's null variance, or the mean error difference with its
+    squared standard error."""
+    buckets = sorted({p.bucket for p in mine})
+    index = {b: i for i, b in enumerate(buckets)}
+    sums = np.zeros((5, len(buckets)))
+    for p in mine:
+        sums[:, index[p.bucket]] += (p.pairs, p.live_only, p.shadow_only, p.diff_sum, p.diff_sq)
+    n, live_only, shadow_only, diff_sum, diff_sq = np.cumsum(sums, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if classification:
+            estimate = (shadow_only - live_only) / n
+            variance = (shadow_only + live_only) / n**2  # McNemar's, under the null
+        else:
+            estimate = diff_sum / n
+            variance = np.maximum(diff_sq - diff_sum * estimate, 0) / (n - 1) / n
+    return _PairedLooks(n, live_only, shadow_only, estimate, variance)
+
+
+def _fill_mcnemar(result: PairedComparison, looks: _PairedLooks) -> None:
+    """Classifiers at the final look: McNemar's p-value (exact with few discordant pairs)
+    and the accuracy difference with its Agresti-Min interval (0.5 added to each cell)."""
+    total = int(looks.n[-1])
+    b, c = int(looks.live_only[-1]), int(looks.shadow_only[-1])
+    result.live_only, result.shadow_only = b, c
+    if not total:
+        return
+    result.exact = b + c < EXACT_MCNEMAR_BELOW
+    table = [[0, b], [c, 0]]
+    result.p_value = (
+        1.0 if b + c == 0 else float(mcnemar(table, exact=result.exact, correction=False).pvalue)
+    )
+    bs, cs, ns = b + 0.5, c + 0.5, total + 2.0
+    d = (cs - bs) / ns
+    result.difference = _interval(d, ((bs + cs) - (cs - bs) ** 2 / ns) / ns**2)
+    result.difference.estimate = (c - b) / total
+
+
+def _fill_paired_t(result: PairedComparison, looks: _PairedLooks) -> None:
+    """Regressors at the final look (two pairs at least): the paired t interval and p-value
+    of the mean difference of absolute errors."""
+    total = int(looks.n[-1])
+    mean = float(looks.estimate[-1])
+    sd = math.sqrt(max(float(looks.variance[-1]) * total, 0.0))
+    half = float(stats.t.ppf(1 - ALPHA / 2, total - 1)) * sd / math.sqrt(total)
+    result.difference = Interval(estimate=mean, low=mean - half, high=mean + half)
+    result.p_value = (
+        float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(total)), total - 1))
+        if sd > 0
+        else (1.0 if mean == 0 else 0.0)
+    )
+
+
+def _paired_effect(
+    looks: _PairedLooks, classification: bool, min_detectable_effect: float | None
+) -> float:
+    """The mSPRT's effect (tau^2 is its square): the one given, else the default accuracy
+    effect, or a tenth of the spread of the error differences (paired cells carry
+    differences only)."""
+    if classification:
+        return min_detectable_effect or DEFAULT_ACCURACY_EFFECT
+    total = int(looks.n[-1])
+    spread = math.sqrt(max(float(looks.variance[-1]) * total, 0.0)) if total >= 2 else 0.0
+    return min_detectable_effect or DEFAULT_RELATIVE_ERROR_EFFECT * (spread or 1.0)
 
 
 def paired_shadow_comparison(
@@ -56,55 +136,17 @@ def paired_shadow_comparison(
     )
     if not mine:
         return result
-    buckets = sorted({p.bucket for p in mine})
-    index = {b: i for i, b in enumerate(buckets)}
-    sums = np.zeros((5, len(buckets)))
-    for p in mine:
-        sums[:, index[p.bucket]] += (p.pairs, p.live_only, p.shadow_only, p.diff_sum, p.diff_sq)
-    n, live_only, shadow_only, diff_sum, diff_sq = np.cumsum(sums, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if classification:
-            estimate = (shadow_only - live_only) / n
-            variance = (shadow_only + live_only) / n**2  # McNemar's, under the null
-        else:
-            estimate = diff_sum / n
-            variance = np.maximum(diff_sq - diff_sum * estimate, 0) / (n - 1) / n
-    total = int(n[-1])
+    looks = _paired_looks(mine, classification)
     if classification:
-        b, c = int(live_only[-1]), int(shadow_only[-1])
-        result.live_only, result.shadow_only = b, c
-        if total:
-            result.exact = b + c < EXACT_MCNEMAR_BELOW
-            table = [[0, b], [c, 0]]
-            result.p_value = (
-                1.0
-                if b + c == 0
-                else float(mcnemar(table, exact=result.exact, correction=False).pvalue)
-            )
-            bs, cs, ns = b + 0.5, c + 0.5, total + 2.0
-            d = (cs - bs) / ns
-            result.difference = _interval(d, ((bs + cs) - (cs - bs) ** 2 / ns) / ns**2)
-            result.difference.estimate = (c - b) / total
-    elif total >= 2:
-        mean = float(estimate[-1])
-        sd = math.sqrt(max(float(variance[-1]) * total, 0.0))
-        half = float(stats.t.ppf(1 - ALPHA / 2, total - 1)) * sd / math.sqrt(total)
-        result.difference = Interval(estimate=mean, low=mean - half, high=mean + half)
-        result.p_value = (
-            float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(total)), total - 1))
-            if sd > 0
-            else (1.0 if mean == 0 else 0.0)
-        )
-    if classification:
-        effect = min_detectable_effect or DEFAULT_ACCURACY_EFFECT
-    else:  # paired cells carry differences only: a tenth of their spread unless told
-        spread = math.sqrt(max(float(variance[-1]) * total, 0.0)) if total >= 2 else 0.0
-        effect = min_detectable_effect or DEFAULT_RELATIVE_ERROR_EFFECT * (spread or 1.0)
-    eligible = n >= max(min_samples, 2)
+        _fill_mcnemar(result, looks)
+    elif int(looks.n[-1]) >= 2:
+        _fill_paired_t(result, looks)
+    effect = _paired_effect(looks, classification, min_detectable_effect)
+    eligible = looks.n >= max(min_samples, 2)
     result.looks = int(eligible.sum())
     if result.looks:
         result.always_valid_p_value = msprt_p_value(
-            estimate[eligible], variance[eligible], effect**2
+            looks.estimate[eligible], looks.variance[eligible], effect**2
         )
     result.adjusted_p_value = result.p_value
     result.adjusted_always_valid_p_value = result.always_valid_p_value

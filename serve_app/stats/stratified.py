@@ -39,6 +39,10 @@ _MOMENTS: dict[Metric, Callable[[Cell], tuple[float, float, float]]] = {
 }
 
 
+# stratum (epoch, assignment kind) -> its column in the moment arrays
+_Strata = dict[tuple[int, AssignmentKind], int]
+
+
 @dataclass(frozen=True)
 class _Cumulative:
     """One arm's cumulative moments: arrays of shape (looks, strata)."""
@@ -51,7 +55,7 @@ class _Cumulative:
 def _cumulate(
     cells: Iterable[Cell],
     metric: Metric,
-    strata: dict[tuple[int, AssignmentKind], int],
+    strata: _Strata,
     looks: dict[int, int],
 ) -> _Cumulative:
     moments = np.zeros((3, len(looks), len(strata)))
@@ -131,31 +135,30 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
     )
 
 
-def stratified_comparison(
-    cells: Sequence[Cell],
-    control: str,
-    challenger: str,
-    metric: Metric,
-    min_samples: int = MIN_SEQUENTIAL_SAMPLES,
-    min_detectable_effect: float | None = None,
-) -> StratifiedComparison:
-    """Challenger minus control on ``metric`` over split and sticky cells only.
-
-    Fixed-horizon: the stratified estimate with a 95% normal interval and a two-sided z
-    p-value. Always-valid: the mSPRT of the same stratified estimate at every bucket
-    boundary (cumulative over buckets), from the first boundary at which both arms have
-    ``min_samples`` observations; tau^2 is the squared minimum detectable effect. The
-    verdict here is unadjusted; :func:`experiment_statistics` re-decides after Holm.
-    """
+def _randomised_arms(
+    cells: Sequence[Cell], control: str, challenger: str
+) -> tuple[list[Cell], _Strata, dict[int, int]]:
+    """The two arms' split and sticky cells, with their strata ``(epoch, assignment)`` and
+    their looks (buckets) indexed in sorted order: only randomised traffic is comparable."""
     mine = [c for c in cells if c.assignment in RANDOMISED and c.variant in (control, challenger)]
     strata = {k: i for i, k in enumerate(sorted({(c.epoch, c.assignment) for c in mine}))}
     looks = {b: i for i, b in enumerate(sorted({c.bucket for c in mine}))}
-    binary = metric in BINARY
-    a = _cumulate((c for c in mine if c.variant == control), metric, strata, looks)
-    b = _cumulate((c for c in mine if c.variant == challenger), metric, strata, looks)
-    n_control = int(a.n[-1].sum()) if looks else 0
-    n_challenger = int(b.n[-1].sum()) if looks else 0
-    result = StratifiedComparison(
+    return mine, strata, looks
+
+
+def _descriptive(
+    control: str,
+    challenger: str,
+    metric: Metric,
+    a: _Cumulative,
+    b: _Cumulative,
+    any_looks: bool,
+) -> StratifiedComparison:
+    """Counts and raw means only, verdict "not enough data": what is reported when there is
+    nothing to compare, and the base the inference fills in when there is."""
+    n_control = int(a.n[-1].sum()) if any_looks else 0
+    n_challenger = int(b.n[-1].sum()) if any_looks else 0
+    return StratifiedComparison(
         challenger=challenger,
         control=control,
         metric=metric,
@@ -175,15 +178,14 @@ def stratified_comparison(
         strata=[],
         verdict=Verdict.NOT_ENOUGH_DATA,
     )
-    if not looks:
-        return result
-    est = _combine(a, b, binary)
-    final, variance, null_variance = (
-        float(est.estimate[-1]),
-        float(est.variance[-1]),
-        float(est.null_variance[-1]),
-    )
-    result.strata = [
+
+
+def _stratum_effects(
+    strata: _Strata, a: _Cumulative, b: _Cumulative, est: _Estimate
+) -> list[StratumEffect]:
+    """Each stratum's counts, means, difference and weight at the final look, so a reader
+    can see which epochs drive the combined estimate."""
+    return [
         StratumEffect(
             epoch=epoch,
             assignment=kind,
@@ -196,21 +198,47 @@ def stratified_comparison(
         )
         for (epoch, kind), i in strata.items()
     ]
-    if not np.isfinite(final) or not (est.weights[-1] > 0).any():
-        return result
-    result.difference = _interval(final, variance)
-    if metric is Metric.LOG_LATENCY and result.difference is not None:
+
+
+def _final_look(arm: _Cumulative) -> _Cumulative:
+    """The final look with all strata summed into one: the unstratified (pooled) arm."""
+    return _Cumulative(
+        *(x[-1:].sum(axis=1, keepdims=True) for x in (arm.n, arm.total, arm.squares))
+    )
+
+
+def _fill_fixed_horizon(
+    result: StratifiedComparison,
+    a: _Cumulative,
+    b: _Cumulative,
+    est: _Estimate,
+    binary: bool,
+) -> None:
+    """Final-look interval (and latency ratio), the pooled contrast and the z p-value."""
+    final = float(est.estimate[-1])
+    result.difference = _interval(final, float(est.variance[-1]))
+    if result.metric is Metric.LOG_LATENCY and result.difference is not None:
         d = result.difference
         result.ratio = Interval(
             estimate=math.exp(d.estimate), low=math.exp(d.low), high=math.exp(d.high)
         )
-    pooled = _combine(
-        _Cumulative(*(x[-1:].sum(axis=1, keepdims=True) for x in (a.n, a.total, a.squares))),
-        _Cumulative(*(x[-1:].sum(axis=1, keepdims=True) for x in (b.n, b.total, b.squares))),
-        binary,
-    )
+    pooled = _combine(_final_look(a), _final_look(b), binary)
     result.pooled_difference = _interval(float(pooled.estimate[0]), float(pooled.variance[0]))
-    result.p_value = _z_p_value(final, null_variance)
+    result.p_value = _z_p_value(final, float(est.null_variance[-1]))
+
+
+def _fill_sequential(
+    result: StratifiedComparison,
+    a: _Cumulative,
+    b: _Cumulative,
+    est: _Estimate,
+    min_samples: int,
+    min_detectable_effect: float | None,
+) -> None:
+    """The mSPRT over the looks where both arms have ``min_samples``, and the sample sizes
+    for the same effect (tau^2 is its square), so the verdict can tell "no difference" from
+    "too early"."""
+    metric = result.metric
     effect = min_detectable_effect or _default_effect(metric, result.control_mean)
     eligible = (a.n.sum(axis=1) >= max(min_samples, 1)) & (b.n.sum(axis=1) >= max(min_samples, 1))
     result.looks = int(eligible.sum())
@@ -219,8 +247,43 @@ def stratified_comparison(
             est.estimate[eligible], est.null_variance[eligible], effect**2
         )
     result.sample_size = _sample_size(
-        metric, effect, result.control_mean, float(est.unit_variance), null_variance
+        metric,
+        effect,
+        result.control_mean,
+        float(est.unit_variance),
+        float(est.null_variance[-1]),
     )
+
+
+def stratified_comparison(
+    cells: Sequence[Cell],
+    control: str,
+    challenger: str,
+    metric: Metric,
+    min_samples: int = MIN_SEQUENTIAL_SAMPLES,
+    min_detectable_effect: float | None = None,
+) -> StratifiedComparison:
+    """Challenger minus control on ``metric`` over split and sticky cells only.
+
+    Fixed-horizon: the stratified estimate with a 95% normal interval and a two-sided z
+    p-value. Always-valid: the mSPRT of the same stratified estimate at every bucket
+    boundary (cumulative over buckets), from the first boundary at which both arms have
+    ``min_samples`` observations; tau^2 is the squared minimum detectable effect. The
+    verdict here is unadjusted; :func:`experiment_statistics` re-decides after Holm.
+    """
+    mine, strata, looks = _randomised_arms(cells, control, challenger)
+    binary = metric in BINARY
+    a = _cumulate((c for c in mine if c.variant == control), metric, strata, looks)
+    b = _cumulate((c for c in mine if c.variant == challenger), metric, strata, looks)
+    result = _descriptive(control, challenger, metric, a, b, bool(looks))
+    if not looks:
+        return result
+    est = _combine(a, b, binary)
+    result.strata = _stratum_effects(strata, a, b, est)
+    if not np.isfinite(float(est.estimate[-1])) or not (est.weights[-1] > 0).any():
+        return result
+    _fill_fixed_horizon(result, a, b, est, binary)
+    _fill_sequential(result, a, b, est, min_samples, min_detectable_effect)
     result.adjusted_p_value = result.p_value
     result.adjusted_always_valid_p_value = result.always_valid_p_value
     result.verdict = _decide(result, srm=False, min_samples=min_samples)
@@ -274,12 +337,10 @@ def stratified_looks(
     """Per-look stratified estimate and variances over split and sticky cells (as in
     :func:`stratified_comparison`), for callers that test against a shifted null (a
     non-inferiority margin, a guardrail threshold). None when there are no such cells."""
-    mine = [c for c in cells if c.assignment in RANDOMISED and c.variant in (control, challenger)]
+    mine, strata, looks = _randomised_arms(cells, control, challenger)
     if not mine:
         return None
-    strata = {k: i for i, k in enumerate(sorted({(c.epoch, c.assignment) for c in mine}))}
-    buckets = sorted({c.bucket for c in mine})
-    looks = {b: i for i, b in enumerate(buckets)}
+    buckets = list(looks)
     # _cumulate's sums with one scatter-add (this runs at every evaluation of a rollout)
     moments = np.zeros((2, 3, len(looks), len(strata)))
     np.add.at(

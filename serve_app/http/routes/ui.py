@@ -34,7 +34,7 @@ NO_STORE = {"Cache-Control": "no-cache"}  # a redeployed page is fetched again
 
 @cache
 def _asset(name: str) -> bytes:
-    return resources.files("serve_app").joinpath("ui_static", name).read_bytes()
+    return resources.files("serve_app.http").joinpath("ui_static", name).read_bytes()
 
 
 @router.get("/ui", include_in_schema=False, response_class=HTMLResponse)
