@@ -240,16 +240,7 @@ class ExperimentQueries:
                 versions.setdefault(variant, set()).add(str(version))
             facts = {}
             for variant in versions:
-                latency = conn.execute(
-                    sa.select(p.c.latency_ms)
-                    .where(
-                        p.c.experiment == self.experiment,
-                        p.c.variant == variant,
-                        p.c.outcome == "ok",
-                    )
-                    .order_by(p.c.id.desc())
-                    .limit(RECENT_SAMPLE)
-                ).scalars()
+                latency = conn.execute(self._recent_answers(variant, p.c.latency_ms)).scalars()
                 facts[variant] = VariantFacts(
                     model_versions=sorted(versions[variant]), recent_latency_ms=list(latency)
                 )
@@ -257,8 +248,18 @@ class ExperimentQueries:
                 facts[variant].agreement = (agreed or 0, compared)
         return facts
 
+    def _recent_answers(self, variant: str, *columns: sa.ColumnElement) -> sa.Select:
+        """A variant's newest answered predictions (the report's latency sample size)."""
+        p = predictions
+        return (
+            sa.select(*columns)
+            .where(p.c.experiment == self.experiment, p.c.variant == variant, p.c.outcome == "ok")
+            .order_by(p.c.id.desc())
+            .limit(RECENT_SAMPLE)
+        )
+
     def recent_latencies(self) -> dict[str, list[tuple[float, float]]]:
-        """Each variant's newest answers (the report's latency sample size), with their times."""
+        """Each variant's newest answers, with their times (the timeline's p95 points)."""
         p = predictions
         found: dict[str, list[tuple[float, float]]] = {}
         with self.engine.connect() as conn:
@@ -266,16 +267,7 @@ class ExperimentQueries:
                 sa.select(cells.c.variant).where(cells.c.experiment == self.experiment).distinct()
             ).scalars()
             for variant in list(names):
-                rows = conn.execute(
-                    sa.select(p.c.created_at, p.c.latency_ms)
-                    .where(
-                        p.c.experiment == self.experiment,
-                        p.c.variant == variant,
-                        p.c.outcome == "ok",
-                    )
-                    .order_by(p.c.id.desc())
-                    .limit(RECENT_SAMPLE)
-                ).all()
+                rows = conn.execute(self._recent_answers(variant, p.c.created_at, p.c.latency_ms))
                 found[variant] = [(float(at), float(ms)) for at, ms in rows]
         return found
 
