@@ -100,7 +100,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 6
+    assert store.version == SCHEMA_VERSION == 7
     with store.engine.connect() as conn:
         old = conn.execute(sa.select(predictions).where(predictions.c.request_id == "old")).one()
     assert (old.assignment, old.allocation, old.predicted) == ("split", "", "setosa")
@@ -131,6 +131,31 @@ def test_one_replica_at_a_time_holds_the_report_lease(store_url: str) -> None:
     assert a.claim_lease("other-experiment", "replica-a", ttl_s=90, now=1122.0)
     a.dispose()
     b.dispose()
+
+
+def test_a_version_6_lease_table_gives_way_to_the_shared_one(store_url: str) -> None:
+    """v7 renames the lease table for what it holds (report and rollout jobs): a v6
+    database loses raysplit_report_lease (a lease lasts seconds, nothing to copy) and
+    gains raysplit_leases, where leases are claimed as before."""
+    EventStore(store_url).dispose()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # the database as v6 left it
+        conn.execute(sa.text("DROP TABLE raysplit_leases"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE raysplit_report_lease (experiment VARCHAR(128) PRIMARY KEY,"
+                " holder VARCHAR(128) NOT NULL, expires_at FLOAT NOT NULL)"
+            )
+        )
+        conn.execute(sa.text("UPDATE raysplit_schema SET version = 6"))
+    store = EventStore(store_url)
+    assert store.version == 7
+    tables = set(sa.inspect(engine).get_table_names())
+    assert "raysplit_leases" in tables and "raysplit_report_lease" not in tables
+    assert store.claim_lease("rollout:iris-ab", "replica-a", ttl_s=90, now=1000.0)
+    assert not store.claim_lease("rollout:iris-ab", "replica-b", ttl_s=90, now=1001.0)
+    store.dispose()
+    engine.dispose()
 
 
 def test_buffer_keeps_events_while_the_database_is_down(store_url: str) -> None:
