@@ -35,12 +35,15 @@ from serving import BIN, REPO, Cluster
 # serving code that calls it, so a frame inside scikit-learn counts as the model.
 PARTS = (
     ("model (onnxruntime / scikit-learn)", ("onnxruntime", "/sklearn/", "/numpy/")),
-    ("event rows (buffer, SQL writer)", ("event_buffer.py", "event_store.py", "sqlalchemy")),
-    ("metrics (prometheus, Ray metrics)", ("metrics.py", "metric_tally.py", "prometheus_client")),
+    (
+        "event rows (buffer, SQL writer)",
+        ("serve_app/events/", "raysplit/eventstore/", "sqlalchemy"),
+    ),
+    ("metrics (prometheus, Ray metrics)", ("serve_app/metrics/", "tally.py", "prometheus_client")),
     ("request log line", ("request_log.py", "/logging/")),
     ("validation and schemas (pydantic)", ("schemas.py", "pydantic", "guard.py")),
     ("response encoding (orjson)", ("responses.py", "orjson")),
-    ("routing and prediction pipeline", ("predictor.py", "routing.py", "batching.py", "state.py")),
+    ("routing and prediction pipeline", ("serve_app/predict/",)),
     ("FastAPI / Starlette", ("fastapi", "starlette")),
     ("Ray Serve replica and proxy path", ("ray/serve", "ray/_private", "ray/_raylet")),
     ("asyncio event loop", ("asyncio",)),
