@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SERVICE_DISCOVERY_FILE = "prom_metrics_service_discovery.json"
 
 

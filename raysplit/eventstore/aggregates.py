@@ -5,8 +5,9 @@ The grain is one variant, one allocation epoch, one assignment kind and one time
 An *allocation epoch* is a period with one set of live weights, variants and salt: within
 it assignment is independent of time, so effects are estimated within epochs and combined,
 and the sample-ratio check compares each epoch's counts with that epoch's own shares.
-Everything here is additive over buckets and epochs except distinct sticky units, which
-come per (variant, epoch) on their own.
+Everything here is additive over buckets and epochs except what concerns sticky units
+(users): how many a variant first saw in each epoch, and sums over users of products of
+their totals, which carry the variance of traffic randomised by user.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "EpochUnits",
     "ExperimentAggregates",
     "PairedCell",
+    "UnitMoments",
 ]
 
 
@@ -55,11 +57,42 @@ class Epoch(BaseModel):
 
 
 class EpochUnits(BaseModel):
-    """Distinct sticky units (users) a variant saw within one epoch."""
+    """Sticky units (users) a variant served whose first request of the experiment fell in
+    this epoch: each user is one draw of the router, however long they stay."""
 
     variant: str
     epoch: int
     units: int
+
+
+# What a user's totals hold, by name (as in UnitMoments.products): ``answered`` is
+# ``requests - errors``
+UNIT_TOTALS = (
+    "requests",
+    "errors",
+    "answered",
+    "log_latency_sum",
+    "labelled",
+    "correct",
+    "abs_error_sum",
+)
+
+
+class UnitMoments(BaseModel):
+    """Sums over sticky users of products of a user's totals in one (variant, epoch) and in
+    another: ``products["labelled*correct"]`` is the sum over users of the user's labelled
+    requests in ``(variant, epoch)`` times their correct ones in ``(other_variant,
+    other_epoch)``. Both orders of every pair are present; ``(variant, epoch)`` paired with
+    itself gives the within-cell sums of squares. A user's requests are correlated (they
+    share the user's own accuracy), so these, not per-request counts, give the variance
+    of sticky traffic (:mod:`serve_app.stats.clustered`)."""
+
+    variant: str
+    epoch: int
+    other_variant: str
+    other_epoch: int
+    users: int
+    products: dict[str, float]
 
 
 class PairedCell(BaseModel):
@@ -91,6 +124,10 @@ class ExperimentAggregates(BaseModel):
     cells: list[Cell]
     epochs: list[Epoch]
     units: list[EpochUnits] = []
+    unit_moments: list[UnitMoments] = []
+    units_in_two_arms: dict[int, int] = Field(
+        {}, description="epoch -> sticky users served by two variants within it (a defect)"
+    )
     paired: list[PairedCell] = []
     label_delay_s: list[float] = Field(
         [], description="delays between prediction and feedback, a recent sample"

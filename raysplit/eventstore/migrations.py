@@ -15,6 +15,7 @@ from raysplit.core.events import scored_prediction
 from raysplit.eventstore.schema import (
     BEGIN_OPTION,
     BUCKET_S,
+    CELL_COUNTERS,
     SCHEMA_VERSION,
     SchemaError,
     cells,
@@ -25,6 +26,8 @@ from raysplit.eventstore.schema import (
     schema_info,
     units,
 )
+
+_SQL_TYPES = {sa.Integer: "INTEGER", sa.Float: "FLOAT"}
 
 # Each step takes the schema from version N-1 to N, in one transaction with the version bump.
 MIGRATIONS: dict[int, list[str]] = {
@@ -52,6 +55,11 @@ MIGRATIONS: dict[int, list[str]] = {
     # leases are renamed for what they hold (report and rollout jobs); create_all above adds
     # raysplit_leases, and a lease lasts seconds, so the old one is dropped, not copied
     7: ["DROP TABLE IF EXISTS raysplit_report_lease"],
+    # each sticky unit's own counts and sums, recomputed from the rows after the columns
+    8: [
+        f"ALTER TABLE raysplit_units ADD COLUMN {name} {_SQL_TYPES[kind]} NOT NULL DEFAULT 0"
+        for name, kind in CELL_COUNTERS.items()
+    ],
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.
@@ -99,6 +107,9 @@ def migrate(engine: Engine) -> int:
             if version == 4:
                 _backfill_scored_columns(conn)
                 backfill_rollup(conn)
+            if version == 8 and found >= 4:  # a v4+ store's units hold no counts yet
+                conn.execute(units.delete())
+                conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
             conn.execute(schema_info.update().values(version=version))
         return SCHEMA_VERSION
 
@@ -183,21 +194,28 @@ def pairs_from_rows() -> sa.Select:
     )
 
 
-UNIT_COLUMNS = ["experiment", "allocation", "variant", "unit_hash"]
+UNIT_COLUMNS = [c.name for c in units.columns]
 
 
 def units_from_rows() -> sa.Select:
-    """``raysplit_units`` from every stored row."""
+    """``raysplit_units`` from every stored row: each sticky unit's counts and sums."""
     p = predictions
-    return (
-        sa.select(p.c.experiment, p.c.allocation, p.c.variant, p.c.unit_hash)
-        .where(p.c.assignment == "sticky", p.c.unit_hash.is_not(None))
-        .distinct()
-    )
+    keys = (p.c.experiment, p.c.allocation, p.c.variant, p.c.unit_hash)
+    return _counted_from_rows(keys).where(p.c.assignment == "sticky", p.c.unit_hash.is_not(None))
 
 
 def cells_from_rows() -> sa.Select:
     """``raysplit_cells`` computed from every stored row: what the rollup must equal."""
+    p = predictions
+    bucket = sa.cast(sa.func.floor(p.c.created_at / BUCKET_S), sa.Integer)
+    version = sa.func.coalesce(p.c.model_version, "")
+    return _counted_from_rows(
+        (p.c.experiment, p.c.variant, p.c.allocation, p.c.assignment, version, bucket)
+    )
+
+
+def _counted_from_rows(keys: tuple[sa.ColumnElement, ...]) -> sa.Select:
+    """The rollup counters (:data:`CELL_COUNTERS`) of every stored row, grouped by ``keys``."""
     p, f = predictions, feedback
     ok = p.c.outcome == "ok"
     latency = sa.case((p.c.latency_ms > 0.001, p.c.latency_ms), else_=0.001)
@@ -213,16 +231,9 @@ def cells_from_rows() -> sa.Select:
     def total(condition: sa.ColumnElement[bool], value: sa.ColumnElement) -> sa.ColumnElement:
         return sa.func.sum(sa.case((condition, value), else_=0.0))
 
-    bucket = sa.cast(sa.func.floor(p.c.created_at / BUCKET_S), sa.Integer)
-    version = sa.func.coalesce(p.c.model_version, "")
     return (
         sa.select(
-            p.c.experiment,
-            p.c.variant,
-            p.c.allocation,
-            p.c.assignment,
-            version,
-            bucket,
+            *keys,
             sa.func.count(),
             count(p.c.outcome == "error"),
             total(ok, log_latency),
@@ -233,7 +244,7 @@ def cells_from_rows() -> sa.Select:
             total(sa.and_(ok, by_value), abs_error * abs_error),
         )
         .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
-        .group_by(p.c.experiment, p.c.variant, p.c.allocation, p.c.assignment, version, bucket)
+        .group_by(*keys)
     )
 
 

@@ -16,7 +16,15 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from raysplit.core.events import AssignmentKind
-from raysplit.eventstore.aggregates import Cell, Epoch, EpochUnits, ExperimentAggregates, PairedCell
+from raysplit.eventstore.aggregates import (
+    UNIT_TOTALS,
+    Cell,
+    Epoch,
+    EpochUnits,
+    ExperimentAggregates,
+    PairedCell,
+    UnitMoments,
+)
 from raysplit.eventstore.schema import (
     BUCKET_S,
     CELL_COUNTERS,
@@ -41,6 +49,21 @@ class VariantFacts(BaseModel):
     model_versions: list[str]
     recent_latency_ms: list[float]
     agreement: tuple[int, int] | None = None  # shadows: (agreed with live, compared)
+
+
+# (x, y) pairs of user totals the variance of a ratio metric needs: its denominator and
+# numerator in each order (serve_app.stats.clustered)
+_METRIC_TOTALS = (
+    ("labelled", "correct"),
+    ("labelled", "abs_error_sum"),
+    ("requests", "errors"),
+    ("answered", "log_latency_sum"),
+)
+_PRODUCTS = {pair for x, y in _METRIC_TOTALS for pair in ((x, x), (x, y), (y, x), (y, y))}
+
+
+def _total(table: sa.Table, name: str) -> sa.ColumnElement:
+    return table.c.requests - table.c.errors if name == "answered" else table.c[name]
 
 
 class ExperimentSpan(BaseModel):
@@ -99,6 +122,8 @@ class ExperimentQueries:
                 bucket_s=self.bucket_s * self.minutes_per_bucket,
                 epochs=epochs,
                 units=self._units(conn, numbers),
+                unit_moments=self._unit_moments(conn, numbers),
+                units_in_two_arms=self._units_in_two_arms(conn, numbers),
                 paired=self._paired(conn, numbers),
                 label_delay_s=self._label_delays(conn),
             )
@@ -160,13 +185,96 @@ class ExperimentQueries:
         ]
 
     def _units(self, conn: sa.Connection, numbers: dict[str, int]) -> list[EpochUnits]:
+        """Each sticky user once, in the (variant, epoch) of their first request: a user
+        who stays across epochs is one draw, in the epoch whose shares drew them."""
+        u, a = units, allocations
+        started = (
+            sa.select(u.c.unit_hash, u.c.variant, u.c.allocation, a.c.started_at, a.c.id)
+            .select_from(
+                u.outerjoin(a, sa.and_(a.c.experiment == u.c.experiment, a.c.key == u.c.allocation))
+            )
+            .where(u.c.experiment == self.experiment)
+            .subquery()
+        )
+        rank = (
+            sa.select(
+                started.c.variant,
+                started.c.allocation,
+                sa.func.row_number()
+                .over(
+                    partition_by=started.c.unit_hash,
+                    order_by=(
+                        sa.func.coalesce(started.c.started_at, -1.0),
+                        sa.func.coalesce(started.c.id, -1),
+                        started.c.variant,
+                    ),
+                )
+                .label("nth"),
+            )
+        ).subquery()
         query = (
-            sa.select(units.c.variant, units.c.allocation, sa.func.count().label("n"))
-            .where(units.c.experiment == self.experiment)
-            .group_by(units.c.variant, units.c.allocation)
+            sa.select(rank.c.variant, rank.c.allocation, sa.func.count().label("n"))
+            .where(rank.c.nth == 1)
+            .group_by(rank.c.variant, rank.c.allocation)
         )
         return [
             EpochUnits(variant=r.variant, epoch=self._epoch(numbers, r.allocation), units=r.n)
+            for r in conn.execute(query)
+        ]
+
+    def _units_in_two_arms(self, conn: sa.Connection, numbers: dict[str, int]) -> dict[int, int]:
+        """Users a router served from two variants within one allocation: never correct."""
+        u = units
+        both = (
+            sa.select(u.c.allocation)
+            .where(u.c.experiment == self.experiment)
+            .group_by(u.c.allocation, u.c.unit_hash)
+            .having(sa.func.count(u.c.variant.distinct()) > 1)
+            .subquery()
+        )
+        query = sa.select(both.c.allocation, sa.func.count()).group_by(both.c.allocation)
+        return {self._epoch(numbers, key): n for key, n in conn.execute(query)}
+
+    def _unit_moments(self, conn: sa.Connection, numbers: dict[str, int]) -> list[UnitMoments]:
+        """Sums over users of products of their totals in two (variant, epoch) cells: one
+        self-join of the units rollup on the user, grouped by both cells, so the cost grows
+        with users x epochs, never with requests."""
+        one, two = units.alias("one"), units.alias("two")
+        products = {
+            f"{x}*{y}": sa.func.sum(_total(one, x) * _total(two, y))
+            for x in UNIT_TOTALS
+            for y in UNIT_TOTALS
+            if (x, y) in _PRODUCTS
+        }
+        query = (
+            sa.select(
+                one.c.variant,
+                one.c.allocation,
+                two.c.variant.label("other_variant"),
+                two.c.allocation.label("other_allocation"),
+                sa.func.count().label("users"),
+                *(value.label(name.replace("*", "__")) for name, value in products.items()),
+            )
+            .select_from(
+                one.join(
+                    two,
+                    sa.and_(
+                        two.c.experiment == one.c.experiment, two.c.unit_hash == one.c.unit_hash
+                    ),
+                )
+            )
+            .where(one.c.experiment == self.experiment)
+            .group_by(one.c.variant, one.c.allocation, two.c.variant, two.c.allocation)
+        )
+        return [
+            UnitMoments(
+                variant=r.variant,
+                epoch=self._epoch(numbers, r.allocation),
+                other_variant=r.other_variant,
+                other_epoch=self._epoch(numbers, r.other_allocation),
+                users=r.users,
+                products={n: float(r._mapping[n.replace("*", "__")] or 0.0) for n in products},
+            )
             for r in conn.execute(query)
         ]
 

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from raysplit.core.events import RANDOMISED
-from raysplit.eventstore.dialect import insert, insert_ignoring
+from raysplit.eventstore.dialect import insert
 from raysplit.eventstore.schema import (
     BUCKET_S,
     CELL_COUNTERS,
@@ -90,52 +90,61 @@ def served(delta: Delta, prediction: dict[str, Any]) -> None:
     delta["log_latency_sq"] += log_latency * log_latency
 
 
+def unit_key(row: Any) -> UnitKey | None:
+    """The sticky unit a prediction counts for; None for every other assignment."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    if str(get("assignment")) != "sticky" or not get("unit_hash"):
+        return None
+    return (get("experiment"), get("allocation") or "", get("variant"), get("unit_hash"))
+
+
 class Rollup:
-    """The deltas of one write transaction, applied at its end."""
+    """The deltas of one write transaction, applied at its end: per cell, and per sticky
+    unit (the same counters, since sticky traffic is analysed per user)."""
 
     def __init__(self) -> None:
         self.deltas: dict[CellKey, Delta] = defaultdict(new_delta)
-        self.units: set[tuple[str, str, str, str]] = set()
+        self.units: dict[UnitKey, Delta] = defaultdict(new_delta)
+
+    def _deltas(self, row: Any) -> list[Delta]:
+        unit = unit_key(row)
+        return [self.deltas[cell_key(row)], *([self.units[unit]] if unit else [])]
 
     def add_predictions(
         self, rows: Iterable[dict[str, Any]], labels: dict[str, tuple[str | None, float | None]]
     ) -> None:
         """Newly stored predictions, with the labels already stored for their requests."""
         for row in rows:
-            delta = self.deltas[cell_key(row)]
-            served(delta, row)
-            if row["request_id"] in labels:
-                score(delta, row, *labels[row["request_id"]])
-            if row["assignment"] == "sticky" and row["unit_hash"]:
-                self.units.add(
-                    (row["experiment"], row["allocation"], row["variant"], row["unit_hash"])
-                )
+            for delta in self._deltas(row):
+                served(delta, row)
+                if row["request_id"] in labels:
+                    score(delta, row, *labels[row["request_id"]])
 
     def add_labels(self, found: Iterable[Any], labels: dict[str, tuple[str | None, float | None]]):
         """Newly stored feedback, with every stored prediction of its request."""
         for prediction in found:
-            score(self.deltas[cell_key(prediction)], prediction, *labels[prediction.request_id])
+            for delta in self._deltas(prediction):
+                score(delta, prediction, *labels[prediction.request_id])
 
     def apply(self, conn: sa.Connection) -> None:
         dialect = conn.dialect.name
-        if self.deltas:
-            rows = [
-                dict(zip(CELL_KEY_COLUMNS, key, strict=True), **delta)
-                for key, delta in self.deltas.items()
-            ]
-            conn.execute(adding_upsert(dialect, "cells"), rows)
-        if self.units:
-            conn.execute(
-                insert_ignoring(dialect, units),
-                [
-                    dict(zip(("experiment", "allocation", "variant", "unit_hash"), u, strict=True))
-                    for u in self.units
-                ],
-            )
+        for name, deltas, keys in (
+            ("cells", self.deltas, CELL_KEY_COLUMNS),
+            ("units", self.units, UNIT_KEY_COLUMNS),
+        ):
+            if deltas:
+                rows = [dict(zip(keys, key, strict=True), **d) for key, d in deltas.items()]
+                conn.execute(adding_upsert(dialect, name), rows)
 
 
 CELL_KEY_COLUMNS = ("experiment", "variant", "allocation", "assignment", "model_version", "bucket")
-ROLLUPS = {"cells": (cells, CELL_COUNTERS), "pairs": (pairs, PAIR_COUNTERS)}
+UNIT_KEY_COLUMNS = ("experiment", "allocation", "variant", "unit_hash")
+UnitKey = tuple[str, str, str, str]  # experiment, allocation, variant, unit hash
+ROLLUPS = {
+    "cells": (cells, CELL_COUNTERS),
+    "units": (units, CELL_COUNTERS),
+    "pairs": (pairs, PAIR_COUNTERS),
+}
 
 
 @functools.cache
@@ -205,6 +214,7 @@ STORED_COLUMNS = (
     "outcome",
     "predicted",
     "predicted_value",
+    "unit_hash",
 )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = sa.MetaData()
 
@@ -132,7 +132,9 @@ pairs = sa.Table(
     *_counters(PAIR_COUNTERS),
 )
 
-# v4: each sticky unit (a salted hash of the user's key) a variant served in an allocation
+# v4: each sticky unit (a salted hash of the user's key) a variant served in an allocation;
+# v8: with the unit's own counts and sums, since sticky traffic is randomised by user and
+# its variance is a user's, not a request's (serve_app.stats.clustered)
 units = sa.Table(
     "raysplit_units",
     metadata,
@@ -140,6 +142,7 @@ units = sa.Table(
     sa.Column("allocation", sa.String(32), primary_key=True),
     sa.Column("variant", sa.String(64), primary_key=True),
     sa.Column("unit_hash", sa.String(32), primary_key=True),
+    *_counters(CELL_COUNTERS),
 )
 
 # v4: each allocation (live variants, weights, salt) an experiment served, from the first

@@ -81,7 +81,7 @@ from functools import cache, partial
 import numpy as np
 from pydantic import BaseModel, Field
 
-from raysplit.eventstore.aggregates import Cell, ExperimentAggregates
+from raysplit.eventstore.aggregates import Cell, ExperimentAggregates, UnitMoments
 from serve_app.config.rollout import MAX_STEPS, RolloutConfig
 from serve_app.stats.inference import msprt_p_value
 from serve_app.stats.models import RANDOMISED, Metric, SampleRatio
@@ -189,6 +189,7 @@ def _last(x: np.ndarray) -> float | None:
 
 def _guardrail(
     cells: Sequence[Cell],
+    moments: Sequence[UnitMoments],
     control: str,
     candidate: str,
     metric: Metric,
@@ -196,7 +197,7 @@ def _guardrail(
     tau: float,
 ) -> _Test:
     """Candidate - control on a lower-is-better metric against ``limit`` (H0: <= limit)."""
-    looks = stratified_looks(cells, control, candidate, metric)
+    looks = stratified_looks(cells, control, candidate, metric, moments)
     if looks is None:
         return _Test(estimate=None, p_value=None)
     estimate = _last(looks.estimate)
@@ -272,13 +273,13 @@ def _labelled_counts(
 
 
 def _quality_tests(
-    config: RolloutConfig, cells: Sequence[Cell], control: str, candidate: str, classification: bool
+    config: RolloutConfig, aggregates: ExperimentAggregates, control: str, candidate: str
 ) -> _Quality:
     """Worse, superiority and non-inferiority on the stratified quality difference, signed
     so that positive is better (accuracy up, MAE down)."""
-    metric = Metric.ACCURACY if classification else Metric.MAE
+    metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
     sign = 1.0 if metric is Metric.ACCURACY else -1.0
-    looks = stratified_looks(cells, control, candidate, metric)
+    looks = stratified_looks(aggregates.cells, control, candidate, metric, aggregates.unit_moments)
     if looks is None:
         return _Quality(metric=metric)
     eligible = _eligible(looks)
@@ -299,13 +300,15 @@ def _quality_tests(
 
 
 def _guardrail_tests(
-    config: RolloutConfig, cells: Sequence[Cell], control: str, candidate: str
+    config: RolloutConfig, aggregates: ExperimentAggregates, control: str, candidate: str
 ) -> tuple[_Test, _Test]:
     """The error-rate and latency guardrails, each against its configured limit (latency on
     the log scale, where the aggregates hold it)."""
     guard = config.guardrails
+    cells, moments = aggregates.cells, aggregates.unit_moments
     errors = _guardrail(
         cells,
+        moments,
         control,
         candidate,
         Metric.ERROR_RATE,
@@ -317,6 +320,7 @@ def _guardrail_tests(
     )
     latency = _guardrail(
         cells,
+        moments,
         control,
         candidate,
         Metric.LOG_LATENCY,
@@ -478,10 +482,10 @@ def decide(
     Precedence: an always-valid rollback, then hold for the step's minimum, then
     :func:`_step_outcome` (drift, last-step non-inferiority, sample ratio, pass)."""
     control = _resolve_control(config, step, aggregates, control)
-    candidate, cells = config.candidate, aggregates.cells
+    candidate = config.candidate
     labelled, totals = _labelled_counts(aggregates, step_started_at, control, candidate)
-    quality = _quality_tests(config, cells, control, candidate, aggregates.classification)
-    errors, latency = _guardrail_tests(config, cells, control, candidate)
+    quality = _quality_tests(config, aggregates, control, candidate)
+    errors, latency = _guardrail_tests(config, aggregates, control, candidate)
     ev = _Evidence(
         control=control,
         candidate=candidate,
@@ -495,7 +499,9 @@ def decide(
     )
     figures = _figures(ev)
     # computed at most once, and only when a step would pass or the share changes
-    sample_ratio = cache(partial(sample_ratio_by_epoch, cells, aggregates.epochs, aggregates.units))
+    sample_ratio = cache(
+        partial(sample_ratio_by_epoch, aggregates.cells, aggregates.epochs, aggregates.units)
+    )
     if (reason := _shown_worse(config, ev, figures)) is not None:
         kind = DecisionKind.ROLLBACK
     elif (reason := _not_ready(config, step, ev)) is not None:

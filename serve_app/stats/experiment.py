@@ -73,7 +73,7 @@ def _summary(
 
 
 def _challenger_comparisons(
-    cells: Sequence[Cell],
+    aggregates: ExperimentAggregates,
     control: str | None,
     challengers: Sequence[str],
     quality_metric: Metric,
@@ -85,19 +85,26 @@ def _challenger_comparisons(
     comparisons: list[StratifiedComparison] = []
     errors: list[StratifiedComparison] = []
     latency: list[StratifiedComparison] = []
+    cells, moments = aggregates.cells, aggregates.unit_moments
     if control is not None:
         for name in challengers:
             comparisons.append(
                 stratified_comparison(
-                    cells, control, name, quality_metric, min_samples, min_detectable_effect
+                    cells,
+                    control,
+                    name,
+                    quality_metric,
+                    min_samples,
+                    min_detectable_effect,
+                    moments,
                 )
             )
-            errors.append(
-                stratified_comparison(cells, control, name, Metric.ERROR_RATE, min_samples)
-            )
-            latency.append(
-                stratified_comparison(cells, control, name, Metric.LOG_LATENCY, min_samples)
-            )
+            for metric, found in ((Metric.ERROR_RATE, errors), (Metric.LOG_LATENCY, latency)):
+                found.append(
+                    stratified_comparison(
+                        cells, control, name, metric, min_samples, unit_moments=moments
+                    )
+                )
     return comparisons, errors, latency
 
 
@@ -206,7 +213,7 @@ def experiment_statistics(
     quality_metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
     challengers = [n for n in live if n != control]
     comparisons, errors, latency = _challenger_comparisons(
-        cells, control, challengers, quality_metric, min_samples, min_detectable_effect
+        aggregates, control, challengers, quality_metric, min_samples, min_detectable_effect
     )
     shadows = _shadow_comparisons(aggregates, min_samples, min_detectable_effect)
     _adjust_and_decide(comparisons, errors, latency, shadows, srm.flagged, min_samples)

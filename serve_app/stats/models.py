@@ -4,6 +4,7 @@ constants the modules of :mod:`serve_app.stats` share."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -76,6 +77,11 @@ class StratumEffect(BaseModel):
     challenger_mean: float | None
     difference: float | None
     weight: float = Field(description="share of the combined estimate (sums to 1)")
+    unit: Literal["request", "user"] = Field(
+        "request",
+        description="what the variance counts as one draw: a request (split traffic) or a"
+        " user (sticky traffic, randomised by user)",
+    )
 
 
 class StratifiedComparison(BaseModel):
@@ -105,6 +111,11 @@ class StratifiedComparison(BaseModel):
     adjusted_always_valid_p_value: float | None = Field(description="Holm across the family")
     sample_size: SampleSize | None
     strata: list[StratumEffect]
+    design_effect: float | None = Field(
+        None,
+        description="sticky strata's variance per user over their variance per request"
+        " (>= 1): how much wider the interval is for counting users, not requests",
+    )
     verdict: Verdict
 
 

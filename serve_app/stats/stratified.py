@@ -5,17 +5,22 @@
   base rate that moves over the day. Across epochs it is: when the challenger's share grows
   while the base rate rises, the pooled difference mixes the two (Simpson's paradox). So
   every comparison is estimated per stratum ``(epoch, assignment)`` and combined.
+* **The unit.** Split traffic is randomised per request and its variance is a request's.
+  Sticky traffic is randomised per user: its variance is computed per user
+  (:mod:`serve_app.stats.clustered`), at the latest look, and the ratio of the two (the
+  design effect, at least 1) widens the sticky strata at every look.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from raysplit.eventstore.aggregates import AssignmentKind, Cell
+from raysplit.eventstore.aggregates import AssignmentKind, Cell, UnitMoments
+from serve_app.stats.clustered import clustered_variance
 from serve_app.stats.common import Interval, Verdict
 from serve_app.stats.inference import _interval, _z_p_value, msprt_p_value
 from serve_app.stats.models import (
@@ -77,6 +82,8 @@ class _Estimate:
     control_mean: np.ndarray  # (looks, strata)
     challenger_mean: np.ndarray
     unit_variance: np.ndarray  # per-observation variance of both arms summed, final look
+    parts: np.ndarray  # (looks, strata): each stratum's share of ``variance``
+    null_parts: np.ndarray  # and of ``null_variance``
 
 
 def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Estimate:
@@ -115,8 +122,10 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
         weights = w / w_sum
         difference = np.where(usable, mb - ma, 0.0)
         estimate = np.sum(weights * difference, axis=1)
-        variance = np.sum(weights**2 * np.where(usable, part, 0.0), axis=1)
-        null_variance = np.sum(weights**2 * np.where(usable, null_part, 0.0), axis=1)
+        parts = weights**2 * np.where(usable, part, 0.0)
+        null_parts = weights**2 * np.where(usable, null_part, 0.0)
+        variance = np.sum(parts, axis=1)
+        null_variance = np.sum(null_parts, axis=1)
         if binary:  # per observation, under the null, in the final look's pooled rate
             rate = (control.total[-1].sum() + challenger.total[-1].sum()) / (
                 na[-1].sum() + nb[-1].sum()
@@ -132,7 +141,54 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
         control_mean=np.where(na > 0, ma, np.nan),
         challenger_mean=np.where(nb > 0, mb, np.nan),
         unit_variance=np.asarray(unit_variance, dtype=float),
+        parts=parts,
+        null_parts=null_parts,
     )
+
+
+def _per_user(
+    est: _Estimate,
+    strata: _Strata,
+    arms: dict[str, _Cumulative],
+    moments: Sequence[UnitMoments],
+    metric: Metric,
+) -> tuple[_Estimate, float | None]:
+    """``est`` with its sticky strata's variance counted per user: the per-user variance
+    over the per-request one at the final look (the design effect, at least 1, so a
+    variance is never narrowed below the request's) widens those strata at every look.
+    ``arms`` maps the control and the challenger (in that order) to their moments."""
+    sticky = {j: epoch for (epoch, kind), j in strata.items() if kind is AssignmentKind.STICKY}
+    naive = float(est.parts[-1, list(sticky)].sum()) if sticky else 0.0
+    naive_null = float(est.null_parts[-1, list(sticky)].sum()) if sticky else 0.0
+    if not moments or naive <= 0:
+        return est, None
+    coefficients, own, pooled = {}, {}, {}
+    weights = est.weights[-1]
+    for sign, (variant, arm) in zip((-1.0, 1.0), arms.items(), strict=True):
+        for j, epoch in sticky.items():
+            n = arm.n[-1, j]
+            if n > 0 and weights[j] > 0:
+                coefficients[(variant, epoch)] = sign * weights[j] / n
+                own[(variant, epoch)] = arm.total[-1, j] / n
+                both = sum(a.n[-1, j] for a in arms.values())
+                pooled[(variant, epoch)] = sum(a.total[-1, j] for a in arms.values()) / both
+    columns = list(sticky)
+    effect = max(1.0, clustered_variance(moments, metric, coefficients, own) / naive)
+    null_effect = (
+        max(1.0, clustered_variance(moments, metric, coefficients, pooled) / naive_null)
+        if naive_null > 0
+        else effect
+    )
+    variance = est.variance + (effect - 1) * est.parts[:, columns].sum(axis=1)
+    null_variance = est.null_variance + (null_effect - 1) * est.null_parts[:, columns].sum(axis=1)
+    overall = float(variance[-1] / est.variance[-1]) if est.variance[-1] > 0 else 1.0
+    adjusted = replace(
+        est,
+        variance=variance,
+        null_variance=null_variance,
+        unit_variance=est.unit_variance * overall,
+    )
+    return adjusted, effect
 
 
 def _randomised_arms(
@@ -195,6 +251,7 @@ def _stratum_effects(
             challenger_mean=_finite(est.challenger_mean[-1, i]),
             difference=_finite(est.challenger_mean[-1, i] - est.control_mean[-1, i]),
             weight=_finite(est.weights[-1, i]) or 0.0,
+            unit="user" if kind is AssignmentKind.STICKY else "request",
         )
         for (epoch, kind), i in strata.items()
     ]
@@ -262,6 +319,7 @@ def stratified_comparison(
     metric: Metric,
     min_samples: int = MIN_SEQUENTIAL_SAMPLES,
     min_detectable_effect: float | None = None,
+    unit_moments: Sequence[UnitMoments] = (),
 ) -> StratifiedComparison:
     """Challenger minus control on ``metric`` over split and sticky cells only.
 
@@ -270,6 +328,7 @@ def stratified_comparison(
     boundary (cumulative over buckets), from the first boundary at which both arms have
     ``min_samples`` observations; tau^2 is the squared minimum detectable effect. The
     verdict here is unadjusted; :func:`experiment_statistics` re-decides after Holm.
+    Sticky strata count users as the unit when ``unit_moments`` are given.
     """
     mine, strata, looks = _randomised_arms(cells, control, challenger)
     binary = metric in BINARY
@@ -278,7 +337,9 @@ def stratified_comparison(
     result = _descriptive(control, challenger, metric, a, b, bool(looks))
     if not looks:
         return result
-    est = _combine(a, b, binary)
+    est, result.design_effect = _per_user(
+        _combine(a, b, binary), strata, {control: a, challenger: b}, unit_moments, metric
+    )
     result.strata = _stratum_effects(strata, a, b, est)
     if not np.isfinite(float(est.estimate[-1])) or not (est.weights[-1] > 0).any():
         return result
@@ -332,7 +393,11 @@ class StratifiedLooks:
 
 
 def stratified_looks(
-    cells: Sequence[Cell], control: str, challenger: str, metric: Metric
+    cells: Sequence[Cell],
+    control: str,
+    challenger: str,
+    metric: Metric,
+    unit_moments: Sequence[UnitMoments] = (),
 ) -> StratifiedLooks | None:
     """Per-look stratified estimate and variances over split and sticky cells (as in
     :func:`stratified_comparison`), for callers that test against a shifted null (a
@@ -354,7 +419,8 @@ def stratified_looks(
         np.array([_MOMENTS[metric](c) for c in mine], dtype=float),
     )
     a, b = (_Cumulative(*np.cumsum(arm, axis=1)) for arm in moments)
-    est = _combine(a, b, metric in BINARY)
+    arms = {control: a, challenger: b}
+    est, _ = _per_user(_combine(a, b, metric in BINARY), strata, arms, unit_moments, metric)
     with np.errstate(invalid="ignore"):
         control_mean = np.nansum(est.weights * est.control_mean, axis=1)
     defined = np.isfinite(est.estimate) & (est.weights > 0).any(axis=1)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import Judgement
+from raysplit.eventstore.schema import CELL_COUNTERS, units
 from raysplit.eventstore.store import (
     SCHEMA_VERSION,
     EventStore,
@@ -100,7 +101,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 7
+    assert store.version == SCHEMA_VERSION == 8
     with store.engine.connect() as conn:
         old = conn.execute(sa.select(predictions).where(predictions.c.request_id == "old")).one()
     assert (old.assignment, old.allocation, old.predicted) == ("split", "", "setosa")
@@ -149,11 +150,38 @@ def test_a_version_6_lease_table_gives_way_to_the_shared_one(store_url: str) -> 
         )
         conn.execute(sa.text("UPDATE raysplit_schema SET version = 6"))
     store = EventStore(store_url)
-    assert store.version == 7
+    assert store.version == SCHEMA_VERSION
     tables = set(sa.inspect(engine).get_table_names())
     assert "raysplit_leases" in tables and "raysplit_report_lease" not in tables
     assert store.claim_lease("rollout:iris-ab", "replica-a", ttl_s=90, now=1000.0)
     assert not store.claim_lease("rollout:iris-ab", "replica-b", ttl_s=90, now=1001.0)
+    store.dispose()
+    engine.dispose()
+
+
+def test_a_version_7_store_gains_each_sticky_users_counts(store_url: str) -> None:
+    """v8 keeps each sticky user's own counts (their variance is a user's): a v7 store's
+    units, which only listed the users, are recounted from the rows it holds."""
+    store = EventStore(store_url)
+    events = [
+        prediction(f"u{i}-{j}", assignment="sticky", allocation="a1", unit_hash=f"user{i}")
+        for i in range(3)
+        for j in range(i + 1)
+    ]
+    store.write([*events, feedback("u2-0"), feedback("u2-1", label="virginica")])
+    store.dispose()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # the units table as v7 left it: no counts
+        for name in CELL_COUNTERS:
+            conn.execute(sa.text(f"ALTER TABLE raysplit_units DROP COLUMN {name}"))
+        conn.execute(sa.text("UPDATE raysplit_schema SET version = 7"))
+    store = EventStore(store_url)
+    assert store.version == SCHEMA_VERSION
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(units.c.unit_hash, units.c.requests, units.c.labelled, units.c.correct)
+        ).all()
+    assert sorted(map(tuple, rows)) == [("user0", 1, 0, 0), ("user1", 2, 0, 0), ("user2", 3, 2, 1)]
     store.dispose()
     engine.dispose()
 

@@ -27,15 +27,15 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from raysplit.core.events import FeedbackEvent
 from raysplit.core.settings import Locations
-from raysplit.eventstore.schema import report_lease
+from raysplit.eventstore.schema import leases
 from raysplit.eventstore.store import EventStore
 from serve_app.config.ingress import IngressConfig
 from serve_app.events.buffer import EventBuffer
-from serve_app.http.routes import base
 from serve_app.metrics.experiment import ExperimentMetrics
 from serve_app.predict.models import LoadedModel, load, resolve
 from serve_app.predict.predictor import Predictor, direct_call
 from serve_app.predict.state import ServingState
+from serve_app.replica import base
 from serve_app.replica.rollout_loops import RolloutController, RolloutFollower, lease_name
 from serve_app.rollout.state import DecisionEntry, RolloutPhase
 from serve_app.rollout.store import rollout_store
@@ -196,10 +196,10 @@ def lapse(store: EventStore, holder: str, experiment: str = "rollout-unit") -> N
     explicit times in test_event_store)."""
     with store.engine.begin() as conn:
         renewed = conn.execute(
-            report_lease.update()
+            leases.update()
             .where(
-                report_lease.c.experiment == lease_name(experiment),
-                report_lease.c.holder == holder,
+                leases.c.name == lease_name(experiment),
+                leases.c.holder == holder,
             )
             .values(expires_at=time.time() - 1)
         ).rowcount
