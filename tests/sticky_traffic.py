@@ -218,3 +218,54 @@ def _unit_moments(
                 )
             )
     return moments
+
+
+def exposures(
+    rng: np.random.Generator, world: World, looks: int
+) -> tuple[list[list[EpochUnits]], list[list[EpochUnits]], list[Epoch]]:
+    """Only who was served, for the sample-ratio check, at ``looks`` evenly spaced reports:
+    each user once in the (arm, epoch) of their first request, and (as a reference for the
+    old counting) each user in every epoch they sent a request in. Users as in
+    :func:`simulate`, drawn without generating their requests one by one."""
+    w = world
+    n_epochs = len(w.epochs)
+    end = n_epochs * w.buckets_per_epoch * w.bucket_s
+    span = end / n_epochs
+    position = rng.random(w.users)
+    start = rng.uniform(-0.5 * end, end, w.users).clip(0, None)
+    stop = np.minimum(start + rng.exponential(end, w.users), end)
+    rate = rng.gamma(1.0, w.requests_per_user / end, w.users)
+    shares = np.asarray(w.epochs)
+    edges = np.arange(n_epochs + 1) * span
+    epochs = [
+        Epoch(epoch=e, shares={NAMES[0]: 1 - s, NAMES[1]: s}, started_at=e * span)
+        for e, s in enumerate(w.epochs)
+    ]
+    # each user's requests per epoch, and the time of the first one in each
+    lo = np.clip(start[:, None], edges[None, :-1], edges[None, 1:])
+    hi = np.clip(stop[:, None], edges[None, :-1], edges[None, 1:])
+    counts = rng.poisson(rate[:, None] * np.maximum(hi - lo, 0))
+    earliest = 1 - rng.random(counts.shape) ** (1 / np.maximum(counts, 1))  # min of uniforms
+    first_at = np.where(counts > 0, lo + (hi - lo) * earliest, np.inf)
+    arm = (position[:, None] >= 1 - shares[None, :]).astype(int)
+    first_runs, every_runs = [], []
+    for report in np.linspace(end / looks, end, looks):
+        active = first_at <= report
+        first_epoch = np.where(active.any(axis=1), active.argmax(axis=1), -1)
+        first = np.zeros((2, n_epochs), dtype=int)
+        seen = first_epoch >= 0
+        np.add.at(first, (arm[seen, first_epoch[seen]], first_epoch[seen]), 1)
+        every = np.zeros((2, n_epochs), dtype=int)
+        np.add.at(every, (arm[active], np.nonzero(active)[1]), 1)
+        first_runs.append(_units(first))
+        every_runs.append(_units(every))
+    return first_runs, every_runs, epochs
+
+
+def _units(counts: np.ndarray) -> list[EpochUnits]:
+    return [
+        EpochUnits.model_construct(variant=NAMES[a], epoch=e, units=int(counts[a, e]))
+        for a in range(counts.shape[0])
+        for e in range(counts.shape[1])
+        if counts[a, e]
+    ]

@@ -72,7 +72,10 @@ class ExperimentReport(ExperimentStatistics):
     report_schema_version: int = REPORT_SCHEMA_VERSION
     requests: int = Field(description="live requests, randomised and forced")
     errors: int
-    srm_p_value: float | None = Field(description="the sample-ratio check, all epochs")
+    srm_p_value: float | None = Field(
+        description="the sample-ratio check, all epochs: always-valid, so an alert may read"
+        " it at every refresh"
+    )
     epochs: int
     variants: list[VariantReport]
     events: dict[str, Any] | None = None
@@ -188,7 +191,7 @@ def build_report(
         **statistics.model_dump(),
         requests=sum(v.assigned + v.forced for v in live),
         errors=sum(v.errors for v in live) + int(_sum(forced, "errors")),
-        srm_p_value=statistics.sample_ratio.p_value,
+        srm_p_value=statistics.sample_ratio.always_valid_p_value,
         epochs=len(aggregates.epochs),
         variants=variants,
     )

@@ -423,8 +423,8 @@ def _step_outcome(
     if srm.flagged:
         return (
             DecisionKind.ROLLBACK,
-            f"sample-ratio mismatch: the split does not follow the shares (p = {_fmt(srm.p_value)}"
-            f" < {SRM_ALPHA})",
+            "sample-ratio mismatch: the split does not follow the shares (always-valid"
+            f" p = {_fmt(srm.always_valid_p_value)} < {SRM_ALPHA})",
         )
     if last_step:
         return (
@@ -452,7 +452,7 @@ def _decision(
     carries the sample-ratio figures."""
     if kind is not DecisionKind.HOLD:
         srm = sample_ratio()
-        figures.srm_p_value, figures.srm_flagged = srm.p_value, srm.flagged
+        figures.srm_p_value, figures.srm_flagged = srm.always_valid_p_value, srm.flagged
     share = config.steps[step]
     after = {
         DecisionKind.HOLD: share,
@@ -500,7 +500,13 @@ def decide(
     figures = _figures(ev)
     # computed at most once, and only when a step would pass or the share changes
     sample_ratio = cache(
-        partial(sample_ratio_by_epoch, aggregates.cells, aggregates.epochs, aggregates.units)
+        partial(
+            sample_ratio_by_epoch,
+            aggregates.cells,
+            aggregates.epochs,
+            aggregates.units,
+            aggregates.units_in_two_arms,
+        )
     )
     if (reason := _shown_worse(config, ev, figures)) is not None:
         kind = DecisionKind.ROLLBACK

@@ -182,7 +182,8 @@ def _warnings(srm: SampleRatio, labels: LabelCoverage) -> list[str]:
     warnings = []
     if srm.flagged:
         warnings.append(
-            f"sample ratio mismatch (p = {srm.p_value:.2g}): the router or the logging is off;"
+            "sample ratio mismatch (always-valid"
+            f" p = {srm.always_valid_p_value:.2g}): the router or the logging is off;"
             " do not trust the comparisons"
         )
     warnings += srm.notes
@@ -209,7 +210,9 @@ def experiment_statistics(
     cells = aggregates.cells
     live = _live_variants(aggregates)
     control = control or aggregates.control or (live[0] if live else None)
-    srm = sample_ratio_by_epoch(cells, aggregates.epochs, aggregates.units)
+    srm = sample_ratio_by_epoch(
+        cells, aggregates.epochs, aggregates.units, aggregates.units_in_two_arms
+    )
     quality_metric = Metric.ACCURACY if aggregates.classification else Metric.MAE
     challengers = [n for n in live if n != control]
     comparisons, errors, latency = _challenger_comparisons(

@@ -46,20 +46,30 @@ class SampleRatioStratum(BaseModel):
     statistic: float | None
     df: int
     p_value: float | None = Field(description="None: too few to test (expected < 5)")
+    always_valid_p_value: float | None = Field(
+        None, description="this stratum's sequential (Dirichlet-multinomial) p-value"
+    )
+    adjusted_p_value: float | None = Field(
+        None, description="the always-valid p-value after Holm over the tested strata"
+    )
 
 
 class SampleRatio(BaseModel):
-    """Per-stratum chi-square tests combined by summing statistics and degrees of freedom.
+    """The sample-ratio check of every stratum, and whether it raises the alarm.
 
-    Under a correct router the strata are independent multinomials, so the sum of their
-    Pearson statistics is chi-square with the summed degrees of freedom: exactly the test of
-    all strata at once. Unlike Fisher's combination of p-values it adds evidence on the
-    scale the deviations live on, and a stratum with a large defect dominates it as it should.
+    ``statistic``/``p_value``: the per-stratum Pearson chi-squares summed (the fixed-horizon
+    test of all strata at once), shown for reference. The alarm uses always-valid
+    p-values, since the report re-checks at every refresh: each stratum's and their
+    product's Dirichlet-multinomial Bayes factor. ``always_valid_p_value`` is the smaller
+    of the smallest Holm-adjusted stratum one (at 90% of the level) and the combined one
+    (at 10%), so one bad epoch is not diluted by healthy ones and many small deviations
+    still add up.
     """
 
     statistic: float | None
     df: int
     p_value: float | None
+    always_valid_p_value: float | None = None
     alpha: float = SRM_ALPHA
     flagged: bool
     strata: list[SampleRatioStratum]

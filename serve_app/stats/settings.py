@@ -15,6 +15,8 @@ ALPHA = 0.05  # two-sided level of every comparison a report shows
 POWER = 0.8  # the power a "no detectable difference" verdict waits for
 Z = float(stats.norm.ppf(1 - ALPHA / 2))  # the two-sided normal quantile at ALPHA (1.96)
 SRM_ALPHA = 0.001  # sample-ratio mismatch: an alarm re-checked at every refresh, so strict
+SRM_PRIOR_COUNT = 1000.0  # the sequential SRM's Dirichlet prior weight, in draws
+SRM_STRATA_SHARE = 0.9  # of SRM_ALPHA for the worst stratum (Holm); the rest for all combined
 LABEL_COVERAGE_ALPHA = SRM_ALPHA  # unequal labelling across arms: a validity alarm, as SRM
 
 # Minimum detectable effects, when the config gives none

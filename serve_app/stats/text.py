@@ -22,7 +22,8 @@ def render_text(result: ExperimentStatistics) -> str:
     lines = [
         f"experiment {result.experiment} ({result.task}), control {result.control}"
         f" [statistics schema {result.schema_version}]",
-        f"SRM: p = {_p(srm.p_value)} over {len(srm.strata)} strata (chi2 {srm.statistic or 0:.3g},"
+        f"SRM: always-valid p = {_p(srm.always_valid_p_value)}, fixed-horizon p ="
+        f" {_p(srm.p_value)} over {len(srm.strata)} strata (chi2 {srm.statistic or 0:.3g},"
         f" df {srm.df}){'  FLAGGED' if srm.flagged else ''}",
     ]
     for s in srm.strata:

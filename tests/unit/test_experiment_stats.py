@@ -617,7 +617,7 @@ def test_the_result_renders_as_json_and_text() -> None:
     assert ExperimentStatistics.model_validate(json.loads(result.model_dump_json())) == result
     text = render_text(result)
     assert "forced (not compared): challenger 5 requests" in text
-    assert "shadow s paired accuracy" in text and "SRM: p = " in text
+    assert "shadow s paired accuracy" in text and "SRM: always-valid p = " in text
 
 
 @pytest.mark.parametrize("rates", [(0.8, 0.85), (0.97, 0.92), (0.5, 0.52), None])
