@@ -96,6 +96,7 @@ from serve_app.stats.settings import (
     DEFAULT_ERROR_RATE_EFFECT,
     DEFAULT_LOG_LATENCY_EFFECT,
     DEFAULT_RELATIVE_ERROR_EFFECT,
+    MIN_EXPECTED_EVENTS,
     MIN_SEQUENTIAL_SAMPLES,
     SRM_ALPHA,
 )
@@ -178,6 +179,7 @@ def _eligible(looks: StratifiedLooks) -> np.ndarray:
     return (
         (looks.control_n >= least)
         & (looks.challenger_n >= least)
+        & (looks.expected_events >= MIN_EXPECTED_EVENTS)
         & np.isfinite(looks.estimate)
         & np.isfinite(looks.variance)
     )

@@ -407,13 +407,14 @@ def test_mae_from_sums_matches_welch_on_the_rows() -> None:
 
 
 def test_min_samples_is_respected_by_the_always_valid_test() -> None:
+    """(About 50 per arm per look, so every look also has the events it needs.)"""
     cells = simulate(
-        np.random.default_rng(1), np.array([[0.5, 0.5]]), 150, np.array([[0.2, 0.9]]), buckets=3
+        np.random.default_rng(1), np.array([[0.5, 0.5]]), 300, np.array([[0.2, 0.9]]), buckets=3
     )
-    few = stratified_comparison(cells, "control", "challenger", Metric.ACCURACY, min_samples=100)
+    few = stratified_comparison(cells, "control", "challenger", Metric.ACCURACY, min_samples=200)
     assert few.looks == 0 and few.always_valid_p_value is None
     assert few.verdict is Verdict.NOT_ENOUGH_DATA and few.p_value < 1e-6
-    some = stratified_comparison(cells, "control", "challenger", Metric.ACCURACY, min_samples=20)
+    some = stratified_comparison(cells, "control", "challenger", Metric.ACCURACY, min_samples=40)
     assert some.looks == 3 and some.always_valid_p_value < 0.05
 
 
@@ -530,6 +531,27 @@ def test_a_better_shadow_gets_a_paired_verdict_with_its_interval() -> None:
 
 
 # ----------------------------------------------------------------------------- guardrails
+
+
+def test_a_rare_error_rate_waits_for_events_not_requests() -> None:
+    """0.5% errors in both arms, read at 100 looks from the first requests: the always-valid
+    guardrail looks only once each arm expects 10 errors (about 2,000 requests, not 100),
+    and fires in <= 5% of 600 A/A runs."""
+    rng = np.random.default_rng(34)
+    runs, fired = 600, 0
+    for _ in range(runs):
+        cells = simulate(
+            rng,
+            np.array([[0.5, 0.5]]),
+            40_000,
+            np.array([[0.8, 0.8]]),
+            buckets=100,
+            error_rate=0.005,
+        )
+        result = stratified_comparison(cells, "control", "challenger", Metric.ERROR_RATE)
+        assert result.looks <= 95  # the first looks (200 requests each) have too few errors
+        fired += result.always_valid_p_value < 0.05
+    assert at_most(fired / runs, 0.05, runs) and fired / runs <= 0.05, fired
 
 
 def test_guardrails_a_a_rates_and_a_slower_challenger() -> None:
