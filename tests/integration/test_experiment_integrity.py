@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
+import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
 from tests.integration.serving import Deployer, user_config, variants
@@ -138,3 +140,69 @@ def test_a_ramp_with_forced_sticky_and_shadow_traffic_keeps_its_evidence(
     assert version.tags["raysplit.report_run"] == run.info.run_id
     stored = client.download_artifacts(run.info.run_id, "report.json")
     assert json.loads(Path(stored).read_text())["experiment"] == name
+
+
+def per_user_interval(url: str, experiment: str) -> tuple[float, dict[str, int]]:
+    """The half-width of a 95% interval for challenger - champion accuracy with each user as
+    one unit (delta method on per-user sums), computed here from the raw event rows: the
+    report's figure is held against it. Also the users per variant."""
+    engine = sa.create_engine(url)
+    query = sa.text(
+        "SELECT p.variant, p.unit_hash, count(*) AS labelled,"
+        " sum(CASE WHEN p.predicted = f.label_text THEN 1 ELSE 0 END) AS correct"
+        " FROM raysplit_predictions p JOIN raysplit_feedback f ON f.request_id = p.request_id"
+        " WHERE p.experiment = :e AND NOT p.shadow AND p.assignment = 'sticky'"
+        " GROUP BY p.variant, p.unit_hash"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"e": experiment}).all()
+    engine.dispose()
+    variance, users = 0.0, {}
+    for variant in ("champion", "challenger"):
+        x = np.array([r.labelled for r in rows if r.variant == variant], dtype=float)
+        y = np.array([r.correct for r in rows if r.variant == variant], dtype=float)
+        ratio = y.sum() / x.sum()
+        variance += float(np.sum((y - ratio * x) ** 2) / x.sum() ** 2)
+        users[variant] = len(x)
+    return 1.959964 * variance**0.5, users
+
+
+def test_an_a_a_on_one_model_version_counts_users_not_requests(deployer: Deployer) -> None:
+    """Both arms serve the same model version to 60 sticky users, half of whom agree with
+    it 97% of the time and half 35%, 25 requests each. Counted per request the first
+    version reported "challenger worse" at p = 6e-20; the report now takes each user as
+    the unit: its interval is within 15% of the per-user one computed from the raw rows,
+    it says so per stratum, and it finds no difference."""
+    name = f"aa-{uuid.uuid4().hex[:6]}"
+    same = [
+        {"name": "champion", "model_uri": "models:/iris@champion", "weight": 50},
+        {"name": "challenger", "model_uri": "models:/iris@champion", "weight": 50},
+    ]
+    deployer.deploy(user_config(experiment=name, durable_events=True, variants=same))
+    rng = np.random.default_rng(620)
+    users = [f"aa-user-{u}" for u in range(60)]  # fixed keys: the router's split is fixed
+    agree = {u: 0.97 if i % 2 else 0.35 for i, u in enumerate(users)}
+    ids = [f"{name}-{u}-{k}" for u in users for k in range(25)]
+    owner = [u for u in users for _ in range(25)]
+    replies = deployer.load(
+        len(ids), headers=lambda i: {"X-Request-Id": ids[i], "X-User-Id": owner[i]}
+    )
+    assert {r.status for r in replies} == {200}
+    body = [
+        {"request_id": rid, "label": "setosa" if rng.random() < agree[u] else "versicolor"}
+        for rid, u in zip(ids, owner, strict=True)
+    ]
+    answer = requests.post(f"{deployer.url}/feedback", json=body, timeout=60).json()
+    assert answer["accepted"] == len(ids)
+    report = report_when(
+        deployer, name, lambda r: sum(v["feedback"] for v in r["variants"]) == len(ids)
+    )
+    (comparison,) = report["comparisons"]
+    difference = comparison["difference"]
+    reported = (difference["high"] - difference["low"]) / 2
+    expected, per_variant = per_user_interval(deployer.cluster.locations.event_store_url, name)
+    assert min(per_variant.values()) >= 15, per_variant  # both arms hold users of each kind
+    assert abs(reported / expected - 1) <= 0.15, (reported, expected)
+    assert {s["unit"] for s in comparison["strata"]} == {"user"}
+    assert comparison["design_effect"] > 2  # per request, the interval was far too narrow
+    assert comparison["verdict"] != "challenger worse" and comparison["p_value"] > 0.001
