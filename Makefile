@@ -13,7 +13,7 @@ TEST_PACKAGES := prometheus:prometheus,promtool chromium:chromium
 DEMO_PACKAGES :=
 BENCH_PACKAGES := prometheus:prometheus,promtool wrk:wrk
 
-.PHONY: install demo test lint format bench bench-train bench-overload bench-soak bench-profile \
+.PHONY: bench-events install demo test lint format bench bench-train bench-overload bench-soak bench-profile \
 	bench-refused-deploy clean \
 	system-deps-test system-deps-demo system-deps-bench
 
@@ -104,6 +104,11 @@ bench: system-deps-bench install
 	$(BIN)/python bench/experiment_report.py --output docs/report_scaling.md
 	$(BIN)/python bench/overload.py --plot docs/overload.png
 	$(BIN)/python bench/refused_deploy.py --output docs/refused_deploy.md
+	$(BIN)/python bench/events.py --out docs/events.md
+
+# Event-store ingest: 1, 2, 4 writer processes on PostgreSQL and SQLite -> docs/events.md
+bench-events: install
+	$(BIN)/python bench/events.py --out docs/events.md
 
 # A refused deploy at one replica under a request every 50 ms -> docs/refused_deploy.md
 bench-refused-deploy: install

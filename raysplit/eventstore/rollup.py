@@ -7,10 +7,11 @@ and minute) in the same transaction, and the report reads only those rows.
 
 A label scores its prediction once, whichever of the two is written second: new
 predictions are matched with feedback already stored *before* this batch's feedback is
-inserted, and new feedback with every prediction stored after. Writers take a lock for
-the transaction (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so two
-replicas writing a prediction and its feedback at the same moment cannot both miss the
-other.
+inserted, and new feedback with every prediction stored after. Writers lock the request
+ids they write for the transaction (PostgreSQL: one advisory lock per request id; SQLite:
+``BEGIN IMMEDIATE``), so two replicas writing a prediction and its feedback at the same
+moment cannot both miss the other, and writers of different requests do not wait; the
+rollups are commutative additions, upserted in key order.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class Rollup:
             ("units", self.units, UNIT_KEY_COLUMNS),
         ):
             if deltas:
-                rows = [dict(zip(keys, key, strict=True), **d) for key, d in deltas.items()]
+                # in key order: concurrent writers lock the rows they add to in one order
+                rows = [dict(zip(keys, k, strict=True), **d) for k, d in sorted(deltas.items())]
                 conn.execute(adding_upsert(dialect, name), rows)
 
 
@@ -307,6 +309,6 @@ def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) ->
         adding_upsert(conn.dialect.name, "pairs"),
         [
             {"experiment": k[0], "shadow": k[1], "allocation": k[2], "bucket": k[3], **d}
-            for k, d in deltas.items()
+            for k, d in sorted(deltas.items())  # one lock order for every writer
         ],
     )

@@ -9,6 +9,7 @@ their migrations are in :mod:`raysplit.eventstore.schema`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -44,8 +45,20 @@ from raysplit.eventstore.schema import (
 __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema_info"]
 
 
-# Event writers take this transaction-scoped advisory lock on PostgreSQL (see event_rollup).
-WRITE_LOCK = 0x7261797370_6C6975
+# The class of raysplit's per-request advisory locks in PostgreSQL's two-key lock space
+# ("rays" in ASCII); the second key is a 32-bit hash of the request id
+REQUEST_LOCKS = 0x72617973
+
+
+def request_lock_keys(request_ids: Iterable[str]) -> list[int]:
+    """The advisory-lock keys of a batch's request ids, sorted: every writer takes its locks
+    in the same order, so two batches that share requests wait, and never deadlock. Two ids
+    that hash alike only make their writers wait for each other."""
+    keys = {
+        int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=4).digest(), "big", signed=True)
+        for rid in request_ids
+    }
+    return sorted(keys)
 
 
 def new_prediction_rows(
@@ -116,9 +129,10 @@ class EventStore:
         stored: set[tuple[str, str]] = set()  # (request id, variant) this write inserted
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
-            if dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
+            if dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises writers already
+                self._lock_requests(conn, prediction_rows, feedback_rows)
             if allocation_rows:  # the first replica to serve an allocation dates it
+                allocation_rows.sort(key=lambda r: (r["experiment"], r["key"]))  # lock order
                 conn.execute(insert_ignoring(dialect, allocations), allocation_rows)
             if prediction_rows:
                 inserted = conn.execute(
@@ -149,6 +163,26 @@ class EventStore:
             rollup.apply(conn)
             apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
         return new_feedback
+
+    @staticmethod
+    def _lock_requests(conn: sa.Connection, *batches: list[dict[str, Any]]) -> None:
+        """Hold the batch's request ids until commit, and nothing wider.
+
+        A label scores its prediction in whichever write stores the second of the two; two
+        writers storing them at once must not both miss the other. Each holds a lock per
+        request id (transaction-scoped advisory locks, taken in sorted order), so the second
+        waits for the first to commit and then reads its rows; writers of other requests
+        never wait (the first version took one lock for the whole cluster: its ingest did
+        not grow with writers, docs/events.md)."""
+        keys = request_lock_keys(r["request_id"] for rows in batches for r in rows)
+        if keys:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(:cls, k)"
+                    " FROM unnest(CAST(:keys AS integer[])) AS k"
+                ),
+                {"cls": REQUEST_LOCKS, "keys": keys},
+            )
 
     def reachable(self) -> bool:
         """Whether the database answers at all: tells a refused row from an outage."""

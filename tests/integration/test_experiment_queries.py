@@ -4,8 +4,8 @@ variant, epoch, assignment kind and time bucket, distinct sticky users, shadow p
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -118,10 +118,22 @@ def test_regression_sums_absolute_errors(store_url: str) -> None:
     store.dispose()
 
 
+def _replica(url: str, mine: list, seed: int) -> None:
+    """One writer process: its share of the events in random batch sizes."""
+    rng = random.Random(seed)
+    store = EventStore(url)
+    while mine:
+        size = rng.randint(1, 40)
+        store.write(mine[:size])
+        del mine[:size]
+    store.dispose()
+
+
 def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
-    """Two replicas write predictions, shadows, errors, repeats and feedback (some before
-    its prediction, some for unknown requests) in random batches at the same time: the
-    rollup each write keeps must equal the aggregate of every stored row."""
+    """Four writer processes (replicas) write predictions, shadows, errors, repeats and
+    feedback (some before its prediction, some for unknown requests) in random batches at
+    the same time, holding locks only on their own request ids: the rollup each write keeps
+    must equal the aggregate of every stored row, so every label is scored exactly once."""
     rng = random.Random(7)
     events: list = []
     for i in range(400):
@@ -159,19 +171,18 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
     events += [feedback(f"unknown{i}") for i in range(20)]
     events += rng.sample(events, 100)  # retries
     rng.shuffle(events)  # feedback often lands before its prediction
-    halves = [events[::2], events[1::2]]
-    EventStore(store_url).dispose()  # migrate once, then two writers
-
-    def replica(mine: list) -> None:
-        store = EventStore(store_url)
-        while mine:
-            size = rng.randint(1, 40)
-            store.write(mine[:size])
-            del mine[:size]
-        store.dispose()
-
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(replica, halves))
+    quarters = [events[i::4] for i in range(4)]
+    EventStore(store_url).dispose()  # migrate once, then four writers
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_replica, args=(store_url, mine, seed))
+        for seed, mine in enumerate(quarters)
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=300)
+        assert w.exitcode == 0, f"a writer failed (exit code {w.exitcode})"
     store = EventStore(store_url)
     with store.engine.connect() as conn:
         for table, recount_query, keys in (

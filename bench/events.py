@@ -1,0 +1,143 @@
+"""Event-store ingest: N writer processes, each writing batches of prediction and feedback
+events through ``EventStore.write`` (rollups on), against PostgreSQL and SQLite.
+
+Each writer sends its own requests' predictions and, one batch later, labels for half of
+them, so labels and predictions of the same requests meet across batches as they do across
+replicas. Reports events per second over all writers and the p99 time of one batch write;
+results go to docs/events.md (``make bench-events``).
+
+    python bench/events.py [--writers 1 2 4] [--batch 64 256] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from raysplit.core.events import AssignmentKind, FeedbackEvent, PredictionEvent
+from raysplit.eventstore.store import EventStore
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+DATABASE = "raysplit_bench_events"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "events.md"
+
+
+def _events(prefix: str, batch: int, n: int) -> tuple[list, list]:
+    now = time.time()
+    predictions = [
+        PredictionEvent(
+            request_id=f"{prefix}-{n}-{i}",
+            experiment="bench",
+            variant="champion" if i % 2 else "challenger",
+            model_name="iris",
+            model_version="1",
+            shadow=False,
+            inputs=[[5.1, 3.5, 1.4, 0.2]],
+            predictions=["setosa"],
+            probabilities=None,
+            latency_ms=0.5,
+            created_at=now,
+            assignment=AssignmentKind.SPLIT,
+            allocation="a1",
+        )
+        for i in range(batch)
+    ]
+    labels = [
+        FeedbackEvent(request_id=f"{prefix}-{n}-{i}", created_at=now, label="setosa")
+        for i in range(0, batch, 2)
+    ]
+    return predictions, labels
+
+
+def _writer(url: str, batch: int, seconds: float, start: float, out) -> None:
+    store = EventStore(url)
+    prefix, n, events, times = uuid.uuid4().hex[:8], 0, 0, []
+    pending: list = []
+    while time.time() < start:
+        time.sleep(0.01)
+    while time.time() < start + seconds:
+        predictions, labels = _events(prefix, batch, n)
+        write = predictions[: batch - len(pending)] + pending  # last batch's labels
+        began = time.perf_counter()
+        store.write(write)
+        times.append(time.perf_counter() - began)
+        events += len(write)
+        pending, n = labels, n + 1
+    store.dispose()
+    out.put((events, times))
+
+
+def _fresh(kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        path = tmp / "bench-events.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    admin = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{DATABASE}"'))
+    admin.dispose()
+    return f"{POSTGRES}/{DATABASE}"
+
+
+def run(kind: str, writers: int, batch: int, seconds: float, tmp: Path) -> tuple[float, float]:
+    url = _fresh(kind, tmp)
+    EventStore(url).dispose()  # migrate once
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    start = time.time() + 3  # every writer connected before the clock starts
+    processes = [
+        context.Process(target=_writer, args=(url, batch, seconds, start, out))
+        for _ in range(writers)
+    ]
+    for p in processes:
+        p.start()
+    results = [out.get() for _ in processes]
+    for p in processes:
+        p.join()
+    events = sum(r[0] for r in results)
+    times = np.concatenate([r[1] for r in results])
+    return events / seconds, float(np.percentile(times, 99) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--stores", nargs="+", default=["postgresql", "sqlite"])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    tmp = Path("/tmp")
+    lines = [
+        "# Event-store ingest",
+        "",
+        f"`make bench-events` on {platform.node()}: {multiprocessing.cpu_count()} cores,"
+        f" {time.strftime('%Y-%m-%d')}. Writer processes each write batches through"
+        " `EventStore.write` with rollups on (predictions, and labels for half of them one"
+        " batch later). Events per second over all writers; p99 of one batch's write.",
+        "",
+        "| store | batch | writers | events/s | p99 batch ms |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in args.stores:
+        for batch in args.batch:
+            for writers in args.writers:
+                if kind == "sqlite" and writers > 2:
+                    continue  # one file, one writer at a time: more processes only queue
+                rate, p99 = run(kind, writers, batch, args.seconds, tmp)
+                lines.append(f"| {kind} | {batch} | {writers} | {rate:,.0f} | {p99:.1f} |")
+                print(lines[-1], flush=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
