@@ -29,7 +29,7 @@ def render_text(result: ExperimentStatistics) -> str:
     for s in srm.strata:
         lines.append(
             f"  epoch {s.epoch} {s.assignment.value} ({s.counted_in}): {s.observed}"
-            f" p = {_p(s.p_value)}"
+            f" p = {_p(s.p_value)}, always-valid {_p(s.always_valid_p_value)}"
         )
     for c in result.comparisons + result.guardrails:
         ratio = (
@@ -37,11 +37,16 @@ def render_text(result: ExperimentStatistics) -> str:
             if c.ratio
             else ""
         )
+        per_user = (
+            f" [sticky strata per user, design effect {c.design_effect:.2f}]"
+            if c.design_effect is not None
+            else ""
+        )
         lines.append(
             f"{c.challenger} vs {c.control}: {c.metric.value} difference {_iv(c.difference)}{ratio}"
             f" p = {_p(c.p_value)} (Holm {_p(c.adjusted_p_value)}), always-valid"
             f" {_p(c.always_valid_p_value)} (Holm {_p(c.adjusted_always_valid_p_value)})"
-            f" -> {c.verdict.value}"
+            f" -> {c.verdict.value}{per_user}"
         )
     for s in result.shadows:
         lines.append(
