@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,9 +63,47 @@ def parse_feedback(payload: Any) -> list[FeedbackItem]:
     return items
 
 
+class RefusedFeedback(BaseModel):
+    request_id: str
+    detail: str
+
+
 class FeedbackReceipt(BaseModel):
     accepted: int
     unknown_request_ids: list[str]
+    refused: list[RefusedFeedback] = Field(
+        [], description="items not taken (422 each): a label the model cannot have given"
+    )
+
+
+Classes = Callable[[str, str], "list[Any] | Unknown | None"]
+
+
+class Unknown:
+    """A prediction of an experiment this replica does not serve: its classes are not known
+    here, so its feedback is taken as it comes."""
+
+
+UNKNOWN = Unknown()
+
+
+def label_problem(item: FeedbackItem, classes: list[Any] | Unknown | None) -> str | None:
+    """Why ``item`` cannot score a prediction of a model with ``classes`` (None: a
+    regressor), or None. A label is compared as the model reads it, as text: ``0`` and
+    ``"0"`` agree, ``"class_0"`` does not. A stored label of another vocabulary would turn
+    the report's accuracy into nonsense, and nothing can take it back out."""
+    if isinstance(classes, Unknown):
+        return None
+    if classes is None:
+        if item.value is None:
+            return "the experiment's models are regressors: send a numeric 'value', not a label"
+        return None
+    names = [str(c) for c in classes]
+    if item.label is None:
+        return f"the experiment's models are classifiers: send a 'label', one of {', '.join(names)}"
+    if str(item.label) not in names:
+        return f"label {item.label!r} is not one of the model's classes: {', '.join(names)}"
+    return None
 
 
 def judge(experiment: str, variant: str, predicted: list[Any], item: FeedbackItem) -> Judgement:
@@ -81,8 +120,14 @@ def judge(experiment: str, variant: str, predicted: list[Any], item: FeedbackIte
 
 
 async def receive(
-    items: list[FeedbackItem], store: EventStore, events: EventBuffer
+    items: list[FeedbackItem],
+    store: EventStore,
+    events: EventBuffer,
+    classes: Classes = lambda _experiment, _variant: UNKNOWN,
 ) -> FeedbackReceipt:
+    """Match each item to the prediction it answers and queue it; an item whose label the
+    prediction's model cannot have given is refused (and the rest taken). Raises
+    :class:`InvalidRequest` (422) when every known item was refused."""
     ids = {i.request_id for i in items}
     try:
         stored = await asyncio.to_thread(store.live_predictions, ids)
@@ -98,9 +143,12 @@ async def receive(
     for rid, event in events.pending_predictions(ids - found.keys()).items():
         found[rid] = (event.experiment, event.variant, event.predictions)
     now = time.time()
-    accepted = 0
+    accepted, refused = 0, []
     for item in items:
         prediction = found.get(item.request_id)
+        if prediction is not None and (problem := label_problem(item, classes(*prediction[:2]))):
+            refused.append(RefusedFeedback(request_id=item.request_id, detail=problem))
+            continue
         accepted += events.add_feedback(
             FeedbackEvent(
                 request_id=item.request_id,
@@ -110,4 +158,7 @@ async def receive(
                 judgement=None if prediction is None else judge(*prediction, item),
             )
         )
-    return FeedbackReceipt(accepted=accepted, unknown_request_ids=sorted(ids - found.keys()))
+    unknown = sorted(ids - found.keys())
+    if refused and not accepted and not unknown:
+        raise InvalidRequest("; ".join(f"{r.request_id}: {r.detail}" for r in refused[:5]))
+    return FeedbackReceipt(accepted=accepted, unknown_request_ids=unknown, refused=refused)

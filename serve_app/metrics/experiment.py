@@ -48,6 +48,11 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Requests refused before reaching a model, by HTTP status.",
         ("experiment", "status"),
     ),
+    "feedback_refused": (
+        "raysplit_feedback_refused",
+        "Feedback items refused (422): a label the prediction's model cannot have given.",
+        ("experiment",),
+    ),
     "shadow": (
         "raysplit_shadow_predictions",
         "Shadow predictions, by agreement with the variant that answered.",

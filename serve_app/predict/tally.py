@@ -69,6 +69,11 @@ class MetricTally:
     def rejected(self, experiment: str, status: int) -> None:
         self._taken.counts["rejected"][(experiment, str(status))] += 1
 
+    def feedback_refused(self, experiment: str, count: int) -> None:
+        """Feedback items whose label the prediction's model cannot have given."""
+        if count:
+            self._taken.counts["feedback_refused"][(experiment,)] += count
+
     def shadow(self, experiment: str, variant: str, agrees: bool) -> None:
         self._taken.counts["shadow"][(experiment, variant, str(agrees).lower())] += 1
 

@@ -42,7 +42,7 @@ def send(deployer: Deployer, ids: list[str], headers: dict[str, str] | None = No
 def feedback(deployer: Deployer, ids: list[str]) -> None:
     body = [{"request_id": rid, "label": "setosa"} for rid in ids]  # RECORD is a setosa
     answer = requests.post(f"{deployer.url}/feedback", json=body, timeout=30).json()
-    assert answer == {"accepted": len(ids), "unknown_request_ids": []}
+    assert answer == {"accepted": len(ids), "unknown_request_ids": [], "refused": []}
 
 
 def report_when(deployer: Deployer, name: str, done) -> dict[str, Any]:

@@ -116,6 +116,7 @@ def traffic(deployer: Deployer, cluster: Cluster) -> Traffic:
         assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=10).json() == {
             "accepted": 100,
             "unknown_request_ids": [],
+            "refused": [],
         }
     expected = {"champion": 60.0, "challenger": 40.0}
     deadline = time.monotonic() + 120

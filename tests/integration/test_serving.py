@@ -143,11 +143,30 @@ def test_feedback_is_stored_once_and_unknown_ids_are_reported(
     first = requests.post(
         url, json=[*items, {"request_id": "never-seen", "label": "setosa"}], timeout=10
     )
-    assert first.json() == {"accepted": 4, "unknown_request_ids": ["never-seen"]}
+    assert first.json() == {"accepted": 4, "unknown_request_ids": ["never-seen"], "refused": []}
     again = requests.post(url, json=items[0], timeout=10)
-    assert again.json() == {"accepted": 1, "unknown_request_ids": []}
+    assert again.json() == {"accepted": 1, "unknown_request_ids": [], "refused": []}
     bad = requests.post(url, json={"request_id": "x"}, timeout=10)
     assert bad.status_code == 422 and "give exactly one of label" in bad.json()["detail"]
+    # a label of another vocabulary is refused, naming the model's classes; the rest is taken
+    other = requests.post(
+        url, json={"request_id": items[1]["request_id"], "label": "class_0"}, timeout=10
+    )
+    assert other.status_code == 422, other.text
+    assert (
+        "'class_0' is not one of the model's classes: setosa, versicolor, virginica"
+        in (other.json()["detail"])
+    )
+    mixed = requests.post(
+        url, json=[items[2], {"request_id": items[1]["request_id"], "label": 7}], timeout=10
+    ).json()
+    assert mixed["accepted"] == 1 and [r["request_id"] for r in mixed["refused"]] == [
+        items[1]["request_id"]
+    ]
+    valued = requests.post(
+        url, json={"request_id": items[2]["request_id"], "value": 1.5}, timeout=10
+    )
+    assert valued.status_code == 422 and "send a 'label'" in valued.json()["detail"]
 
     engine = sa.create_engine(cluster.locations.event_store_url)
     query = sa.text("SELECT count(*) FROM raysplit_feedback WHERE request_id LIKE 'fb-%'")
@@ -316,6 +335,7 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     assert requests.post(f"{deployer.url}/feedback", json=feedback, timeout=30).json() == {
         "accepted": 300,
         "unknown_request_ids": [],
+        "refused": [],
     }
 
     for _ in range(60):  # feedback is written off the request path

@@ -168,12 +168,14 @@ def two_apps(deployer: Deployer, cluster: Cluster, diabetes_models: DiabetesMode
     assert _post(f"{iris_url}/feedback", labels).json() == {
         "accepted": IRIS_REQUESTS,
         "unknown_request_ids": [],
+        "refused": [],
     }
     iris.feedback = IRIS_REQUESTS
     values = [{"request_id": rid, "value": value} for rid, value in truth.items()]
     assert _post(f"{diabetes_url}/feedback", values).json() == {
         "accepted": DIABETES_REQUESTS + 1,
         "unknown_request_ids": [],
+        "refused": [],
     }
     regression.feedback = DIABETES_REQUESTS + 1
     return TwoApps(iris_url, diabetes_url, iris_experiment, diabetes_models, iris, regression)

@@ -156,3 +156,26 @@ def test_feedback_mistakes_are_named(payload: object, message: str) -> None:
 
     with pytest.raises(InvalidRequest, match=message):
         parse_feedback(payload)
+
+
+@pytest.mark.parametrize(
+    ("item", "classes", "problem"),
+    [
+        ({"label": "setosa"}, ["setosa", "versicolor"], None),
+        ({"label": 0}, [0, 1, 2], None),
+        ({"label": "0"}, [0, 1, 2], None),  # as the model reads it: the same class
+        ({"label": "class_0"}, [0, 1, 2], "'class_0' is not one of the model's classes: 0, 1, 2"),
+        ({"value": 2.0}, ["a", "b"], "send a 'label', one of a, b"),
+        ({"value": 2.0}, None, None),
+        ({"label": "a"}, None, "regressors: send a numeric 'value'"),
+    ],
+)
+def test_a_label_is_checked_against_the_models_classes(
+    item: dict, classes: list | None, problem: str | None
+) -> None:
+    from serve_app.events.feedback import UNKNOWN, FeedbackItem, label_problem
+
+    parsed = FeedbackItem.model_validate({"request_id": "r1", **item})
+    found = label_problem(parsed, classes)
+    assert (found is None) if problem is None else (problem in found), found
+    assert label_problem(parsed, UNKNOWN) is None  # another experiment's: not ours to judge

@@ -10,6 +10,7 @@ import time
 from fastapi import APIRouter, Request
 
 from serve_app.config.constants import DEPLOY_STATUS_TIMEOUT_S, MAX_HISTORY, MAX_TIMELINE_POINTS
+from serve_app.config.errors import InvalidRequest
 from serve_app.events import feedback as feedback_desk
 from serve_app.http.schemas import parse_json
 from serve_app.replica.base import Replica, ReplicaDep, acting_key
@@ -151,7 +152,18 @@ async def metrics_summary(replica: ReplicaDep, window_s: float = 300.0):
 )
 async def feedback(replica: ReplicaDep, request: Request):
     items = feedback_desk.parse_feedback(parse_json(await request.body()))
-    receipt = await feedback_desk.receive(items, await replica.store(), replica.events)
+    state = replica.serving()
+
+    def classes(experiment: str, variant: str) -> list | feedback_desk.Unknown | None:
+        model = state.models.get(variant) if experiment == state.config.experiment else None
+        return feedback_desk.UNKNOWN if model is None else model.classes
+
+    try:
+        receipt = await feedback_desk.receive(items, await replica.store(), replica.events, classes)
+    except InvalidRequest:
+        replica.metrics.tally.feedback_refused += len(items)
+        raise
+    replica.metrics.tally.feedback_refused += len(receipt.refused)
     key = acting_key(request)
     logger.info(
         "feedback batch of %d from key %s", len(items), key, extra={"key": key, "items": len(items)}
