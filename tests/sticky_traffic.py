@@ -32,6 +32,14 @@ from raysplit.eventstore.aggregates import (
 
 STICKY = AssignmentKind.STICKY
 NAMES = ("control", "challenger")
+# the (denominator, numerator) of each metric, and so the products of user totals a
+# per-user variance reads (as the event store's query returns them)
+RATIOS = (
+    ("labelled", "correct"),
+    ("labelled", "abs_error_sum"),
+    ("requests", "errors"),
+    ("answered", "log_latency_sum"),
+)
 TOTALS = (
     "requests",
     "errors",
@@ -41,6 +49,8 @@ TOTALS = (
     "correct",
     "abs_error_sum",
 )
+INDEX = {name: i for i, name in enumerate(TOTALS)}
+PAIRS = sorted({pair for x, y in RATIOS for pair in ((x, x), (x, y), (y, x), (y, y))})
 
 
 @dataclass(frozen=True)
@@ -196,8 +206,8 @@ def _unit_moments(
     present = np.zeros((users, cells))
     np.add.at(present, (r["user"], cell), 1.0)
     present = present > 0
-    products = np.einsum("ika,ilb->klab", totals, totals)
-    together = np.einsum("ik,il->kl", present.astype(float), present.astype(float))
+    products = _cross_products(totals)
+    together = present.astype(float).T @ present.astype(float)
     moments = []
     for k in range(cells):
         for m in range(cells):
@@ -211,9 +221,7 @@ def _unit_moments(
                     other_epoch=m % epochs,
                     users=int(together[k, m]),
                     products={
-                        f"{a}*{b}": float(products[k, m, i, j])
-                        for i, a in enumerate(TOTALS)
-                        for j, b in enumerate(TOTALS)
+                        f"{a}*{b}": float(products[k, m, INDEX[a], INDEX[b]]) for a, b in PAIRS
                     },
                 )
             )
@@ -269,3 +277,107 @@ def _units(counts: np.ndarray) -> list[EpochUnits]:
         for e in range(counts.shape[1])
         if counts[a, e]
     ]
+
+
+@dataclass
+class Population:
+    """Users who stay for a whole rollout, for simulations in which the share moves as the
+    rule decides: each interval, every user sends a Poisson number of requests to the arm
+    their position falls in under the current share; labels arrive for ``1 -
+    label_missing`` of them, one interval late at most. Accuracy: the user's own, around a
+    base that drifts by ``drift`` over ``horizon`` intervals, plus ``effect`` on the
+    candidate."""
+
+    position: np.ndarray
+    skill: np.ndarray
+    rate: np.ndarray
+    base: float
+    drift: float
+    horizon: int
+    effect: float
+    error_rate: float
+    label_missing: float
+
+    @classmethod
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        users: int,
+        requests_per_interval: float,
+        base: float = 0.85,
+        drift: float = -0.05,
+        horizon: int = 40,
+        effect: float = 0.0,
+        user_sd: float = 0.8,
+        error_rate: float = 0.005,
+        label_missing: float = 0.15,
+    ) -> Population:
+        rate = rng.gamma(1.0, requests_per_interval / users, users)  # heavy and light users
+        return cls(
+            rng.random(users),
+            rng.normal(0, user_sd, users),
+            rate,
+            base,
+            drift,
+            horizon,
+            effect,
+            error_rate,
+            label_missing,
+        )
+
+    def interval(self, rng: np.random.Generator, t: int, share: float) -> dict[str, np.ndarray]:
+        """Per user: the arm (1: candidate) and this interval's totals."""
+        arm = (self.position >= 1 - share).astype(int)
+        requests = rng.poisson(self.rate)
+        errors = rng.binomial(requests, self.error_rate)
+        answered = requests - errors
+        labelled = rng.binomial(answered, 1 - self.label_missing)
+        base = self.base + self.drift * min(t / self.horizon, 1.0)
+        accuracy = 1 / (1 + np.exp(-(_logit(base) + self.skill)))
+        accuracy = np.clip(accuracy + self.effect * arm, 0, 1)
+        correct = rng.binomial(labelled, accuracy)
+        log_latency = rng.normal(answered * 1.0, np.sqrt(answered) * 0.4)
+        return {
+            "arm": arm,
+            "requests": requests.astype(float),
+            "errors": errors.astype(float),
+            "answered": answered.astype(float),
+            "log_latency_sum": log_latency,
+            "log_latency_sq": log_latency**2 / np.maximum(answered, 1) + 0.16 * answered,
+            "labelled": labelled.astype(float),
+            "correct": correct.astype(float),
+            "abs_error_sum": np.zeros(self.position.size),
+        }
+
+
+def moments_of(totals: np.ndarray, epochs: int) -> list[UnitMoments]:
+    """:class:`UnitMoments` from per-user totals of shape (users, 2 arms x epochs, TOTALS)."""
+    present = np.abs(totals).sum(axis=2) > 0
+    products = _cross_products(totals)
+    together = present.astype(float).T @ present.astype(float)
+    found = []
+    for k in range(totals.shape[1]):
+        for m in range(totals.shape[1]):
+            if together[k, m] == 0:
+                continue
+            found.append(
+                UnitMoments.model_construct(
+                    variant=NAMES[k // epochs],
+                    epoch=k % epochs,
+                    other_variant=NAMES[m // epochs],
+                    other_epoch=m % epochs,
+                    users=int(together[k, m]),
+                    products={
+                        f"{a}*{b}": float(products[k, m, INDEX[a], INDEX[b]]) for a, b in PAIRS
+                    },
+                )
+            )
+    return found
+
+
+def _cross_products(totals: np.ndarray) -> np.ndarray:
+    """``sum_i totals[i, k, a] * totals[i, l, b]`` as an array (k, l, a, b), by one matrix
+    product over the users."""
+    users, cells, kinds = totals.shape
+    flat = totals.reshape(users, cells * kinds)
+    return (flat.T @ flat).reshape(cells, kinds, cells, kinds).transpose(0, 2, 1, 3)
