@@ -28,7 +28,7 @@ DEFAULT_LOG_LATENCY_EFFECT = math.log(1.1)  # 10% slower (geometric mean)
 # Where approximations stop holding
 MIN_SEQUENTIAL_SAMPLES = 100  # per arm before the sequential test looks (normal approximation)
 MIN_EXPECTED_COUNT = 5.0  # chi-square approximation: strata below this are not tested
-MIN_EXPECTED_EVENTS = 10.0  # 0/1 outcomes: events (and non-events) per arm before a look
+MIN_EXPECTED_EVENTS = 10.0  # errors each arm expects before the error-rate guardrail looks
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs under which McNemar is the exact binomial
 
 # Input drift (population stability index against the training split)

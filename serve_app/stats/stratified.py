@@ -317,15 +317,16 @@ def _fill_sequential(
 
 
 def expected_events(a: _Cumulative, b: _Cumulative, metric: Metric) -> np.ndarray:
-    """Per look, the fewer of the events and non-events either arm expects at the pooled
-    rate, for 0/1 outcomes (infinite otherwise): the normal approximation behind the
-    mSPRT needs events, not requests, and a 0.5% error rate gives half an error per 100."""
+    """Per look, the errors either arm expects at the pooled error rate (infinite for the
+    other metrics): the normal approximation behind the mSPRT needs events, not requests,
+    and a 0.5% error rate gives half an error per 100 requests. The error rate is the rare
+    rate among the metrics; the quality test keeps its sample minimum."""
     na, nb = a.n.sum(axis=1), b.n.sum(axis=1)
-    if metric not in BINARY:
+    if metric is not Metric.ERROR_RATE:
         return np.full(na.shape, np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = (a.total.sum(axis=1) + b.total.sum(axis=1)) / (na + nb)
-    return np.nan_to_num(np.minimum(na, nb) * np.minimum(rate, 1 - rate))
+    return np.nan_to_num(np.minimum(na, nb) * rate)
 
 
 def stratified_comparison(
