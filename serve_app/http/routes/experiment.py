@@ -158,12 +158,13 @@ async def feedback(replica: ReplicaDep, request: Request):
         model = state.models.get(variant) if experiment == state.config.experiment else None
         return feedback_desk.UNKNOWN if model is None else model.classes
 
+    experiment, tally = state.config.experiment, replica.metrics.tally
     try:
         receipt = await feedback_desk.receive(items, await replica.store(), replica.events, classes)
     except InvalidRequest:
-        replica.metrics.tally.feedback_refused += len(items)
+        tally.feedback_refused(experiment, len(items))
         raise
-    replica.metrics.tally.feedback_refused += len(receipt.refused)
+    tally.feedback_refused(experiment, len(receipt.refused))
     key = acting_key(request)
     logger.info(
         "feedback batch of %d from key %s", len(items), key, extra={"key": key, "items": len(items)}
