@@ -139,7 +139,7 @@ def traffic(deployer: Deployer, cluster: Cluster) -> Traffic:
             and feedback_seen == expected
             and set(psi) == set(RECORD)
             and set(quality) == {"champion", "challenger", "shadow-hgb"}
-            and served.get("200", 0) >= 101
+            and served.get("200", 0) >= 100 + 2  # the test's own bar: predictions, 2 posts
         )
         if complete or time.monotonic() > deadline:
             break
