@@ -231,6 +231,7 @@ class EventStore:
             predictions.c.experiment,
             predictions.c.variant,
             predictions.c.predictions,
+            predictions.c.inputs,
         ).where(predictions.c.request_id.in_(ids), predictions.c.shadow.is_(False))
         with self.engine.connect() as conn:
             return {r.request_id: dict(r._mapping) for r in conn.execute(query)}
