@@ -35,9 +35,15 @@ def prediction(
 
 
 def feedback(
-    request_id: str, label: Any = "setosa", judgement: Judgement | None = None, at: float = 1.0
+    request_id: str,
+    label: Any = "setosa",
+    judgement: Judgement | None = None,
+    at: float = 1.0,
+    covariate: float | None = None,
 ) -> FeedbackEvent:
-    return FeedbackEvent(request_id=request_id, created_at=at, label=label, judgement=judgement)
+    return FeedbackEvent(
+        request_id=request_id, created_at=at, label=label, judgement=judgement, covariate=covariate
+    )
 
 
 def stored_ids(engine: sa.Engine, pattern: str, expected: set[str], timeout: float) -> set[str]:

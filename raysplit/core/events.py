@@ -130,6 +130,9 @@ class FeedbackEvent:
     label: str | int | bool | None = None
     value: float | None = None
     judgement: Judgement | None = None
+    # the experiment's control model's confidence in its own answer to the request's row,
+    # the same whichever arm answered: a covariate that reduces the comparison's variance
+    covariate: float | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,7 @@ class FeedbackEvent:
             "label": self.label,
             "label_text": None if self.label is None else str(self.label),
             "value": self.value,
+            "covariate": self.covariate,
         }
 
 

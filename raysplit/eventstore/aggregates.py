@@ -42,6 +42,10 @@ class Cell(BaseModel):
     correct: int = Field(0, description="classifiers: labelled requests answered correctly")
     abs_error_sum: float = Field(0.0, description="regressors: sum of |prediction - value|")
     abs_error_sq: float = Field(0.0, description="regressors: sum of squared absolute errors")
+    cov_n: int = Field(0, description="labelled requests whose feedback carries a covariate")
+    cov_sum: float = Field(0.0, description="sum of those covariates")
+    cov_sq: float = Field(0.0, description="sum of their squares")
+    cov_y: float = Field(0.0, description="sum of covariate x outcome (correct, or |error|)")
 
     @property
     def answered(self) -> int:

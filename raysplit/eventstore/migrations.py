@@ -60,6 +60,16 @@ MIGRATIONS: dict[int, list[str]] = {
         f"ALTER TABLE raysplit_units ADD COLUMN {name} {_SQL_TYPES[kind]} NOT NULL DEFAULT 0"
         for name, kind in CELL_COUNTERS.items()
     ],
+    # feedback's covariate and the rollups' sums of it (rows before v9 have none: zeros)
+    9: [
+        "ALTER TABLE raysplit_feedback ADD COLUMN covariate FLOAT",
+        *(
+            f"ALTER TABLE {table} ADD COLUMN {name} {_SQL_TYPES[CELL_COUNTERS[name]]}"
+            " NOT NULL DEFAULT 0"
+            for table in ("raysplit_cells", "raysplit_units")
+            for name in ("cov_n", "cov_sum", "cov_sq", "cov_y")
+        ),
+    ],
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.
@@ -104,13 +114,14 @@ def migrate(engine: Engine) -> int:
             for statement in MIGRATIONS[version]:
                 if not _adds_existing_column(conn, statement):
                     conn.execute(sa.text(statement))
-            if version == 4:
-                _backfill_scored_columns(conn)
-                backfill_rollup(conn)
-            if version == 8 and found >= 4:  # a v4+ store's units hold no counts yet
-                conn.execute(units.delete())
-                conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
-            conn.execute(schema_info.update().values(version=version))
+        # the rows' recounts last, once every column they read exists
+        if found < 4:
+            _backfill_scored_columns(conn)
+            backfill_rollup(conn)
+        elif found < 8:  # a v4-v7 store's units hold no counts yet
+            conn.execute(units.delete())
+            conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
+        conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
         return SCHEMA_VERSION
 
 
@@ -224,6 +235,9 @@ def _counted_from_rows(keys: tuple[sa.ColumnElement, ...]) -> sa.Select:
     by_value = sa.and_(p.c.predicted_value.is_not(None), f.c.value.is_not(None))
     scored = sa.and_(ok, sa.or_(by_label, by_value))
     abs_error = sa.func.abs(p.c.predicted_value - f.c.value)
+    covaried = sa.and_(scored, f.c.covariate.is_not(None))
+    correct = sa.case((p.c.predicted == f.c.label_text, 1.0), else_=0.0)
+    outcome = sa.case((by_label, correct), else_=abs_error)
 
     def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement:
         return sa.func.sum(sa.case((condition, 1), else_=0))
@@ -242,6 +256,10 @@ def _counted_from_rows(keys: tuple[sa.ColumnElement, ...]) -> sa.Select:
             count(sa.and_(ok, by_label, p.c.predicted == f.c.label_text)),
             total(sa.and_(ok, by_value), abs_error),
             total(sa.and_(ok, by_value), abs_error * abs_error),
+            count(covaried),
+            total(covaried, f.c.covariate),
+            total(covaried, f.c.covariate * f.c.covariate),
+            total(covaried, f.c.covariate * outcome),
         )
         .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
         .group_by(*keys)

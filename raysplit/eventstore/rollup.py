@@ -45,6 +45,7 @@ CellKey = tuple[
 
 
 Delta = dict[str, float]  # CELL_COUNTERS -> what one write adds
+Label = tuple[str | None, float | None, float | None]  # label text, value, covariate
 
 
 def new_delta() -> Delta:
@@ -64,20 +65,35 @@ def cell_key(row: Any) -> CellKey:
     )
 
 
-def score(delta: Delta, prediction: Any, label_text: str | None, value: float | None) -> None:
-    """Add one label's score to the cell of the answered prediction it labels."""
+def score(
+    delta: Delta,
+    prediction: Any,
+    label_text: str | None,
+    value: float | None,
+    covariate: float | None = None,
+) -> None:
+    """Add one label's score to the cell of the answered prediction it labels, and, with a
+    covariate, the sums CUPED's adjustment reads."""
     get = prediction.get if isinstance(prediction, dict) else lambda n: getattr(prediction, n)
     if get("outcome") != "ok":
         return
     predicted, predicted_value = get("predicted"), get("predicted_value")
     if label_text is not None and predicted is not None:
+        outcome = float(predicted == label_text)
         delta["labelled"] += 1
-        delta["correct"] += int(predicted == label_text)
+        delta["correct"] += int(outcome)
     elif value is not None and predicted_value is not None:
-        error = abs(predicted_value - value)
+        outcome = abs(predicted_value - value)
         delta["labelled"] += 1
-        delta["abs_error_sum"] += error
-        delta["abs_error_sq"] += error * error
+        delta["abs_error_sum"] += outcome
+        delta["abs_error_sq"] += outcome * outcome
+    else:
+        return
+    if covariate is not None:
+        delta["cov_n"] += 1
+        delta["cov_sum"] += covariate
+        delta["cov_sq"] += covariate * covariate
+        delta["cov_y"] += covariate * outcome
 
 
 def served(delta: Delta, prediction: dict[str, Any]) -> None:
@@ -111,9 +127,7 @@ class Rollup:
         unit = unit_key(row)
         return [self.deltas[cell_key(row)], *([self.units[unit]] if unit else [])]
 
-    def add_predictions(
-        self, rows: Iterable[dict[str, Any]], labels: dict[str, tuple[str | None, float | None]]
-    ) -> None:
+    def add_predictions(self, rows: Iterable[dict[str, Any]], labels: dict[str, Label]) -> None:
         """Newly stored predictions, with the labels already stored for their requests."""
         for row in rows:
             for delta in self._deltas(row):
@@ -121,7 +135,7 @@ class Rollup:
                 if row["request_id"] in labels:
                     score(delta, row, *labels[row["request_id"]])
 
-    def add_labels(self, found: Iterable[Any], labels: dict[str, tuple[str | None, float | None]]):
+    def add_labels(self, found: Iterable[Any], labels: dict[str, Label]) -> None:
         """Newly stored feedback, with every stored prediction of its request."""
         for prediction in found:
             for delta in self._deltas(prediction):
@@ -231,7 +245,7 @@ def stored_query() -> sa.Select:
     """
     p, f = predictions, feedback
     return (
-        sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value)
+        sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value, f.c.covariate)
         .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
         .where(p.c.request_id.in_(sa.bindparam("ids", expanding=True)))
     )

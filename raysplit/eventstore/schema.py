@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = sa.MetaData()
 
@@ -69,6 +69,7 @@ feedback = sa.Table(
     sa.Column("label", sa.JSON),
     sa.Column("value", sa.Float),
     sa.Column("label_text", sa.String(256)),  # v4: the label as predictions' `predicted`
+    sa.Column("covariate", sa.Float),  # v9: see raysplit.core.events.FeedbackEvent.covariate
     sa.Index("ix_feedback_created", "created_at"),  # v4: the recent label delays
 )
 
@@ -87,6 +88,12 @@ CELL_COUNTERS: dict[str, type] = {
     "correct": sa.Integer,
     "abs_error_sum": sa.Float,
     "abs_error_sq": sa.Float,
+    # v9: labelled requests whose feedback carries a covariate x, and sums of x, x^2 and
+    # x * outcome (correct, or the absolute error): CUPED's regression adjustment
+    "cov_n": sa.Integer,
+    "cov_sum": sa.Float,
+    "cov_sq": sa.Float,
+    "cov_y": sa.Float,
 }
 PAIR_COUNTERS: dict[str, type] = {
     "compared": sa.Integer,  # shadow and live answers to the same request

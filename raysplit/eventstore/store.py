@@ -24,6 +24,7 @@ from raysplit.eventstore.migrations import migrate
 from raysplit.eventstore.queries import ExperimentQueries, ExperimentSpan, experiment_spans
 from raysplit.eventstore.rollouts import EntryT, RecordT, RolloutStore
 from raysplit.eventstore.rollup import (
+    Label,
     Rollup,
     apply_pairs,
     pair_deltas,
@@ -74,13 +75,11 @@ def new_prediction_rows(
     return kept
 
 
-def prior_labels(
-    rows: list[Any], new_feedback: set[str]
-) -> dict[str, tuple[str | None, float | None]]:
+def prior_labels(rows: list[Any], new_feedback: set[str]) -> dict[str, Label]:
     """Labels stored before this write: they score its new predictions (its own new
     feedback scores every stored prediction instead, so nothing is scored twice)."""
     return {
-        r.request_id: (r.label_text, r.value)
+        r.request_id: (r.label_text, r.value, r.covariate)
         for r in rows
         if r.request_id not in new_feedback and (r.label_text is not None or r.value is not None)
     }
@@ -155,7 +154,7 @@ class EventStore:
                 new_prediction_rows(prediction_rows, stored), prior_labels(rows, new_feedback)
             )
             labels = {
-                r["request_id"]: (r["label_text"], r["value"])
+                r["request_id"]: (r["label_text"], r["value"], r["covariate"])
                 for r in feedback_rows
                 if r["request_id"] in new_feedback
             }
@@ -232,6 +231,7 @@ class EventStore:
             predictions.c.experiment,
             predictions.c.variant,
             predictions.c.predictions,
+            predictions.c.inputs,
         ).where(predictions.c.request_id.in_(ids), predictions.c.shadow.is_(False))
         with self.engine.connect() as conn:
             return {r.request_id: dict(r._mapping) for r in conn.execute(query)}

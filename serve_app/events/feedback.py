@@ -119,15 +119,21 @@ def judge(experiment: str, variant: str, predicted: list[Any], item: FeedbackIte
     return Judgement(experiment, variant, correct, abs_error)
 
 
+Answered = dict[str, tuple[str, str, list[Any], list[list[float]]]]
+Covariates = Callable[[Answered], dict[str, float]]
+
+
 async def receive(
     items: list[FeedbackItem],
     store: EventStore,
     events: EventBuffer,
     classes: Classes = lambda _experiment, _variant: UNKNOWN,
+    covariates: Covariates = lambda _answered: {},
 ) -> FeedbackReceipt:
     """Match each item to the prediction it answers and queue it; an item whose label the
     prediction's model cannot have given is refused (and the rest taken). Raises
-    :class:`InvalidRequest` (422) when every known item was refused."""
+    :class:`InvalidRequest` (422) when every known item was refused. ``covariates`` gives
+    each answered request its covariate (computed in a worker thread: it runs a model)."""
     ids = {i.request_id for i in items}
     try:
         stored = await asyncio.to_thread(store.live_predictions, ids)
@@ -137,11 +143,13 @@ async def receive(
         raise NotReady(
             "the event store is unreachable, so no feedback was accepted; retry later"
         ) from exc
-    found: dict[str, tuple[str, str, list[Any]]] = {
-        rid: (row["experiment"], row["variant"], row["predictions"]) for rid, row in stored.items()
+    found: Answered = {
+        rid: (row["experiment"], row["variant"], row["predictions"], row["inputs"])
+        for rid, row in stored.items()
     }
     for rid, event in events.pending_predictions(ids - found.keys()).items():
-        found[rid] = (event.experiment, event.variant, event.predictions)
+        found[rid] = (event.experiment, event.variant, event.predictions, event.inputs)
+    covariate = await asyncio.to_thread(covariates, found) if found else {}
     now = time.time()
     accepted, refused = 0, []
     for item in items:
@@ -155,7 +163,8 @@ async def receive(
                 created_at=now,
                 label=item.label,
                 value=item.value,
-                judgement=None if prediction is None else judge(*prediction, item),
+                judgement=None if prediction is None else judge(*prediction[:3], item),
+                covariate=covariate.get(item.request_id),
             )
         )
     unknown = sorted(ids - found.keys())

@@ -121,6 +121,11 @@ class StratifiedComparison(BaseModel):
     adjusted_always_valid_p_value: float | None = Field(description="Holm across the family")
     sample_size: SampleSize | None
     strata: list[StratumEffect]
+    variance_reduction: float | None = Field(
+        None,
+        description="CUPED: the share of the split strata's variance the covariate (the"
+        " control model's confidence in each request) removed, final look",
+    )
     design_effect: float | None = Field(
         None,
         description="sticky strata's variance per user over their variance per request"

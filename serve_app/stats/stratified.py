@@ -34,14 +34,32 @@ from serve_app.stats.models import (
 from serve_app.stats.sample_size import _default_effect, _sample_size
 from serve_app.stats.settings import ALPHA, MIN_EXPECTED_EVENTS, MIN_SEQUENTIAL_SAMPLES
 
-# (observations, sum, sum of squares) of a metric in one cell; for 0/1 outcomes the sum of
-# squares is the sum
-_MOMENTS: dict[Metric, Callable[[Cell], tuple[float, float, float]]] = {
-    Metric.ACCURACY: lambda c: (c.labelled, c.correct, c.correct),
-    Metric.MAE: lambda c: (c.labelled, c.abs_error_sum, c.abs_error_sq),
-    Metric.ERROR_RATE: lambda c: (c.requests, c.errors, c.errors),
-    Metric.LOG_LATENCY: lambda c: (c.answered, c.log_latency_sum, c.log_latency_sq),
+# (observations, sum, sum of squares) of a metric in one cell, then the covariate's
+# (observations with one, sum, sum of squares, sum of covariate x outcome); for 0/1
+# outcomes the sum of squares is the sum. Only the quality metrics carry a covariate.
+_MOMENTS: dict[Metric, Callable[[Cell], tuple[float, ...]]] = {
+    Metric.ACCURACY: lambda c: (
+        c.labelled,
+        c.correct,
+        c.correct,
+        c.cov_n,
+        c.cov_sum,
+        c.cov_sq,
+        c.cov_y,
+    ),
+    Metric.MAE: lambda c: (
+        c.labelled,
+        c.abs_error_sum,
+        c.abs_error_sq,
+        c.cov_n,
+        c.cov_sum,
+        c.cov_sq,
+        c.cov_y,
+    ),
+    Metric.ERROR_RATE: lambda c: (c.requests, c.errors, c.errors, 0, 0, 0, 0),
+    Metric.LOG_LATENCY: lambda c: (c.answered, c.log_latency_sum, c.log_latency_sq, 0, 0, 0, 0),
 }
+_KINDS = 7  # moments per cell
 
 
 # stratum (epoch, assignment kind) -> its column in the moment arrays
@@ -55,6 +73,10 @@ class _Cumulative:
     n: np.ndarray
     total: np.ndarray
     squares: np.ndarray
+    cov_n: np.ndarray
+    cov_sum: np.ndarray
+    cov_sq: np.ndarray
+    cov_y: np.ndarray
 
 
 def _cumulate(
@@ -63,11 +85,10 @@ def _cumulate(
     strata: _Strata,
     looks: dict[int, int],
 ) -> _Cumulative:
-    moments = np.zeros((3, len(looks), len(strata)))
+    moments = np.zeros((_KINDS, len(looks), len(strata)))
     for c in cells:
         moments[:, looks[c.bucket], strata[(c.epoch, c.assignment)]] += _MOMENTS[metric](c)
-    n, total, squares = np.cumsum(moments, axis=1)
-    return _Cumulative(n, total, squares)
+    return _Cumulative(*np.cumsum(moments, axis=1))
 
 
 @dataclass(frozen=True)
@@ -84,9 +105,47 @@ class _Estimate:
     unit_variance: np.ndarray  # per-observation variance of both arms summed, final look
     parts: np.ndarray  # (looks, strata): each stratum's share of ``variance``
     null_parts: np.ndarray  # and of ``null_variance``
+    reduction: float | None = None  # CUPED: 1 - adjusted / unadjusted variance, final look
 
 
-def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Estimate:
+def _adjusted(
+    a: _Cumulative, b: _Cumulative, adjustable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CUPED (Deng et al. 2013) per look and stratum: the difference of the arms' means of
+    ``y - theta * x``, with ``theta`` the covariate's regression slope pooled over both arms
+    within the stratum. The covariate is the same function of the request in both arms, so
+    the adjusted difference estimates the same effect with ``1 - rho^2`` of the variance.
+    Returns where it applies (every labelled observation of both arms has a covariate, the
+    covariate varies, the stratum is ``adjustable``), the difference and its variance."""
+    n = a.n + b.n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sx, sy = a.cov_sum + b.cov_sum, a.total + b.total
+        var_x = a.cov_sq + b.cov_sq - sx**2 / n
+        theta = (a.cov_y + b.cov_y - sx * sy / n) / var_x
+        valid = (
+            adjustable[None, :]
+            & (a.cov_n == a.n)
+            & (b.cov_n == b.n)
+            & (a.n >= 2)
+            & (b.n >= 2)
+            & (var_x > 1e-9 * n)
+        )
+        means, variances = [], []
+        for arm in (a, b):
+            mean = (arm.total - theta * arm.cov_sum) / arm.n
+            squares = arm.squares - 2 * theta * arm.cov_y + theta**2 * arm.cov_sq
+            spread = np.maximum(squares - arm.n * mean**2, 0) / (arm.n - 1)
+            means.append(mean)
+            variances.append(spread / arm.n)
+    return valid, means[1] - means[0], variances[0] + variances[1]
+
+
+def _combine(
+    control: _Cumulative,
+    challenger: _Cumulative,
+    binary: bool,
+    adjustable: np.ndarray | None = None,
+) -> _Estimate:
     """Cochran-Mantel-Haenszel-weighted difference of means across strata.
 
     Weights are ``n_control * n_challenger / (n_control + n_challenger)``: they depend on
@@ -121,11 +180,21 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
         w_sum = w.sum(axis=1, keepdims=True)
         weights = w / w_sum
         difference = np.where(usable, mb - ma, 0.0)
+        unadjusted = np.sum(weights**2 * np.where(usable, part, 0.0), axis=1)
+        reduction = None
+        if adjustable is not None:
+            valid, adjusted, adjusted_var = _adjusted(control, challenger, adjustable)
+            valid &= usable
+            difference = np.where(valid, adjusted, difference)
+            part = np.where(valid, adjusted_var, part)
+            null_part = np.where(valid, adjusted_var, null_part)
         estimate = np.sum(weights * difference, axis=1)
         parts = weights**2 * np.where(usable, part, 0.0)
         null_parts = weights**2 * np.where(usable, null_part, 0.0)
         variance = np.sum(parts, axis=1)
         null_variance = np.sum(null_parts, axis=1)
+        if adjustable is not None and valid[-1].any() and unadjusted[-1] > 0:
+            reduction = float(1 - variance[-1] / unadjusted[-1])
         if binary:  # per observation, under the null, in the final look's pooled rate
             rate = (control.total[-1].sum() + challenger.total[-1].sum()) / (
                 na[-1].sum() + nb[-1].sum()
@@ -140,9 +209,10 @@ def _combine(control: _Cumulative, challenger: _Cumulative, binary: bool) -> _Es
         weights=weights,
         control_mean=np.where(na > 0, ma, np.nan),
         challenger_mean=np.where(nb > 0, mb, np.nan),
-        unit_variance=np.asarray(unit_variance, dtype=float),
+        unit_variance=np.asarray(unit_variance, dtype=float) * (1 - (reduction or 0.0)),
         parts=parts,
         null_parts=null_parts,
+        reduction=reduction,
     )
 
 
@@ -189,6 +259,15 @@ def _per_user(
         unit_variance=est.unit_variance * overall,
     )
     return adjusted, effect
+
+
+def _split(strata: _Strata) -> np.ndarray:
+    """Which strata CUPED adjusts: split traffic's. Sticky strata keep the per-user variance
+    of the unadjusted outcome (the per-user sums hold no covariate)."""
+    split = np.zeros(len(strata), dtype=bool)
+    for (_, kind), j in strata.items():
+        split[j] = kind is AssignmentKind.SPLIT
+    return split
 
 
 def _randomised_arms(
@@ -259,9 +338,7 @@ def _stratum_effects(
 
 def _final_look(arm: _Cumulative) -> _Cumulative:
     """The final look with all strata summed into one: the unstratified (pooled) arm."""
-    return _Cumulative(
-        *(x[-1:].sum(axis=1, keepdims=True) for x in (arm.n, arm.total, arm.squares))
-    )
+    return _Cumulative(*(x[-1:].sum(axis=1, keepdims=True) for x in vars(arm).values()))
 
 
 def _fill_fixed_horizon(
@@ -355,8 +432,13 @@ def stratified_comparison(
     if not looks:
         return result
     est, result.design_effect = _per_user(
-        _combine(a, b, binary), strata, {control: a, challenger: b}, unit_moments, metric
+        _combine(a, b, binary, _split(strata)),
+        strata,
+        {control: a, challenger: b},
+        unit_moments,
+        metric,
     )
+    result.variance_reduction = est.reduction
     result.strata = _stratum_effects(strata, a, b, est)
     if not np.isfinite(float(est.estimate[-1])) or not (est.weights[-1] > 0).any():
         return result
@@ -425,7 +507,7 @@ def stratified_looks(
         return None
     buckets = list(looks)
     # _cumulate's sums with one scatter-add (this runs at every evaluation of a rollout)
-    moments = np.zeros((2, 3, len(looks), len(strata)))
+    moments = np.zeros((2, _KINDS, len(looks), len(strata)))
     np.add.at(
         moments,
         (
@@ -438,7 +520,8 @@ def stratified_looks(
     )
     a, b = (_Cumulative(*np.cumsum(arm, axis=1)) for arm in moments)
     arms = {control: a, challenger: b}
-    est, _ = _per_user(_combine(a, b, metric in BINARY), strata, arms, unit_moments, metric)
+    combined = _combine(a, b, metric in BINARY, _split(strata))
+    est, _ = _per_user(combined, strata, arms, unit_moments, metric)
     with np.errstate(invalid="ignore"):
         control_mean = np.nansum(est.weights * est.control_mean, axis=1)
     defined = np.isfinite(est.estimate) & (est.weights > 0).any(axis=1)

@@ -42,6 +42,8 @@ def render_text(result: ExperimentStatistics) -> str:
             if c.design_effect is not None
             else ""
         )
+        if c.variance_reduction is not None:
+            per_user += f" [variance reduced by {c.variance_reduction:.0%} (CUPED)]"
         lines.append(
             f"{c.challenger} vs {c.control}: {c.metric.value} difference {_iv(c.difference)}{ratio}"
             f" p = {_p(c.p_value)} (Holm {_p(c.adjusted_p_value)}), always-valid"

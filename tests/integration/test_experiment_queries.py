@@ -166,8 +166,11 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
                     outcome="error" if rng.random() < 0.05 else "ok",
                 )
             )
-        if rng.random() < 0.7:
-            events.append(feedback(f"r{i}", rng.choice(["setosa", "virginica"])))
+        if rng.random() < 0.7:  # some with the control's confidence as a covariate
+            covariate = rng.random() if rng.random() < 0.6 else None
+            events.append(
+                feedback(f"r{i}", rng.choice(["setosa", "virginica"]), covariate=covariate)
+            )
     events += [feedback(f"unknown{i}") for i in range(20)]
     events += rng.sample(events, 100)  # retries
     rng.shuffle(events)  # feedback often lands before its prediction

@@ -364,6 +364,9 @@ def test_experiment_report_over_real_traffic_and_feedback(deployer: Deployer) ->
     enough = planned is None or planned["collected"] >= planned["sequential"]
     expected = "no detectable difference" if enough else "not enough data"
     assert comparison["verdict"] == expected, comparison
+    # every label came with the control model's confidence in its request: the split
+    # strata's comparison is CUPED-adjusted, and says by how much
+    assert comparison["variance_reduction"] is not None, comparison
     text = subprocess.run(
         [str(RAYSPLIT), "report", "--url", deployer.url],
         capture_output=True,

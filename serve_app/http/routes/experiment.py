@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 from fastapi import APIRouter, Request
 
@@ -13,6 +14,7 @@ from serve_app.config.constants import DEPLOY_STATUS_TIMEOUT_S, MAX_HISTORY, MAX
 from serve_app.config.errors import InvalidRequest
 from serve_app.events import feedback as feedback_desk
 from serve_app.http.schemas import parse_json
+from serve_app.predict.covariate import control_confidence
 from serve_app.replica.base import Replica, ReplicaDep, acting_key
 from serve_app.replica.reading import list_experiments, read_timeline
 from serve_app.report.experiment import ExperimentReport
@@ -160,7 +162,13 @@ async def feedback(replica: ReplicaDep, request: Request):
 
     experiment, tally = state.config.experiment, replica.metrics.tally
     try:
-        receipt = await feedback_desk.receive(items, await replica.store(), replica.events, classes)
+        receipt = await feedback_desk.receive(
+            items,
+            await replica.store(),
+            replica.events,
+            classes,
+            partial(control_confidence, state),
+        )
     except InvalidRequest:
         tally.feedback_refused(experiment, len(items))
         raise
