@@ -49,6 +49,7 @@ def test_writes_are_idempotent_per_request(store_url: str) -> None:
             "experiment": "iris-ab",
             "variant": "champion",
             "predictions": ["setosa"],
+            "inputs": [[5.1, 3.5, 1.4, 0.2]],  # the feedback's covariate is computed from it
         }
     }
     store.dispose()
