@@ -198,34 +198,11 @@ def _unit_moments(
     r: dict[str, np.ndarray], values: dict[str, np.ndarray], users: int, epochs: int
 ) -> list[UnitMoments]:
     """Sum over users of (user's total a in cell k) x (user's total b in cell l)."""
-    cells = 2 * epochs
     cell = r["arm"] * epochs + r["epoch"]
-    totals = np.zeros((users, cells, len(TOTALS)))
+    totals = np.zeros((users, 2 * epochs, len(TOTALS)))
     for j, name in enumerate(TOTALS):
         np.add.at(totals[:, :, j], (r["user"], cell), values[name])
-    present = np.zeros((users, cells))
-    np.add.at(present, (r["user"], cell), 1.0)
-    present = present > 0
-    products = _cross_products(totals)
-    together = present.astype(float).T @ present.astype(float)
-    moments = []
-    for k in range(cells):
-        for m in range(cells):
-            if together[k, m] == 0:
-                continue
-            moments.append(
-                UnitMoments(
-                    variant=NAMES[k // epochs],
-                    epoch=k % epochs,
-                    other_variant=NAMES[m // epochs],
-                    other_epoch=m % epochs,
-                    users=int(together[k, m]),
-                    products={
-                        f"{a}*{b}": float(products[k, m, INDEX[a], INDEX[b]]) for a, b in PAIRS
-                    },
-                )
-            )
-    return moments
+    return moments_of(totals, epochs)
 
 
 def exposures(
