@@ -645,13 +645,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
     except RaysplitError as exc:
         print(f"raysplit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raysplit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`raysplit report | head`): end quietly, as Unix tools do;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
