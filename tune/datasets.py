@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class Dataset:
     features: pd.DataFrame
     target: pd.Series
     task: Task
+    # the source's column names that had to change to be served (original -> served)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def class_labels(self) -> list[str | int | float] | None:
@@ -185,7 +187,9 @@ def load_dataset(
     else:
         raise RaysplitError("dataset: give a bundled 'name' or a file 'path'")
     validate_table(features, labels, source)
-    features = features.set_axis(clean_identifiers(features.columns), axis=1).reset_index(drop=True)
+    served = clean_identifiers(features.columns)
+    renamed = {str(o): s for o, s in zip(features.columns, served, strict=True) if str(o) != s}
+    features = features.set_axis(served, axis=1).reset_index(drop=True)
     labels = labels.reset_index(drop=True)
     inferred = infer_task(labels)
     task = task or inferred
@@ -194,7 +198,7 @@ def load_dataset(
             f"dataset {source}: task is regression but target '{labels.name}' is not numeric"
         )
     features = features.astype("float64")
-    return Dataset(name=label, features=features, target=labels, task=task)
+    return Dataset(name=label, features=features, target=labels, task=task, renamed=renamed)
 
 
 def split_dataset(dataset: Dataset, test_size: float, seed: int, cv_folds: int) -> Split:

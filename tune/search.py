@@ -57,6 +57,8 @@ class SearchOutcome:
     onnx: str = ""  # the ONNX verdict's reason, prefixed with verified/not verified
     gate: GateDecision | None = None  # register.gate's verdict; alias None when it said no
     events: dict[str, str] = field(default_factory=dict)  # the event-store source, if any
+    features: list[str] = field(default_factory=list)  # as requests must name them
+    renamed: dict[str, str] = field(default_factory=dict)  # source column -> served name
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,8 @@ def _outcome(
         onnx=("verified: " if onnx_check.verified else "not verified: ") + onnx_check.reason,
         gate=registered.gate,
         events=inputs.events.tags() if inputs.events is not None else {},
+        features=list(inputs.dataset.features.columns),
+        renamed=inputs.dataset.renamed,
     )
 
 
@@ -436,6 +440,15 @@ def outcome_lines(outcome: SearchOutcome) -> list[str]:
                 f" {outcome.events.get('raysplit.events.until')})"
             ]
             if outcome.events
+            else []
+        ),
+        f"features (as requests name them): {', '.join(outcome.features)}",
+        *(
+            [
+                "renamed from the data: "
+                + ", ".join(f"{old!r} -> {new}" for old, new in outcome.renamed.items())
+            ]
+            if outcome.renamed
             else []
         ),
         f"MLflow search run: {outcome.parent_run_id} (experiment {outcome.experiment_id})",

@@ -144,3 +144,46 @@ def test_too_few_rows_per_class_for_the_folds(tmp_path: Path) -> None:
         RaysplitError, match="class 'small' has 3 training rows, fewer than cv_folds=5"
     ):
         split_dataset(data, test_size=0.2, seed=0, cv_folds=5)
+
+
+def test_the_served_feature_names_and_renames_are_said(tmp_path: Path) -> None:
+    """A CSV's own column names are rewritten to serve as JSON fields; the search says the
+    served names and each rename where people look (issue 38: a newcomer sent the CSV's
+    names and got "missing feature(s)" with no hint)."""
+    from tune.search import SearchOutcome, outcome_lines
+
+    path = tmp_path / "wine.csv"
+    pd.DataFrame(
+        {
+            "alcohol": [13.2, 12.4, 14.1, 13.0],
+            "OD280/OD315 of diluted wines": [3.1, 2.2, 2.9, 3.4],
+            "class": ["a", "b", "a", "b"],
+        }
+    ).to_csv(path, index=False)
+    dataset = load_dataset(path=path, target="class")
+    assert dataset.renamed == {"OD280/OD315 of diluted wines": "od280_od315_of_diluted_wines"}
+    outcome = SearchOutcome(
+        experiment_id="1",
+        parent_run_id="r",
+        trials=1,
+        completed_trials=1,
+        early_stopped_trials=0,
+        metric="accuracy",
+        best_family="svc",
+        best_params={},
+        best_cv_score=0.9,
+        test_scores={},
+        model_name="wine",
+        model_version="1",
+        alias=None,
+        search_seconds=1.0,
+        folds_fitted=5,
+        features=list(dataset.features.columns),
+        renamed=dataset.renamed,
+    )
+    lines = outcome_lines(outcome)
+    assert "features (as requests name them): alcohol, od280_od315_of_diluted_wines" in lines
+    assert (
+        "renamed from the data: 'OD280/OD315 of diluted wines' -> od280_od315_of_diluted_wines"
+        in lines
+    )
