@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from raysplit.eventstore.aggregates import (
+    UNIT_PRODUCTS,
+    UNIT_TOTALS,
     AssignmentKind,
     Cell,
     Epoch,
@@ -32,25 +34,9 @@ from raysplit.eventstore.aggregates import (
 
 STICKY = AssignmentKind.STICKY
 NAMES = ("control", "challenger")
-# the (denominator, numerator) of each metric, and so the products of user totals a
-# per-user variance reads (as the event store's query returns them)
-RATIOS = (
-    ("labelled", "correct"),
-    ("labelled", "abs_error_sum"),
-    ("requests", "errors"),
-    ("answered", "log_latency_sum"),
-)
-TOTALS = (
-    "requests",
-    "errors",
-    "answered",
-    "log_latency_sum",
-    "labelled",
-    "correct",
-    "abs_error_sum",
-)
+TOTALS = UNIT_TOTALS  # the store's names for a user's totals (a contract, not logic)
 INDEX = {name: i for i, name in enumerate(TOTALS)}
-PAIRS = sorted({pair for x, y in RATIOS for pair in ((x, x), (x, y), (y, x), (y, y))})
+PAIRS = UNIT_PRODUCTS
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,17 @@ UNIT_TOTALS = (
     "correct",
     "abs_error_sum",
 )
+# Each metric as a ratio of a user's totals, (denominator, numerator): the per-user
+# variance of a metric reads the sums over users of the products of these
+UNIT_RATIOS: dict[str, tuple[str, str]] = {
+    "accuracy": ("labelled", "correct"),
+    "mae": ("labelled", "abs_error_sum"),
+    "error_rate": ("requests", "errors"),
+    "log_latency": ("answered", "log_latency_sum"),
+}
+UNIT_PRODUCTS = sorted(
+    {pair for x, y in UNIT_RATIOS.values() for pair in ((x, x), (x, y), (y, x), (y, y))}
+)
 
 
 class UnitMoments(BaseModel):

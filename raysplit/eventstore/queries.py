@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from raysplit.core.events import AssignmentKind
 from raysplit.eventstore.aggregates import (
-    UNIT_TOTALS,
+    UNIT_PRODUCTS,
     Cell,
     Epoch,
     EpochUnits,
@@ -49,17 +49,6 @@ class VariantFacts(BaseModel):
     model_versions: list[str]
     recent_latency_ms: list[float]
     agreement: tuple[int, int] | None = None  # shadows: (agreed with live, compared)
-
-
-# (x, y) pairs of user totals the variance of a ratio metric needs: its denominator and
-# numerator in each order (serve_app.stats.clustered)
-_METRIC_TOTALS = (
-    ("labelled", "correct"),
-    ("labelled", "abs_error_sum"),
-    ("requests", "errors"),
-    ("answered", "log_latency_sum"),
-)
-_PRODUCTS = {pair for x, y in _METRIC_TOTALS for pair in ((x, x), (x, y), (y, x), (y, y))}
 
 
 def _total(table: sa.Table, name: str) -> sa.ColumnElement:
@@ -241,10 +230,7 @@ class ExperimentQueries:
         with users x epochs, never with requests."""
         one, two = units.alias("one"), units.alias("two")
         products = {
-            f"{x}*{y}": sa.func.sum(_total(one, x) * _total(two, y))
-            for x in UNIT_TOTALS
-            for y in UNIT_TOTALS
-            if (x, y) in _PRODUCTS
+            f"{x}*{y}": sa.func.sum(_total(one, x) * _total(two, y)) for x, y in UNIT_PRODUCTS
         }
         query = (
             sa.select(

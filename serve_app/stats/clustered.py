@@ -21,16 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from raysplit.eventstore.aggregates import UnitMoments
+from raysplit.eventstore.aggregates import UNIT_RATIOS, UnitMoments
 from serve_app.stats.models import Metric
-
-# (denominator x, numerator y) of each metric as a user's totals
-TOTALS: dict[Metric, tuple[str, str]] = {
-    Metric.ACCURACY: ("labelled", "correct"),
-    Metric.MAE: ("labelled", "abs_error_sum"),
-    Metric.ERROR_RATE: ("requests", "errors"),
-    Metric.LOG_LATENCY: ("answered", "log_latency_sum"),
-}
 
 Cell = tuple[str, int]  # (variant, epoch)
 
@@ -47,7 +39,7 @@ def clustered_variance(
     left out), ``means`` the ``R_vs`` the residuals are taken around: each arm's own for an
     interval, the stratum's pooled mean for a test under "no difference".
     """
-    x, y = TOTALS[metric]
+    x, y = UNIT_RATIOS[metric.value]
     total = 0.0
     for m in moments:
         one, two = (m.variant, m.epoch), (m.other_variant, m.other_epoch)
