@@ -200,3 +200,69 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
                 assert kept[key] == pytest.approx(values), (table.name, key)
     assert kept  # the sticky users were there to count
     store.dispose()
+
+
+def test_unit_moments_equal_sums_over_users_of_their_totals(store_url: str) -> None:
+    """The per-user variance's inputs, read by one SQL self-join, against the same sums
+    taken here user by user: a user who stays across two epochs, one a ramp moves from
+    the control to the challenger, labelled and unlabelled, right and wrong requests."""
+    store = EventStore(store_url)
+    events: list = [
+        AllocationEvent("iris-ab", "k1", {"champion": 0.9, "challenger": 0.1}, 100.0),
+        AllocationEvent("iris-ab", "k2", {"champion": 0.5, "challenger": 0.5}, 200.0),
+    ]
+    served = [  # (request, user, variant, allocation, predicted, labelled)
+        ("r1", "stay", "champion", "k1", "setosa", True),
+        ("r2", "stay", "champion", "k1", "virginica", True),
+        ("r3", "stay", "champion", "k2", "setosa", False),
+        ("r4", "moved", "champion", "k1", "setosa", True),
+        ("r5", "moved", "challenger", "k2", "virginica", True),
+        ("r6", "moved", "challenger", "k2", "setosa", True),
+        ("r7", "late", "challenger", "k2", "setosa", True),
+    ]
+    for rid, user, variant, allocation, predicted, labelled in served:
+        events.append(
+            prediction(
+                rid,
+                variant,
+                assignment=STICKY,
+                allocation=allocation,
+                unit_hash=user,
+                predictions=[predicted],
+                created_at=150.0 if allocation == "k1" else 250.0,
+            )
+        )
+        if labelled:
+            events.append(feedback(rid, "setosa"))
+    store.write(events)
+    found = store.queries("iris-ab", classification=True).aggregates("champion").unit_moments
+    epoch = {"k1": 1, "k2": 2}
+    totals: dict[tuple[str, str, int], dict[str, float]] = {}
+    for _rid, user, variant, allocation, predicted, labelled in served:
+        t = totals.setdefault(
+            (user, variant, epoch[allocation]),
+            dict.fromkeys(("requests", "labelled", "correct"), 0.0),
+        )
+        t["requests"] += 1
+        t["labelled"] += labelled
+        t["correct"] += labelled and predicted == "setosa"
+    expected: dict[tuple, dict[str, float]] = {}
+    for (u1, v1, e1), t1 in totals.items():
+        for (u2, v2, e2), t2 in totals.items():
+            if u1 == u2:
+                sums = expected.setdefault((v1, e1, v2, e2), {})
+                for x, y in (
+                    ("labelled", "correct"),
+                    ("correct", "correct"),
+                    ("requests", "requests"),
+                ):
+                    sums[f"{x}*{y}"] = sums.get(f"{x}*{y}", 0.0) + t1[x] * t2[y]
+    got = {(m.variant, m.epoch, m.other_variant, m.other_epoch): m.products for m in found}
+    assert got.keys() == expected.keys()
+    for key, sums in expected.items():
+        for name, value in sums.items():
+            assert got[key][name] == pytest.approx(value), (key, name)
+    # the mover is one user in two arms: their cross terms pair the control's epoch 1
+    # with the challenger's epoch 2
+    assert got[("champion", 1, "challenger", 2)]["labelled*correct"] == 1.0 * 1.0
+    store.dispose()
