@@ -3,8 +3,12 @@ events through ``EventStore.write`` (rollups on), against PostgreSQL and SQLite.
 
 Each writer sends its own requests' predictions and, one batch later, labels for half of
 them, so labels and predictions of the same requests meet across batches as they do across
-replicas. Reports events per second over all writers and the p99 time of one batch write;
-results go to docs/events.md (``make bench-events``).
+replicas. Half the predictions are sticky, from a few thousand users who come back, so the
+per-user rollup is written as production writes it. Each configuration runs twice in the
+same session: with one lock per request id (the store) and with the first version's one
+lock for the whole cluster (``--cluster-lock`` patches it back in). Reports events per second
+over all writers and the p99 time of one batch write; results go to docs/events.md
+(``make bench-events``).
 
     python bench/events.py [--writers 1 2 4] [--batch 64 256] [--seconds 15]
 """
@@ -29,8 +33,12 @@ DATABASE = "raysplit_bench_events"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
 
-def _events(prefix: str, batch: int, n: int) -> tuple[list, list]:
+USERS = 5000  # sticky users the writers' requests come from
+
+
+def _events(prefix: str, batch: int, n: int, rng: np.random.Generator) -> tuple[list, list]:
     now = time.time()
+    users = rng.integers(0, USERS, batch)
     predictions = [
         PredictionEvent(
             request_id=f"{prefix}-{n}-{i}",
@@ -44,8 +52,9 @@ def _events(prefix: str, batch: int, n: int) -> tuple[list, list]:
             probabilities=None,
             latency_ms=0.5,
             created_at=now,
-            assignment=AssignmentKind.SPLIT,
+            assignment=AssignmentKind.STICKY if i % 2 else AssignmentKind.SPLIT,
             allocation="a1",
+            unit_hash=f"user-{users[i]}" if i % 2 else None,
         )
         for i in range(batch)
     ]
@@ -56,14 +65,22 @@ def _events(prefix: str, batch: int, n: int) -> tuple[list, list]:
     return predictions, labels
 
 
-def _writer(url: str, batch: int, seconds: float, start: float, out) -> None:
+def _cluster_lock(conn: sa.Connection, *_batches: list) -> None:
+    """The first version's write lock: one advisory lock for the whole cluster."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x7261797370_6C6975})
+
+
+def _writer(url: str, batch: int, seconds: float, start: float, out, cluster_lock: bool) -> None:
+    if cluster_lock:
+        EventStore._lock_requests = staticmethod(_cluster_lock)
+    rng = np.random.default_rng()
     store = EventStore(url)
     prefix, n, events, times = uuid.uuid4().hex[:8], 0, 0, []
     pending: list = []
     while time.time() < start:
         time.sleep(0.01)
     while time.time() < start + seconds:
-        predictions, labels = _events(prefix, batch, n)
+        predictions, labels = _events(prefix, batch, n, rng)
         write = predictions[: batch - len(pending)] + pending  # last batch's labels
         began = time.perf_counter()
         store.write(write)
@@ -88,14 +105,16 @@ def _fresh(kind: str, tmp: Path) -> str:
     return f"{POSTGRES}/{DATABASE}"
 
 
-def run(kind: str, writers: int, batch: int, seconds: float, tmp: Path) -> tuple[float, float]:
+def run(
+    kind: str, writers: int, batch: int, seconds: float, tmp: Path, cluster_lock: bool = False
+) -> tuple[float, float]:
     url = _fresh(kind, tmp)
     EventStore(url).dispose()  # migrate once
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     start = time.time() + 3  # every writer connected before the clock starts
     processes = [
-        context.Process(target=_writer, args=(url, batch, seconds, start, out))
+        context.Process(target=_writer, args=(url, batch, seconds, start, out, cluster_lock))
         for _ in range(writers)
     ]
     for p in processes:
@@ -125,8 +144,8 @@ def main() -> None:
         " `EventStore.write` with rollups on (predictions, and labels for half of them one"
         " batch later). Events per second over all writers; p99 of one batch's write.",
         "",
-        "| store | batch | writers | events/s | p99 batch ms |",
-        "|---|---|---|---|---|",
+        "| store | batch | writers | events/s | p99 batch ms | one cluster-wide lock: events/s |",
+        "|---|---|---|---|---|---|",
     ]
     for kind in args.stores:
         for batch in args.batch:
@@ -134,7 +153,12 @@ def main() -> None:
                 if kind == "sqlite" and writers > 2:
                     continue  # one file, one writer at a time: more processes only queue
                 rate, p99 = run(kind, writers, batch, args.seconds, tmp)
-                lines.append(f"| {kind} | {batch} | {writers} | {rate:,.0f} | {p99:.1f} |")
+                old = (
+                    f"{run(kind, writers, batch, args.seconds, tmp, cluster_lock=True)[0]:,.0f}"
+                    if kind == "postgresql"
+                    else "-"
+                )
+                lines.append(f"| {kind} | {batch} | {writers} | {rate:,.0f} | {p99:.1f} | {old} |")
                 print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")
 
