@@ -246,8 +246,8 @@ def _units(counts: np.ndarray) -> list[EpochUnits]:
 class Population:
     """Users who stay for a whole rollout, for simulations in which the share moves as the
     rule decides: each interval, every user sends a Poisson number of requests to the arm
-    their position falls in under the current share; labels arrive for ``1 -
-    label_missing`` of them, one interval late at most. Accuracy: the user's own, around a
+    their position falls in under the current share; ``1 - label_missing`` of them will be
+    labelled (the caller decides when the labels arrive). Accuracy: the user's own, around a
     base that drifts by ``drift`` over ``horizon`` intervals, plus ``effect`` on the
     candidate."""
 
