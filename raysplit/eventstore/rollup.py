@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from raysplit.core.events import RANDOMISED
-from raysplit.eventstore.dialect import insert
+from raysplit.eventstore.bulk import add_counts
 from raysplit.eventstore.schema import (
     BUCKET_S,
     CELL_COUNTERS,
@@ -142,7 +143,6 @@ class Rollup:
                 score(delta, prediction, *labels[prediction.request_id])
 
     def apply(self, conn: sa.Connection) -> None:
-        dialect = conn.dialect.name
         for name, deltas, keys in (
             ("cells", self.deltas, CELL_KEY_COLUMNS),
             ("units", self.units, UNIT_KEY_COLUMNS),
@@ -150,7 +150,8 @@ class Rollup:
             if deltas:
                 # in key order: concurrent writers lock the rows they add to in one order
                 rows = [dict(zip(keys, k, strict=True), **d) for k, d in sorted(deltas.items())]
-                conn.execute(adding_upsert(dialect, name), rows)
+                table, counters = ROLLUPS[name]
+                add_counts(conn, table, rows, tuple(counters))
 
 
 CELL_KEY_COLUMNS = ("experiment", "variant", "allocation", "assignment", "model_version", "bucket")
@@ -161,21 +162,6 @@ ROLLUPS = {
     "units": (units, CELL_COUNTERS),
     "pairs": (pairs, PAIR_COUNTERS),
 }
-
-
-@functools.cache
-def adding_upsert(dialect: str, rollup: str) -> Any:
-    """``INSERT ... ON CONFLICT DO UPDATE`` adding each counter to the stored one.
-
-    Built once per dialect and table: building it (``excluded`` and one expression per
-    counter) cost more per write than running it.
-    """
-    table, counters = ROLLUPS[rollup]
-    statement = insert(dialect, table)
-    return statement.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key],
-        set_={name: table.c[name] + statement.excluded[name] for name in counters},
-    )
 
 
 PairKey = tuple[str, str, str, int]  # experiment, shadow, live allocation, live bucket
@@ -235,19 +221,26 @@ STORED_COLUMNS = (
 
 
 @functools.cache
-def stored_query() -> sa.Select:
+def stored_query(dialect: str) -> sa.Select:
     """Every stored prediction of a batch's requests with the request's label, if any.
 
     One read per write: the labels stored before this batch (to score its new
     predictions), the predictions its new feedback scores, and the shadows it completes
     a pair with all come from these rows. Built once: constructing the statement cost a
-    writer more than executing it.
+    writer more than executing it. PostgreSQL takes the ids as one array (``= ANY``): an
+    expanded ``IN`` list is a new statement text that psycopg parses on every write.
     """
     p, f = predictions, feedback
+    if dialect == "postgresql":
+        matching = p.c.request_id == sa.func.any(
+            sa.bindparam("ids", type_=postgresql.ARRAY(sa.String))
+        )
+    else:
+        matching = p.c.request_id.in_(sa.bindparam("ids", expanding=True))
     return (
         sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value, f.c.covariate)
         .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
-        .where(p.c.request_id.in_(sa.bindparam("ids", expanding=True)))
+        .where(matching)
     )
 
 
@@ -319,10 +312,12 @@ PAIR_CELLS = {
 def apply_pairs(conn: sa.Connection, deltas: dict[PairKey, dict[str, float]]) -> None:
     if not deltas:
         return
-    conn.execute(
-        adding_upsert(conn.dialect.name, "pairs"),
+    add_counts(
+        conn,
+        pairs,
         [
             {"experiment": k[0], "shadow": k[1], "allocation": k[2], "bucket": k[3], **d}
             for k, d in sorted(deltas.items())  # one lock order for every writer
         ],
+        tuple(PAIR_COUNTERS),
     )

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
 from raysplit.eventstore.accepted_configs import AcceptedConfigs
+from raysplit.eventstore.bulk import forget_stages_on_rollback, insert_new
 from raysplit.eventstore.dialect import insert_ignoring
 from raysplit.eventstore.key_use import Tally, add_use, read_use
 from raysplit.eventstore.migrations import migrate
@@ -45,6 +46,9 @@ from raysplit.eventstore.schema import (
 
 __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema_info"]
 
+
+STORED_KEY = ("request_id", "variant")  # what tells a stored prediction
+FED_KEY = ("request_id",)  # and a stored label
 
 # The class of raysplit's per-request advisory locks in PostgreSQL's two-key lock space
 # ("rays" in ASCII); the second key is a 32-bit hash of the request id
@@ -91,6 +95,7 @@ class EventStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
+        forget_stages_on_rollback(self.engine)
         self.version = migrate(self.engine)
         self.accepted_configs = AcceptedConfigs(self.engine)
 
@@ -124,8 +129,6 @@ class EventStore:
         feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
         dialect = self.engine.dialect.name
-        new_feedback: set[str] = set()
-        stored: set[tuple[str, str]] = set()  # (request id, variant) this write inserted
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             if dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises writers already
@@ -133,22 +136,12 @@ class EventStore:
             if allocation_rows:  # the first replica to serve an allocation dates it
                 allocation_rows.sort(key=lambda r: (r["experiment"], r["key"]))  # lock order
                 conn.execute(insert_ignoring(dialect, allocations), allocation_rows)
-            if prediction_rows:
-                inserted = conn.execute(
-                    insert_ignoring(dialect, predictions).returning(
-                        predictions.c.request_id, predictions.c.variant
-                    ),
-                    prediction_rows,
-                )
-                stored = set(map(tuple, inserted))
-            if feedback_rows:
-                inserted = conn.execute(
-                    insert_ignoring(dialect, feedback).returning(feedback.c.request_id),
-                    feedback_rows,
-                )
-                new_feedback.update(inserted.scalars())
+            stored = set(insert_new(conn, predictions, prediction_rows, STORED_KEY))
+            new_feedback = {rid for (rid,) in insert_new(conn, feedback, feedback_rows, FED_KEY)}
             touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
-            rows = list(conn.execute(stored_query(), {"ids": list(touched)})) if touched else []
+            rows = []
+            if touched:
+                rows = list(conn.execute(stored_query(dialect), {"ids": list(touched)}))
             rollup = Rollup()
             rollup.add_predictions(
                 new_prediction_rows(prediction_rows, stored), prior_labels(rows, new_feedback)
