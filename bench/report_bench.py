@@ -24,6 +24,7 @@ from systems import (
     NOOP,
     OIP_BINARY,
     OIP_JSON,
+    ONNX,
     RAYSPLIT,
     STEP_AUTOSCALING,
     TEXTBOOK,
@@ -31,7 +32,7 @@ from systems import (
     Scenario,
 )
 
-HEADLINE = (RAYSPLIT, TUNED, FASTAPI, NOOP)  # the four systems of the first table
+HEADLINE = (RAYSPLIT, ONNX, TUNED, FASTAPI, NOOP)  # the systems of the first table
 RAY_PATH = ("HAProxy", "proxies", "controller", "raylet", "GCS", "dashboard", "other")
 
 CURVES = "latency_throughput.png"
@@ -87,8 +88,51 @@ def statistics_median(values: list[float]) -> float:
     return values[len(values) // 2] if values else math.nan
 
 
+def yardstick_targets(scenarios: list[Scenario]) -> list[str]:
+    """Issue 36's goals: against FastAPI serving the same verified ONNX graph, the strongest
+    alternative a careful engineer would run."""
+    ours32, onnx32, noop32 = (_single(scenarios, s, 32) for s in (RAYSPLIT, ONNX, NOOP))
+    ours1, onnx1 = _single(scenarios, RAYSPLIT, 1), _single(scenarios, ONNX, 1)
+    return [
+        "| target | raysplit | compared with | ratio | goal | |",
+        "|---|---:|---:|---:|---:|---|",
+        _target(
+            "req/s, single row, 32 connections, vs FastAPI + ONNX",
+            ours32.median("requests_per_s"),
+            onnx32.median("requests_per_s"),
+            0.5,
+            True,
+        ),
+        _target(
+            "req/s, single row, 32 connections, share of the no-op ceiling",
+            ours32.median("requests_per_s"),
+            noop32.median("requests_per_s"),
+            0.5,
+            True,
+        ),
+        _target(
+            "p50 ms, single row, 1 connection, vs FastAPI + ONNX",
+            ours1.median("p50_ms"),
+            onnx1.median("p50_ms"),
+            2.0,
+            False,
+        ),
+        _target(
+            "CPU us per prediction, single row, 32 connections, vs FastAPI + ONNX",
+            cpu_us(ours32),
+            cpu_us(onnx32),
+            1.0,
+            False,
+        ),
+        "",
+        f"p99 at 1 connection: raysplit {ours1.median('p99_ms'):.1f} ms (goal 5 ms:"
+        f" {_verdict(ours1.median('p99_ms'), 5.0, False)}), FastAPI + ONNX"
+        f" {onnx1.median('p99_ms'):.1f} ms.",
+    ]
+
+
 def targets(scenarios: list[Scenario]) -> list[str]:
-    """The goals of issue 17 first (against the tuned baseline and Ray's ceiling), then the
+    """The goals of issue 17 (against the tuned baseline and Ray's ceiling), then the
     older ones (the event store's cost, the textbook composition)."""
     ours32, tuned32, noop32 = (_single(scenarios, s, 32) for s in (RAYSPLIT, TUNED, NOOP))
     ours1, tuned1 = _single(scenarios, RAYSPLIT, 1), _single(scenarios, TUNED, 1)
@@ -185,13 +229,13 @@ def targets(scenarios: list[Scenario]) -> list[str]:
 
 
 def headline(scenarios: list[Scenario]) -> list[str]:
-    """req/s, latency and CPU per prediction at 1 and 32 connections; ratios to the tuned
-    baseline and shares of the ceiling."""
-    tuned = {c: _single(scenarios, TUNED, c) for c in (1, 32)}
+    """req/s, latency and CPU per prediction at 1 and 32 connections; ratios to the
+    yardstick (FastAPI + ONNX) and shares of the ceiling."""
+    tuned = {c: _single(scenarios, ONNX, c) for c in (1, 32)}
     noop = {c: _single(scenarios, NOOP, c) for c in (1, 32)}
     lines = [
         "| system | conns | req/s | p50 ms | p99 ms | CPU us / prediction | server cores"
-        " | req/s vs tuned | CPU vs tuned | share of ceiling (req/s) |",
+        " | req/s vs ONNX | CPU vs ONNX | share of ceiling (req/s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for system in HEADLINE:
@@ -462,6 +506,7 @@ def draw_curves(scenarios: list[Scenario], output: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for system, marker in (
         (RAYSPLIT, "o"),
+        (ONNX, "v"),
         (TUNED, "D"),
         (FASTAPI, "s"),
         (NOOP, "x"),
@@ -551,6 +596,11 @@ def render(
         "  90 / challenger 10, every prediction written to the SQLite event store, metrics",
         "  and request log on), models registered by `raysplit tune` on iris. The champion is",
         "  a calibrated SVC pipeline.",
+        f"- **{ONNX}** (the yardstick): `bench/baselines/fastapi_onnx.py`, the same verified",
+        "  `model.onnx` of the champion raysplit serves, one ONNX Runtime session (one thread)"
+        f" per worker, an `async def` endpoint, orjson both ways, `uvicorn --workers"
+        f" {psutil.cpu_count()}` (uvloop, httptools, no access log); no A/B split, events or"
+        " metrics.",
         f"- **{TUNED}**: `bench/baselines/fastapi_tuned.py`, what a user tuning FastAPI would",
         "  run: the champion's registered scikit-learn model loaded once per worker with the",
         "  loader serving uses (`raysplit.core.model_files.read_model`), a NumPy row in",
@@ -607,12 +657,17 @@ def render(
         "",
         "## Against the baselines and Ray's ceiling",
         "",
-        "Single-row `/predict`, medians of the runs; ratios against the tuned FastAPI",
-        "baseline at the same connections, and req/s as a share of the no-op ceiling's:",
+        "Single-row `/predict`, medians of the runs; ratios against FastAPI + ONNX (the",
+        "same verified graph) at the same connections, and req/s as a share of the no-op",
+        "ceiling's:",
         "",
         *headline(scenarios),
         "",
-        "## Targets",
+        "## Against the yardstick: FastAPI + ONNX (issue 36)",
+        "",
+        *yardstick_targets(scenarios),
+        "",
+        "## Targets of earlier rounds",
         "",
         *targets(scenarios),
         "",

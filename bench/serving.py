@@ -47,6 +47,7 @@ from systems import (
     NOOP,
     OIP_BINARY,
     OIP_JSON,
+    ONNX,
     RAYSPLIT,
     STEP_AUTOSCALING,
     TEXTBOOK,
@@ -192,13 +193,18 @@ def seed_style_command(port: int) -> list[str]:
     return [str(BIN / "python"), "-m", "bench.baselines.fastapi_server", f"--port={port}"]
 
 
-def tuned_command(port: int) -> list[str]:
+def tuned_command(port: int, module: str = "fastapi_tuned") -> list[str]:
     """uvicorn as its docs advise for production: one worker per core, uvloop, httptools."""
     return [
-        *(str(BIN / "python"), "-m", "uvicorn", "bench.baselines.fastapi_tuned:app"),
+        *(str(BIN / "python"), "-m", "uvicorn", f"bench.baselines.{module}:app"),
         *("--host=127.0.0.1", f"--port={port}", f"--workers={os.cpu_count()}"),
         *("--loop=uvloop", "--http=httptools", "--no-access-log", "--log-level=warning"),
     ]
+
+
+def onnx_command(port: int) -> list[str]:
+    """The yardstick: the same verified ONNX graph behind FastAPI, run as the tuned one."""
+    return tuned_command(port, "fastapi_onnx")
 
 
 class FastAPIBaseline:
@@ -455,17 +461,20 @@ def main() -> None:
     # for that load; the soak below then scales it for the rest
     idle = [
         Scenario(RAYSPLIT, "single row", "predict", 1),
+        Scenario(ONNX, "single row", "predict", 1),
         Scenario(TUNED, "single row", "predict", 1),
         Scenario(FASTAPI, "single row", "predict", 1),
         Scenario(NOOP, "single row", "predict", 1),
     ]
     sweep = [Scenario(RAYSPLIT, "single row", "predict", c) for c in SWEEP[1:]]
+    sweep += [Scenario(ONNX, "single row", "predict", c) for c in SWEEP[1:]]
     sweep += [Scenario(TUNED, "single row", "predict", c) for c in SWEEP[1:]]
     sweep += [Scenario(FASTAPI, "single row", "predict", c) for c in SWEEP[1:]]
     sweep += [Scenario(NOOP, "single row", "predict", c) for c in (32, 64)]
     phase1 = [
         *sweep,
         Scenario(RAYSPLIT, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
+        Scenario(ONNX, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(TUNED, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         Scenario(FASTAPI, f"{BATCH_ROWS}-row batch", "batch", 4, rows=BATCH_ROWS),
         # the same rows as one OIP tensor, as JSON and in the binary extension (tritonclient)
@@ -501,18 +510,22 @@ def main() -> None:
         baselines.append(seed)
         tuned = FastAPIBaseline(cluster, tuned_command)
         baselines.append(tuned)
+        onnx = FastAPIBaseline(cluster, onnx_command)
+        baselines.append(onnx)
         scripts = write_scripts(workdir)
         urls = {
             RAYSPLIT: cluster.url,
             NOOP: f"{cluster.url}/noop",
             FASTAPI: seed.url,
             TUNED: tuned.url,
+            ONNX: onnx.url,
         }
         servers = {
             RAYSPLIT: cluster.serving("iris"),
             NOOP: cluster.serving("noop"),
             FASTAPI: seed.serving,
             TUNED: tuned.serving,
+            ONNX: onnx.serving,
         }
         measure(idle, urls, scripts, args, servers)
         # let autoscaling settle, for raysplit and the ceiling alike

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from load import BATCH_ROWS, Run
 
-FASTAPI, TUNED, NOOP, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
+FASTAPI, TUNED, ONNX, NOOP, RAYSPLIT, TEXTBOOK, DEFAULT_PROXY = (
     "FastAPI, seed-style",
     "FastAPI, tuned",
+    "FastAPI + ONNX",
     "no-op Serve (ceiling)",
     "raysplit",
     "textbook Serve",
