@@ -51,6 +51,7 @@ CLUSTER_FIXTURES = frozenset({"cluster", "ray_address", "deployer", "ft_cluster"
 NO_CLUSTER = (
     "tests/unit/",
     "tests/integration/test_check_cli.py",
+    "tests/integration/test_event_lake.py",
     "tests/integration/test_event_store.py",
     "tests/integration/test_event_training_data.py",
     "tests/integration/test_experiment_queries.py",

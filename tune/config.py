@@ -113,6 +113,12 @@ class EventsConfig(BaseModel):
 
     experiment: str = Field(min_length=1, description="the serving experiment to learn from")
     url: str | None = Field(None, description="event store (default: RAYSPLIT_EVENT_STORE_URL)")
+    lake: str | None = Field(
+        None,
+        min_length=1,
+        description="Parquet lake (URI or path) whose rows join the store's: what a prune"
+        " archived (docs/event_lake.md); the store's rows win",
+    )
     since: str | None = Field(None, description="a duration back from now (7d) or a time")
     until: str | None = Field(None, description="same forms; default: now")
     min_rows: int = Field(

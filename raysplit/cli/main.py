@@ -1,5 +1,5 @@
 """The `raysplit` command line: tune, promote, rollback, up, down, check, deploy, status,
-traffic, report, rollout, retrain, keys, info.
+traffic, report, rollout, retrain, export, prune, events, keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raysplit.cli.cluster import TOKEN_PATH
+from raysplit.cli.events_lake import add_lake_commands
 from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import (
     DEFAULT_DASHBOARD_PORT,
@@ -632,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy_commands(commands)
     _add_experiment_commands(commands)
     _add_retrain_command(commands)
+    add_lake_commands(commands)
     _add_key_commands(commands)
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

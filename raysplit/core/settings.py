@@ -40,6 +40,7 @@ class Locations(BaseModel):
     mlflow_artifact_root: str | None
     mlflow_embedded: bool
     event_store_url: str
+    lake_uri: str  # raw events as Parquet (docs/event_lake.md): a pyarrow URI or a path
     ray_address: str
     ray_dashboard_url: str
     ingress_url: str
@@ -65,6 +66,7 @@ class Locations(BaseModel):
             mlflow_artifact_root=(home / "mlartifacts").as_uri() if embedded else None,
             mlflow_embedded=embedded,
             event_store_url=env.get("RAYSPLIT_EVENT_STORE_URL", f"sqlite:///{home / 'events.db'}"),
+            lake_uri=env.get("RAYSPLIT_LAKE_URI", str(home / "lake")),
             ray_address=env.get("RAY_ADDRESS", f"127.0.0.1:{ray_port}"),
             ray_dashboard_url=env.get(
                 "RAYSPLIT_DASHBOARD_URL", f"http://127.0.0.1:{DEFAULT_DASHBOARD_PORT}"

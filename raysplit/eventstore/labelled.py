@@ -21,13 +21,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.schema import feedback, predictions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 LabelKind = Literal["label", "value"]  # feedback's label (classes) or value (regression)
 
@@ -86,7 +89,8 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class EventQuery:
-    """Which labelled predictions to read: the store, the experiment and ``[since, until)``.
+    """Which labelled predictions to read: the store (and the lake beside it), the
+    experiment and ``[since, until)``.
 
     ``width`` is the number of features the model takes; ``kind`` says which feedback
     field is the target, or ``None`` to take whichever the experiment's feedback holds.
@@ -98,6 +102,9 @@ class EventQuery:
     width: int
     since: float | None = None
     kind: LabelKind | None = None
+    # a Parquet lake (URI) holding rows the database may have pruned
+    # (raysplit.eventstore.archive): its rows join the database's, the database's win
+    lake: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ def _connect_args(url: URL) -> dict[str, Any]:
     return {}
 
 
-def _reason(exc: BaseException, url: URL) -> str:
+def error_reason(exc: BaseException, url: URL) -> str:
     """The driver's own first line, with the password cut out should it appear."""
     original = getattr(exc, "orig", None) or exc
     lines = str(original).strip().splitlines()
@@ -206,7 +213,9 @@ def open_store(url: str) -> Engine:
     try:
         return sa.create_engine(parsed, connect_args=_connect_args(parsed))
     except (sa.exc.ArgumentError, ImportError) as exc:
-        raise RaysplitError(f"event store {shown}: cannot open: {_reason(exc, parsed)}") from exc
+        raise RaysplitError(
+            f"event store {shown}: cannot open: {error_reason(exc, parsed)}"
+        ) from exc
 
 
 def _require_experiment(conn: sa.Connection, experiment: str, shown: str) -> None:
@@ -311,53 +320,126 @@ def _collect(
     )
 
 
-def _query_store(query: EventQuery, run: Callable[[sa.Connection], Any]) -> Any:
-    """``run(conn)`` on the store once the window, the store, its tables and the experiment
-    have passed their checks; every failure is one RaysplitError line naming the store."""
+def _check_window(query: EventQuery) -> None:
     if query.since is not None and query.since >= query.until:
         raise RaysplitError(
             f"the window is empty: since {iso_time(query.since)} is not before until"
             f" {iso_time(query.until)}"
         )
+
+
+def _query_store(
+    query: EventQuery, run: Callable[[sa.Connection], Any], *, in_lake: bool = False
+) -> Any:
+    """``run(conn)`` on the store once the window, the store, its tables and the experiment
+    have passed their checks; every failure is one RaysplitError line naming the store.
+    An experiment the lake holds is known even when the store has pruned all its rows."""
+    _check_window(query)
     engine = open_store(query.url)
     shown = redact_url(query.url)
     try:
         try:
             conn = engine.connect()
         except sa.exc.DBAPIError as exc:
-            reason = _reason(exc, engine.url)
+            reason = error_reason(exc, engine.url)
             raise RaysplitError(f"event store {shown} is unreachable: {reason}") from exc
         with conn:
             try:
                 tables = set(sa.inspect(conn).get_table_names())
                 if not {predictions.name, feedback.name} <= tables:
                     raise RaysplitError(f"event store {shown} holds no raysplit event tables")
-                _require_experiment(conn, query.experiment, shown)
+                if not in_lake:
+                    _require_experiment(conn, query.experiment, shown)
                 return run(conn)
             except sa.exc.DBAPIError as exc:
-                reason = _reason(exc, conn.engine.url)
+                reason = error_reason(exc, conn.engine.url)
                 raise RaysplitError(f"event store {shown} could not be read: {reason}") from exc
     finally:
         engine.dispose()
 
 
+class _LakeRow(NamedTuple):
+    """A labelled row from the lake, shaped as the database's rows are read."""
+
+    request_id: str
+    created_at: float
+    inputs: Any
+    label: Any
+    value: float | None
+
+
+def _from_lake(query: EventQuery, use_ray: bool | None) -> tuple[pa.Table | None, bool]:
+    """The lake's labelled rows of the window (None without a lake), and whether the lake
+    holds the experiment at all."""
+    if query.lake is None:
+        return None, False
+    from raysplit.eventstore.lake import experiments, open_lake
+    from raysplit.eventstore.lake_reader import labelled_from_lake
+
+    _check_window(query)
+    lake = open_lake(query.lake)
+    if query.experiment not in experiments(lake):
+        return None, False
+    table = labelled_from_lake(lake, query.experiment, query.since, query.until, use_ray=use_ray)
+    return table, True
+
+
 def read_labelled_events(query: EventQuery) -> LabelledEvents:
     """Read the experiment's labelled predictions in the window, oldest first.
+
+    With ``query.lake``, rows the lake holds and the database no longer does (pruned)
+    join the database's; a request in both is read from the database. The ordering and
+    the digest do not depend on where a row came from, so a retrain reads the same rows
+    before and after a prune. Ray Data reads the lake when Ray is initialised.
 
     Refuses (RaysplitError, one line) an unreachable store, a database without raysplit's
     tables, an unknown experiment and an empty window; rows whose inputs do not fit the
     model are skipped and counted (see :meth:`LabelledEvents.skipped_text`).
     """
-    rows = _query_store(query, lambda conn: conn.execute(_select(query)).all())
+    from_lake, in_lake = _from_lake(query, use_ray=None)
+    rows: list[Any] = _query_store(
+        query, lambda conn: conn.execute(_select(query)).all(), in_lake=in_lake
+    )
+    if from_lake is not None:
+        from raysplit.eventstore.lake import decode
+
+        stored = {r.request_id for r in rows}
+        rows += [
+            _LakeRow(
+                r["request_id"],
+                r["created_at"],
+                decode(r["inputs"]),
+                decode(r["label"]),
+                r["value"],
+            )
+            for r in from_lake.to_pylist()
+            if r["request_id"] not in stored
+        ]
     kind = query.kind or _infer_kind(rows, query.experiment)
     return _collect(rows, query, kind, redact_url(query.url))
 
 
 def count_labelled_events(query: EventQuery) -> EventCount:
-    """How many rows :func:`read_labelled_events` would consider, counted in SQL, with the
-    same refusals."""
-    counted = sa.select(sa.func.count()).select_from(_select(query).subquery())
-    rows = _query_store(query, lambda conn: int(conn.execute(counted).scalar_one()))
+    """How many rows :func:`read_labelled_events` would consider, with the same refusals.
+
+    The database counts its rows in SQL. With a lake, the database's request ids are read
+    instead, and the lake's rows by reading them (Parquet has no index to count a join
+    with), always with pyarrow: this runs on the ingress, where Ray is initialised but a
+    Ray Data job is not wanted; the union is counted once per request."""
+    from_lake, in_lake = _from_lake(query, use_ray=False)
+    if from_lake is None:
+        counted = sa.select(sa.func.count()).select_from(_select(query).subquery())
+        rows = _query_store(
+            query, lambda conn: int(conn.execute(counted).scalar_one()), in_lake=in_lake
+        )
+    else:
+        selected = _select(query).subquery()
+        stored = _query_store(
+            query,
+            lambda conn: conn.execute(sa.select(selected.c.request_id)).scalars().all(),
+            in_lake=in_lake,
+        )
+        rows = len(stored) + len(set(from_lake["request_id"].to_pylist()) - set(stored))
     return EventCount(redact_url(query.url), query.experiment, query.since, query.until, rows)
 
 

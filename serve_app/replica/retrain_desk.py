@@ -93,6 +93,7 @@ def check_events(spec: dict[str, Any], store_url: str, width: int) -> int:
                 until=until,
                 width=width,
                 since=since,
+                lake=events.get("lake"),  # rows a prune moved there count too
             )
         )
         require_rows(found, int(events.get("min_rows", DEFAULT_MIN_ROWS)))

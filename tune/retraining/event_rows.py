@@ -31,6 +31,7 @@ from raysplit.eventstore.labelled import (
     require_rows,
     window_bounds,
 )
+from raysplit.eventstore.lake import shown_uri
 from tune.config import DatasetConfig
 from tune.datasets import (
     Dataset,
@@ -63,6 +64,7 @@ class EventSourceSummary:
     features_from: str  # the joined dataset's name, or the model URI whose signature
     original: str | None = None  # the joined dataset's name
     original_rows: int = 0  # its rows, all in training
+    lake: str | None = None  # the Parquet lake read beside the store (credentials cut out)
 
     @property
     def input_name(self) -> str:
@@ -84,6 +86,7 @@ class EventSourceSummary:
             "raysplit.events.digest": self.digest,
             "raysplit.events.skipped": str(self.skipped_width + self.skipped_invalid),
             "raysplit.events.joined": self.original or "none",
+            "raysplit.events.lake": self.lake or "none",
         }
 
 
@@ -227,6 +230,7 @@ def load_event_split(
             until=until,
             width=len(names),
             kind=_kind(task),
+            lake=events_spec.lake,
         )
     )
     require_rows(events, events_spec.min_rows)
@@ -253,6 +257,7 @@ def load_event_split(
         features_from=features_from,
         original=original.name if original is not None else None,
         original_rows=len(original.target) if original is not None else 0,
+        lake=None if events_spec.lake is None else shown_uri(events_spec.lake),
     )
     name = original.name if original is not None else source
     return Dataset(name=name, features=features, target=target, task=task), split, summary
