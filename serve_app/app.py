@@ -77,6 +77,7 @@ class Ingress(Replica):
             lambda: EventStore(self.event_store_url), on_feedback=self.metrics.tally.feedback
         )
         self.predictor = Predictor(self._model_call, self.events, self.metrics.tally)
+        self._single_rows_waiting = 0  # single-row requests between yield and model call
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self._app = context.app_name
@@ -317,14 +318,24 @@ class Ingress(Replica):
         return run_jobs(jobs)
 
     async def _model_call(self, job: PredictionJob) -> JobResult:
-        """Single rows wait for a shared call; a multi-row request is a batch already and
-        runs in a worker thread. Either way the request awaits, which is what Serve's
+        """Single rows share a call with whatever single rows are waiting (``@serve.batch``),
+        and a single row alone runs at once; a multi-row request is a batch already and runs
+        in a worker thread. Either way the request awaits, which is what Serve's
         autoscaler counts as an ongoing request: a handler that never yields finishes
         within one step of the event loop and looks idle however loaded the replica is."""
         if len(job.rows) > 1:
             (result,) = await asyncio.to_thread(run_jobs, [job])
             return result
-        return await self._batched(job)
+        if self._single_rows_waiting:  # another request is waiting: share its call
+            return await self._batched(job)
+        # alone: no batch to join, so no queue, future and batch task to pay for
+        self._single_rows_waiting += 1
+        try:
+            await asyncio.sleep(0)  # a request that arrives meanwhile goes to the batch
+            (result,) = run_jobs([job])
+            return result
+        finally:
+            self._single_rows_waiting -= 1
 
     async def __del__(self) -> None:
         """Graceful shutdown: write what is queued before the replica goes."""

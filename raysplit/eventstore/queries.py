@@ -25,6 +25,7 @@ from raysplit.eventstore.aggregates import (
     PairedCell,
     UnitMoments,
 )
+from raysplit.eventstore.dialect import request_id_in
 from raysplit.eventstore.schema import (
     BUCKET_S,
     CELL_COUNTERS,
@@ -164,13 +165,13 @@ class ExperimentQueries:
         )
         return [
             Cell.model_construct(  # the database's sums: nothing to validate
-                variant=row.variant,
-                epoch=self._epoch(numbers, row.allocation),
-                assignment=AssignmentKind(row.assignment),
-                bucket=int(row.b),
-                **{name: row._mapping[name] for name in COUNTERS},
+                variant=variant,
+                epoch=self._epoch(numbers, allocation),
+                assignment=AssignmentKind(assignment),
+                bucket=int(b),
+                **dict(zip(COUNTERS, sums, strict=True)),
             )
-            for row in conn.execute(query)
+            for variant, allocation, assignment, b, *sums in conn.execute(query)
         ]
 
     def _units(self, conn: sa.Connection, numbers: dict[str, int]) -> list[EpochUnits]:
@@ -311,7 +312,7 @@ class ExperimentQueries:
         # the experiment's index (every prediction) instead of the request ids
         answered = conn.execute(
             sa.select(p.c.request_id, p.c.created_at, p.c.experiment, p.c.shadow).where(
-                p.c.request_id.in_(labelled_at)
+                request_id_in(conn.dialect.name, p.c.request_id, list(labelled_at))
             )
         )
         delays = [

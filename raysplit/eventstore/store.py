@@ -153,7 +153,8 @@ class EventStore:
             }
             rollup.add_labels([r for r in rows if r.request_id in labels], labels)
             rollup.apply(conn)
-            apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
+            if any(r.shadow for r in rows):  # a pair needs a shadow's answer
+                apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
         return new_feedback
 
     @staticmethod
