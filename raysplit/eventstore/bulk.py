@@ -14,7 +14,8 @@ per-row parameter processing was a quarter of a SQLite writer's time).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -22,14 +23,21 @@ import sqlalchemy as sa
 
 from raysplit.eventstore.dialect import insert
 
-# psycopg's COPY takes text for these; their values are encoded once, here
-_JSON = (sa.JSON,)
 
-
-def _encode(value: Any, json: bool) -> Any:
-    if json and value is not None:
-        return orjson.dumps(value).decode()
-    return value
+def _encoded(
+    table: sa.Table, columns: list[str], rows: Sequence[dict[str, Any]]
+) -> Iterator[list[Any]]:
+    """Each row's values in ``columns`` order, JSON columns as JSON text: a value at a time
+    through a function was a fifth of a SQLite writer's time."""
+    values_of = operator.itemgetter(*columns)
+    json = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
+    dumps = orjson.dumps
+    for row in rows:
+        values = list(values_of(row))
+        for i in json:
+            if values[i] is not None:
+                values[i] = dumps(values[i]).decode()
+        yield values
 
 
 def insert_new(
@@ -43,10 +51,7 @@ def insert_new(
     if not rows:
         return []
     columns = list(rows[0])
-    json = [isinstance(table.c[name].type, _JSON) for name in columns]
-    encoded = (
-        [_encode(row[name], j) for name, j in zip(columns, json, strict=True)] for row in rows
-    )
+    encoded = _encoded(table, columns, rows)
     stage = _stage(conn, table, columns)
     names = ", ".join(columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
