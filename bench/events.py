@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+from pg import fresh_database
 
 from raysplit.core.events import AssignmentKind, FeedbackEvent, PredictionEvent
 from raysplit.eventstore.store import EventStore
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "raysplit_bench_events"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
@@ -99,12 +99,7 @@ def _fresh(kind: str, tmp: Path) -> str:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{path}"
-    admin = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{DATABASE}"'))
-    admin.dispose()
-    return f"{POSTGRES}/{DATABASE}"
+    return fresh_database(DATABASE)
 
 
 def _history(url: str, events: int) -> None:

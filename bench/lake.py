@@ -29,14 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
+from pg import drop_database, fresh_database
 
 from raysplit.eventstore.archive import export, prune
 from raysplit.eventstore.lake_reader import labelled_from_lake
 from raysplit.eventstore.schema import feedback, make_engine, predictions
 from raysplit.eventstore.store import EventStore
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "raysplit_bench_lake"
 SPAN_S = 60 * 86_400.0
 INSERT_BATCH = 10_000
@@ -94,19 +93,11 @@ def fill(url: str, n_events: int, now: float) -> None:
 
 
 def _postgres() -> str:
-    admin = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{DATABASE}"'))
-    admin.dispose()
-    return f"{POSTGRES}/{DATABASE}"
+    return fresh_database(DATABASE)
 
 
 def _drop_postgres() -> None:
-    admin = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(DATABASE)
 
 
 def _size(path: Path) -> tuple[float, int]:
