@@ -116,14 +116,16 @@ def test_mlflows_own_deserialization_switch_still_guards_pickles(
     client: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pickles go through mlflow.sklearn, which honours MLFLOW_ALLOW_PICKLE_DESERIALIZATION
-    (default true, and since MLflow 3.17 applied to skops too); skops files are read by
-    raysplit itself, with its own type check, so they load either way."""
+    (default true, and since MLflow 3.17 applied to skops too; MLflow 3.18 still honours it
+    and names its successor, MLFLOW_ALLOW_MODEL_CODE_EXECUTION, in the refusal); skops
+    files are read by raysplit itself, with its own type check, so they load either way."""
     register("iris", "skops")
     register("iris-pickle", "cloudpickle")
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
     assert load_uri(client, "models:/iris/1").predict(ROWS)[0] == [0, 1, 2]
-    with pytest.raises(ModelLoadError, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+    switch = "MLFLOW_ALLOW_(PICKLE_DESERIALIZATION|MODEL_CODE_EXECUTION)"
+    with pytest.raises(ModelLoadError, match=switch):
         load_uri(client, "models:/iris-pickle/1", allow_pickle=True)
 
 
