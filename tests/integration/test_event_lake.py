@@ -296,55 +296,22 @@ def test_the_commands_end_to_end(
     code, out, _ = run(capsys, "export", *window, "--lake", lake, "--store", store)
     assert code == 0 and "exported 38 predictions and 36 feedback rows" in out
 
-    code, out, _ = run(
-        capsys,
-        "events",
-        "--experiment",
-        "iris-ab",
-        *window,
-        "--lake",
-        lake,
-        "--format",
-        "json",
-        "--limit",
-        "0",
-    )
+    def events(*flags: str) -> tuple[int, str, str]:
+        return run(capsys, "events", "--experiment", "iris-ab", "--lake", lake, *flags)
+
+    code, out, _ = events(*window, "--format", "json", "--limit", "0")
     shown = json.loads(out)
     assert code == 0 and len(shown) == 37  # every iris-ab prediction, shadow and failed too
     first = next(r for r in shown if r["request_id"] == "r002")
     assert (first["label"], first["inputs"]) == ("virginica", [features(2)])
     assert next(r for r in shown if r["request_id"] == "nolabel")["label"] is None
 
-    code, out, _ = run(
-        capsys,
-        "events",
-        "--experiment",
-        "iris-ab",
-        "--lake",
-        lake,
-        "--since",
-        "2025-12-31T00:00:00Z",
-        "--limit",
-        "3",
-    )
+    code, out, _ = events("--since", "2025-12-31T00:00:00Z", "--limit", "3")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].split()[:3] == ["TIME", "REQUEST_ID", "VARIANT"]
     assert [line.split()[1] for line in lines[1:4]] == ["r027", "r028", "r029"]
     assert lines[-1] == "3 predictions"
-    code, out, _ = run(
-        capsys,
-        "events",
-        "--experiment",
-        "iris-ab",
-        "--lake",
-        lake,
-        "--since",
-        "2025-12-31T00:00:00Z",
-        "--format",
-        "csv",
-        "--limit",
-        "2",
-    )
+    code, out, _ = events("--since", "2025-12-31T00:00:00Z", "--format", "csv", "--limit", "2")
     assert code == 0 and out.splitlines()[0].startswith("request_id,variant,created_at")
     assert len(out.strip().splitlines()) == 3
 
