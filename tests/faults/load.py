@@ -90,6 +90,10 @@ class BackgroundLoad:
             thread.join(timeout=60)
         return self.samples
 
+    def finished(self) -> bool:
+        """Every client has stopped (request cap, time cap or stop())."""
+        return not any(thread.is_alive() for thread in self._threads)
+
     def answered(self) -> int:
         with self._lock:
             return len(self.samples)

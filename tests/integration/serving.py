@@ -87,6 +87,12 @@ class Deployer:
             time.sleep(0.5)
         return ids
 
+    def replica_states(self) -> dict[str, str]:
+        """Every replica Serve's controller lists, in any state -> that state (STARTING,
+        RUNNING, STOPPING...): what a wait follows to tell a slow start from none."""
+        replicas = self._status()["deployments"]["Ingress"]["replicas"]
+        return {r["replica_id"]: r["state"] for r in replicas}
+
     def replica_nodes(self) -> dict[str, str]:
         """Running replica id -> the Ray node it runs on."""
         replicas = self._status()["deployments"]["Ingress"]["replicas"]
