@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from pg import drop_database, fresh_database
 
-from raysplit.eventstore.archive import export, prune
-from raysplit.eventstore.lake_reader import labelled_from_lake
+from raysplit.eventstore.lake.archive import export, prune
+from raysplit.eventstore.lake.reader import labelled_from_lake
 from raysplit.eventstore.schema import feedback, make_engine, predictions
 from raysplit.eventstore.store import EventStore
 

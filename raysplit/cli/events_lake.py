@@ -1,8 +1,8 @@
 """`raysplit export`, `raysplit prune`, `raysplit events`: raw events between the event
 database and the Parquet lake (docs/event_lake.md).
 
-Each command turns its flags into one call into :mod:`raysplit.eventstore.archive` or
-:mod:`raysplit.eventstore.lake_reader`; a bad time, store, lake or experiment is one
+Each command turns its flags into one call into :mod:`raysplit.eventstore.lake.archive` or
+:mod:`raysplit.eventstore.lake.reader`; a bad time, store, lake or experiment is one
 :class:`RaysplitError` line (exit 2), as for every other command.
 """
 
@@ -51,9 +51,9 @@ def _places(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from raysplit.eventstore.archive import export
     from raysplit.eventstore.labelled import iso_time, redact_url
-    from raysplit.eventstore.lake import shown_uri
+    from raysplit.eventstore.lake.archive import export
+    from raysplit.eventstore.lake.files import shown_uri
 
     store, lake = _places(args)
     since, until = _window(args, time.time())
@@ -71,9 +71,9 @@ RETENTION_ENV = "RAYSPLIT_RETENTION"  # how long raw events stay in the database
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from raysplit.eventstore.archive import prune
     from raysplit.eventstore.labelled import iso_time, redact_url
-    from raysplit.eventstore.lake import shown_uri
+    from raysplit.eventstore.lake.archive import prune
+    from raysplit.eventstore.lake.files import shown_uri
 
     if args.no_archive and args.lake:
         raise RaysplitError("prune: give --lake or --no-archive, not both")
@@ -99,8 +99,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from raysplit.eventstore.lake import decode, experiments, open_lake, shown_uri
-    from raysplit.eventstore.lake_reader import events_with_labels
+    from raysplit.eventstore.lake.files import decode, experiments, open_lake, shown_uri
+    from raysplit.eventstore.lake.reader import events_with_labels
 
     if args.limit < 0:
         raise RaysplitError("--limit: give a number of rows, or 0 for all")

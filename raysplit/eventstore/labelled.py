@@ -103,7 +103,7 @@ class EventQuery:
     since: float | None = None
     kind: LabelKind | None = None
     # a Parquet lake (URI) holding rows the database may have pruned
-    # (raysplit.eventstore.archive): its rows join the database's, the database's win
+    # (raysplit.eventstore.lake.archive): its rows join the database's, the database's win
     lake: str | None = None
 
 
@@ -373,8 +373,8 @@ def _from_lake(query: EventQuery, use_ray: bool | None) -> tuple[pa.Table | None
     holds the experiment at all."""
     if query.lake is None:
         return None, False
-    from raysplit.eventstore.lake import experiments, open_lake
-    from raysplit.eventstore.lake_reader import labelled_from_lake
+    from raysplit.eventstore.lake.files import experiments, open_lake
+    from raysplit.eventstore.lake.reader import labelled_from_lake
 
     _check_window(query)
     lake = open_lake(query.lake)
@@ -401,7 +401,7 @@ def read_labelled_events(query: EventQuery) -> LabelledEvents:
         query, lambda conn: conn.execute(_select(query)).all(), in_lake=in_lake
     )
     if from_lake is not None:
-        from raysplit.eventstore.lake import decode
+        from raysplit.eventstore.lake.files import decode
 
         stored = {r.request_id for r in rows}
         rows += [

@@ -21,10 +21,10 @@ from raysplit.cli.main import main
 from raysplit.core.errors import RaysplitError
 from raysplit.core.events import AllocationEvent
 from raysplit.core.settings import Locations
-from raysplit.eventstore import lake as lake_files
-from raysplit.eventstore.archive import export, prune
 from raysplit.eventstore.labelled import count_labelled_events, read_labelled_events
-from raysplit.eventstore.lake_reader import labelled_from_lake
+from raysplit.eventstore.lake import files as lake_files
+from raysplit.eventstore.lake.archive import export, prune
+from raysplit.eventstore.lake.reader import labelled_from_lake
 from raysplit.eventstore.schema import feedback, predictions
 from raysplit.eventstore.store import EventStore
 from tests.conftest import REPO
@@ -232,7 +232,7 @@ def test_odd_experiment_names_and_partition_pruning(tmp_path: Path) -> None:
 RAY_SCRIPT = """
 import json, sys
 import ray
-from raysplit.eventstore.lake_reader import labelled_from_lake
+from raysplit.eventstore.lake.reader import labelled_from_lake
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
          _temp_dir=sys.argv[2])
 try:

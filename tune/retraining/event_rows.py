@@ -31,7 +31,7 @@ from raysplit.eventstore.labelled import (
     require_rows,
     window_bounds,
 )
-from raysplit.eventstore.lake import shown_uri
+from raysplit.eventstore.lake.files import shown_uri
 from tune.config import DatasetConfig
 from tune.datasets import (
     Dataset,

@@ -2,7 +2,7 @@
 files, partitioned by experiment and day, on any filesystem pyarrow reaches.
 
 The database keeps the rollups the report reads and a retention window of raw rows
-(:mod:`raysplit.eventstore.archive`); the lake keeps the raw events for as long as storage
+(:mod:`raysplit.eventstore.lake.archive`); the lake keeps the raw events for as long as storage
 is cheap, and Ray Data or pyarrow read it for retraining and analysis without touching the
 database (docs/event_lake.md)::
 

@@ -2,7 +2,7 @@
 
 The experiment report reads the rollups (``raysplit_cells``, ``_units``, ``_pairs``,
 ``_allocations``) and a bounded sample of recent rows; only retraining and analysis need
-every raw row, and those read the lake (:mod:`raysplit.eventstore.lake`). So raw rows can
+every raw row, and those read the lake (:mod:`raysplit.eventstore.lake.files`). So raw rows can
 leave the database once archived, while the rollups, which every write keeps current,
 stay: the report of a pruned experiment is unchanged (docs/event_lake.md).
 
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.labelled import error_reason, open_store, redact_url
-from raysplit.eventstore.lake import Kind, Lake, open_lake, rows_to_table, write_table
+from raysplit.eventstore.lake.files import Kind, Lake, open_lake, rows_to_table, write_table
 from raysplit.eventstore.schema import BEGIN_OPTION, feedback, predictions
 from raysplit.eventstore.store import EventStore
 

@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raysplit.eventstore.lake import (
+from raysplit.eventstore.lake.files import (
     Lake,
     day_dirs,
     first_of_each,
