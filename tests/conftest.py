@@ -265,10 +265,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'events.db'}"
     url = request.getfixturevalue("events_postgres")
     engine = sa.create_engine(url)
-    with engine.begin() as conn:  # each test starts empty
-        for table in sa.inspect(conn).get_table_names():
-            if table.startswith("raysplit_"):
-                conn.execute(sa.text(f"DROP TABLE {table}"))
+    with engine.begin() as conn:  # each test starts empty: tables, partitions, sequences
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
     engine.dispose()
     return url
 

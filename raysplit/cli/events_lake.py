@@ -93,7 +93,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(
         f"deleted {counts.predictions} predictions and {counts.feedback} feedback rows"
         f" older than {iso_time(counts.cutoff)} from {redact_url(store)}"
-        f" in {counts.batches} batches; the rollups (the report) are unchanged"
+        f" in {counts.batches} batches"
+        + (f" and {counts.partitions} day partitions dropped" if counts.partitions else "")
+        + "; the rollups (the report) are unchanged"
     )
     return 0
 

@@ -12,6 +12,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from raysplit.core.events import scored_prediction
+from raysplit.eventstore.partitions import (
+    PARTITIONED,
+    create_partitioned,
+    is_partitioned,
+    partition_existing,
+)
 from raysplit.eventstore.schema import (
     BEGIN_OPTION,
     BUCKET_S,
@@ -70,6 +76,8 @@ MIGRATIONS: dict[int, list[str]] = {
             for name in ("cov_n", "cov_sum", "cov_sq", "cov_y")
         ),
     ],
+    # PostgreSQL only: predictions and feedback partitioned by day, in Python below
+    10: [],
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.
@@ -101,7 +109,7 @@ def migrate(engine: Engine) -> int:
     ):
         _migration_lock(conn)
         fresh = not sa.inspect(conn).has_table(schema_info.name)
-        metadata.create_all(conn, checkfirst=True)
+        _create_missing_tables(conn)
         found = conn.execute(sa.select(schema_info.c.version)).scalar()
         if found is None or fresh:
             conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
@@ -121,8 +129,25 @@ def migrate(engine: Engine) -> int:
         elif found < 8:  # a v4-v7 store's units hold no counts yet
             conn.execute(units.delete())
             conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
+        if conn.dialect.name == "postgresql":  # v10: day partitions (partitions.py)
+            for table in PARTITIONED:
+                if not is_partitioned(conn, table):
+                    partition_existing(conn, table)
         conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
         return SCHEMA_VERSION
+
+
+def _create_missing_tables(conn: sa.Connection) -> None:
+    """Every table the store lacks; on PostgreSQL the raw rows' tables partitioned by day."""
+    if conn.dialect.name != "postgresql":
+        metadata.create_all(conn, checkfirst=True)
+        return
+    inspector = sa.inspect(conn)
+    missing = [t for t in PARTITIONED if not inspector.has_table(t.name)]
+    others = [t for t in metadata.sorted_tables if t not in PARTITIONED]
+    metadata.create_all(conn, tables=others, checkfirst=True)
+    for table in missing:
+        create_partitioned(conn, table)
 
 
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = sa.MetaData()
 
@@ -54,6 +54,8 @@ predictions = sa.Table(
     sa.Column("unit_hash", sa.String(32)),
     sa.Column("predicted", sa.String(256)),
     sa.Column("predicted_value", sa.Float),
+    # v10: PostgreSQL partitions this table by day and keeps this key as a plain index
+    # (raysplit.eventstore.partitions); SQLite keeps it unique
     sa.UniqueConstraint("request_id", "variant", name="uq_prediction_request_variant"),
     sa.Index("ix_predictions_experiment_created", "experiment", "created_at"),
     sa.Index("ix_predictions_experiment_shadow", "experiment", "shadow"),  # v4: paired shadows
@@ -64,6 +66,7 @@ predictions = sa.Table(
 feedback = sa.Table(
     "raysplit_feedback",
     metadata,
+    # v10: partitioned by day on PostgreSQL, where the request id is a plain index
     sa.Column("request_id", sa.String(MAX_REQUEST_ID), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("label", sa.JSON),

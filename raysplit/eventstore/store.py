@@ -22,6 +22,7 @@ from raysplit.eventstore.bulk import forget_stages_on_rollback, insert_new
 from raysplit.eventstore.dialect import insert_ignoring
 from raysplit.eventstore.key_use import Tally, add_use, read_use
 from raysplit.eventstore.migrations import migrate
+from raysplit.eventstore.partitions import DayPartitions
 from raysplit.eventstore.queries import ExperimentQueries, ExperimentSpan, experiment_spans
 from raysplit.eventstore.rollouts import EntryT, RecordT, RolloutStore
 from raysplit.eventstore.rollup import (
@@ -49,6 +50,8 @@ __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema
 
 STORED_KEY = ("request_id", "variant")  # what tells a stored prediction
 FED_KEY = ("request_id",)  # and a stored label
+
+NO_PARTITION = "23514"  # PostgreSQL's check_violation: "no partition of relation found"
 
 # The class of raysplit's per-request advisory locks in PostgreSQL's two-key lock space
 # ("rays" in ASCII); the second key is a 32-bit hash of the request id
@@ -97,6 +100,10 @@ class EventStore:
         self.engine = make_engine(url)
         forget_stages_on_rollback(self.engine)
         self.version = migrate(self.engine)
+        self.partitions: DayPartitions | None = None  # PostgreSQL's, see partitions.py
+        if self.engine.dialect.name == "postgresql":
+            self.partitions = DayPartitions(self.engine)
+            self.partitions.ensure([time.time()])
         self.accepted_configs = AcceptedConfigs(self.engine)
 
     def queries(self, experiment: str, classification: bool) -> ExperimentQueries:
@@ -128,6 +135,26 @@ class EventStore:
         prediction_rows = [e.row() for e in events if isinstance(e, PredictionEvent)]
         feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
+        if self.partitions is None:
+            return self._write(prediction_rows, feedback_rows, allocation_rows)
+        times = [r["created_at"] for rows in (prediction_rows, feedback_rows) for r in rows]
+        self.partitions.ensure(times)
+        try:
+            return self._write(prediction_rows, feedback_rows, allocation_rows)
+        except Exception as exc:  # psycopg's own error: COPY runs on the driver's cursor
+            if getattr(getattr(exc, "orig", exc), "sqlstate", None) != NO_PARTITION:
+                raise
+            # a day this process knew was dropped by a prune since (a late event)
+            self.partitions.forget()
+            self.partitions.ensure(times)
+            return self._write(prediction_rows, feedback_rows, allocation_rows)
+
+    def _write(
+        self,
+        prediction_rows: list[dict[str, Any]],
+        feedback_rows: list[dict[str, Any]],
+        allocation_rows: list[dict[str, Any]],
+    ) -> set[str]:
         dialect = self.engine.dialect.name
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
@@ -166,7 +193,9 @@ class EventStore:
         request id (transaction-scoped advisory locks, taken in sorted order), so the second
         waits for the first to commit and then reads its rows; writers of other requests
         never wait (the first version took one lock for the whole cluster: its ingest did
-        not grow with writers, docs/events.md)."""
+        not grow with writers, docs/events.md). The same locks let PostgreSQL's writers
+        read which rows are stored and add the rest, since its day partitions cannot hold
+        a unique key on the request id."""
         keys = request_lock_keys(r["request_id"] for rows in batches for r in rows)
         if keys:
             conn.execute(

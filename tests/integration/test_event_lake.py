@@ -25,6 +25,7 @@ from raysplit.eventstore.labelled import count_labelled_events, read_labelled_ev
 from raysplit.eventstore.lake import files as lake_files
 from raysplit.eventstore.lake.archive import export, prune
 from raysplit.eventstore.lake.reader import labelled_from_lake
+from raysplit.eventstore.partitions import day_of, partition_days
 from raysplit.eventstore.schema import feedback, predictions
 from raysplit.eventstore.store import EventStore
 from tests.conftest import REPO
@@ -158,7 +159,10 @@ def test_prune_archives_then_deletes_in_batches_and_keeps_the_rollups(
     assert counts.archived is not None and counts.archived.predictions == len(old_predictions)
     assert counts.archived.feedback == 20 + 1 + 1  # with "late", and r015's later label
     assert (counts.predictions, counts.feedback) == (23, 20)
-    assert counts.batches == 6 + 6  # 4 rows a transaction: 23 predictions, 21 old labels
+    if store.startswith("postgresql"):  # "old" and its label left with their day (Dec 31)
+        assert (counts.partitions, counts.batches) == (2, 6 + 5)
+    else:  # 4 rows a transaction: 23 predictions, 21 old labels
+        assert (counts.partitions, counts.batches) == (0, 6 + 6)
     assert snapshot(store, ROLLUPS) == rollups  # the report reads these: unchanged
     assert stored(store, predictions) == recent_predictions
     # a label older than the cutoff stays while its prediction is stored
@@ -182,6 +186,70 @@ def test_prune_archives_then_deletes_in_batches_and_keeps_the_rollups(
 
     again = prune(store, lake, now - CUTOFF, now=now)  # nothing left to archive or delete
     assert (again.predictions, again.feedback, again.archived.predictions) == (0, 0, 0)
+
+
+DAY = 86_400
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_prune_drops_whole_day_partitions_and_late_or_repeated_events_still_count_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL: the days wholly before the cutoff leave as partitions (a feedback day
+    stays while one of its labels has a prediction still stored); a writer that knew a
+    dropped day still stores a late event of it; a request id repeated on another day is
+    stored once, though no unique key spans the partitions."""
+    writer = EventStore(store_url)
+    writer.write(
+        [
+            prediction("a3", created_at=T0 - 3 * DAY + 60, predictions=["setosa"]),
+            feedback_event("a3", "setosa", at=T0 - 3 * DAY + 120),
+            prediction("a2", created_at=T0 - 2 * DAY + 60, predictions=["setosa"]),
+            feedback_event("a2", "virginica", at=T0 - 2 * DAY + 120),
+            feedback_event("y", "setosa", at=T0 - 2 * DAY + 200),  # before its prediction
+            prediction("y", created_at=T0 + 60, predictions=["setosa"]),
+            prediction("a0", created_at=T0 + 120, predictions=["setosa"]),
+        ]
+    )
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        before = set(partition_days(conn, predictions))
+    assert {day_of(T0) - 3, day_of(T0) - 2, day_of(T0)} <= before
+    rollups = snapshot(store_url, ROLLUPS)
+    lake = str(tmp_path / "lake")
+    now = time.time()
+
+    counts = prune(store_url, lake, now - T0, now=now)
+
+    with engine.connect() as conn:
+        kept_predictions = set(partition_days(conn, predictions))
+        kept_feedback = set(partition_days(conn, feedback))
+    assert not {d for d in kept_predictions if d < day_of(T0)}
+    assert day_of(T0) - 3 not in kept_feedback and day_of(T0) - 2 in kept_feedback
+    # predictions' days -3, -2 and -1 (made ahead by the writer, empty); feedback's -3, -1
+    assert counts.partitions == 3 + 2
+    assert (counts.predictions, counts.feedback) == (2, 2)  # a3's label by drop, a2's by batch
+    assert snapshot(store_url, ROLLUPS) == rollups
+    assert [r["request_id"] for r in stored(store_url, feedback)] == ["y"]
+    assert sorted(r["request_id"] for r in from_lake(lake, "predictions")) == ["a2", "a3"]
+
+    # the writer still thinks day -3 exists; its late event recreates it
+    writer.write([prediction("late3", created_at=T0 - 3 * DAY + 500, predictions=["setosa"])])
+    # a repeat of a0 a day later, and of y's label: stored once, counted once
+    writer.write(
+        [
+            prediction("a0", created_at=T0 + DAY + 5, predictions=["virginica"]),
+            feedback_event("y", "virginica", at=T0 + DAY + 6),
+        ]
+    )
+    ids = [r["request_id"] for r in stored(store_url, predictions)]
+    assert sorted(ids) == ["a0", "late3", "y"]
+    requests = snapshot(store_url, ("raysplit_cells",))["raysplit_cells"]
+    writer.dispose()
+    engine.dispose()
+    assert sum(row[6] for row in requests) == 5  # a3 and a2 (still counted), y, a0, late3
+    correct = sum(row[11] for row in requests)
+    assert correct == 2  # a3 and y, each once (a2 was wrong; y's repeat changed nothing)
 
 
 def test_prune_deletes_nothing_when_the_lake_cannot_be_written(store: str, tmp_path: Path) -> None:

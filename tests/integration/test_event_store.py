@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from raysplit.core.events import Judgement
+from raysplit.eventstore.partitions import day_of, is_partitioned, partition_days, partition_name
 from raysplit.eventstore.schema import CELL_COUNTERS, units
+from raysplit.eventstore.schema import feedback as feedback_table
 from raysplit.eventstore.store import (
     SCHEMA_VERSION,
     EventStore,
@@ -102,11 +104,19 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 9
+    assert store.version == SCHEMA_VERSION == 10
     with store.engine.connect() as conn:
         old = conn.execute(sa.select(predictions).where(predictions.c.request_id == "old")).one()
     assert (old.assignment, old.allocation, old.predicted) == ("split", "", "setosa")
     store.write([prediction("new", outcome="error", error="ValueError: boom")])
+    if engine.dialect.name == "postgresql":  # v10: the old row moved into its day's partition
+        with store.engine.connect() as conn:
+            assert is_partitioned(conn, predictions) and is_partitioned(conn, feedback_table)
+            assert partition_name(predictions, day_of(old.created_at)) in set(
+                partition_days(conn, predictions).values()
+            )
+            ids = dict(conn.execute(sa.select(predictions.c.request_id, predictions.c.id)).all())
+        assert ids["new"] > ids["old"]  # the id sequence went on from the old table's
     assert outcomes(store) == {"old": "ok", "new": "error"}
     assert store.recent_inputs("iris-ab", "champion", 10) == [[1, 2, 3, 4]]  # "new" failed
     old_cells = [

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.labelled import error_reason, open_store, redact_url
 from raysplit.eventstore.lake.files import Kind, Lake, open_lake, rows_to_table, write_table
+from raysplit.eventstore.partitions import DAY_S, partition_days
 from raysplit.eventstore.schema import BEGIN_OPTION, feedback, predictions
 from raysplit.eventstore.store import EventStore
 
@@ -57,6 +58,7 @@ class PruneCounts:
     predictions: int
     feedback: int
     batches: int  # delete transactions that removed rows
+    partitions: int = 0  # PostgreSQL day partitions dropped whole
 
 
 @contextmanager
@@ -254,6 +256,46 @@ def _delete_feedback(engine: Engine, cutoff: float, batch_rows: int) -> tuple[in
         last = tuple(upper)
 
 
+def _drop(engine: Engine, table: sa.Table, name: str) -> None:
+    """Detach a partition without blocking the table's readers and writers, then drop it."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} DETACH PARTITION {name} CONCURRENTLY")
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+
+
+def _drop_old_days(
+    engine: Engine, cutoff: float, archived: bool, last_id: int | None
+) -> tuple[int, int, int]:
+    """Drop the day partitions wholly before ``cutoff`` (PostgreSQL): a predictions
+    partition once every row in it was archived (ids up to ``last_id``; ``archived``
+    False: no lake, nothing to wait for), then a feedback partition once none of its labels
+    has a prediction still stored. Returns the predictions and feedback rows and the
+    partitions dropped; what stays goes through the batched deletes."""
+    dropped = [0, 0, 0]
+    for slot, table in enumerate((predictions, feedback)):
+        with engine.connect() as conn:
+            days = partition_days(conn, table)
+        for day, name in sorted(days.items()):
+            if (day + 1) * DAY_S > cutoff:
+                break
+            with engine.connect() as conn:
+                if table is predictions:
+                    rows, top = conn.exec_driver_sql(f"SELECT count(*), max(id) FROM {name}").one()
+                    kept = archived and rows and (last_id is None or top > last_id)
+                else:
+                    rows, kept = conn.exec_driver_sql(
+                        f"SELECT count(*), coalesce(bool_or(EXISTS (SELECT 1 FROM"
+                        f" {predictions.name} p WHERE p.request_id = f.request_id)), false)"
+                        f" FROM {name} f"
+                    ).one()
+            if kept:
+                continue
+            _drop(engine, table, name)
+            dropped[slot] += rows
+            dropped[2] += 1
+    return dropped[0], dropped[1], dropped[2]
+
+
 def prune(
     store: str | Engine,
     lake_uri: str | Lake | None,
@@ -264,8 +306,10 @@ def prune(
     chunk_rows: int = EXPORT_CHUNK_ROWS,
 ) -> PruneCounts:
     """Archive every prediction and feedback older than ``older_than_s`` to the lake,
-    then delete them from the database in batches; ``lake_uri`` None deletes without
-    archiving. The rollup tables are never touched, so the report is unchanged.
+    then delete them from the database: on PostgreSQL whole days at once (their partitions
+    are dropped: :mod:`raysplit.eventstore.partitions`), and the rest in batches.
+    ``lake_uri`` None deletes without archiving. The rollup tables are never touched, so
+    the report is unchanged.
 
     Only what was archived is deleted: a prediction written after the export began (a
     writer's backlog) waits for the next prune."""
@@ -279,6 +323,9 @@ def prune(
         archived, last_id = None, None
         if lake is not None:
             archived, last_id = _export(engine, lake, None, cutoff, chunk_rows)
+        whole = (0, 0, 0)
+        if engine.dialect.name == "postgresql":
+            whole = _drop_old_days(engine, cutoff, lake is not None, last_id)
         if lake is not None and last_id is None:
             deleted_predictions, prediction_batches = 0, 0  # nothing was archived
         else:
@@ -289,7 +336,8 @@ def prune(
     return PruneCounts(
         cutoff=cutoff,
         archived=archived,
-        predictions=deleted_predictions,
-        feedback=deleted_feedback,
+        predictions=whole[0] + deleted_predictions,
+        feedback=whole[1] + deleted_feedback,
         batches=prediction_batches + feedback_batches,
+        partitions=whole[2],
     )

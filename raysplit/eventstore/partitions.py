@@ -1,0 +1,165 @@
+"""PostgreSQL keeps predictions and feedback in one partition per UTC day.
+
+Why: raw rows are the only tables that grow with traffic (the rollups grow with minutes and
+users), and deleting old rows row by row costs as much as writing them, bloats the table and
+holds locks while it runs. A day's partition leaves in one ``DETACH ... CONCURRENTLY`` and
+``DROP`` once the lake holds it (:mod:`raysplit.eventstore.lake.archive`), and readers and
+writers never wait for it.
+
+The price: PostgreSQL's unique keys on a partitioned table must include the partition key,
+so ``request_id`` can no longer be unique across days. Writers hold a transaction lock per
+request id already (:meth:`raysplit.eventstore.store.EventStore.write`), so they read which
+of a batch's rows are stored and add the rest (:func:`raysplit.eventstore.bulk.insert_new`),
+and the exactly-once scoring holds without a unique index.
+
+SQLite is one file on one machine and has no partitions: it keeps its unique keys and
+prunes in batches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from raysplit.eventstore.schema import feedback, predictions
+
+DAY_S = 86_400
+PARTITIONED = (predictions, feedback)
+ID_SEQUENCE = "raysplit_predictions_ids"  # predictions' ids, unique without a unique key
+# indexes a unique key or primary key gave the unpartitioned tables, as plain ones
+LOOKUP_INDEXES = {
+    predictions.name: (
+        ("ix_predictions_request", "request_id, variant"),
+        ("ix_predictions_id", "id"),  # export and prune walk rows in id order
+    ),
+    feedback.name: (("ix_feedback_request", "request_id"),),
+}
+# The advisory-lock key partition DDL is serialised by ("part" in ASCII)
+PARTITION_LOCK = 0x70617274
+
+
+def day_of(created_at: float) -> int:
+    """The UTC day (days since 1970-01-01) a row with this ``created_at`` belongs to."""
+    return int(created_at // DAY_S)
+
+
+def partition_name(table: sa.Table, day: int) -> str:
+    date = dt.datetime.fromtimestamp(day * DAY_S, dt.UTC)
+    return f"{table.name}_d{date:%Y%m%d}"
+
+
+def is_partitioned(conn: sa.Connection, table: sa.Table) -> bool:
+    kind = conn.exec_driver_sql(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%(name)s)", {"name": table.name}
+    ).scalar()
+    return kind == "p"
+
+
+def partition_days(conn: sa.Connection, table: sa.Table) -> dict[int, str]:
+    """The days ``table`` has a partition for -> that partition's name."""
+    rows = conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass(%(name)s)",
+        {"name": table.name},
+    ).scalars()
+    prefix = f"{table.name}_d"
+    days = {}
+    for name in rows:
+        if name.startswith(prefix):
+            date = dt.datetime.strptime(name[len(prefix) :], "%Y%m%d").replace(tzinfo=dt.UTC)
+            days[day_of(date.timestamp())] = name
+    return days
+
+
+def create_partitioned(conn: sa.Connection, table: sa.Table, *, indexes: bool = True) -> None:
+    """``table`` as a parent partitioned by day on ``created_at``: its columns as the
+    schema declares them, no unique keys (see the module docstring), ids from a sequence."""
+    columns = []
+    for column in table.columns:
+        if column.name == "id":
+            columns.append(f"id INTEGER NOT NULL DEFAULT nextval('{ID_SEQUENCE}')")
+        else:
+            columns.append(str(sa.schema.CreateColumn(column).compile(dialect=conn.dialect)))
+    if "id" in table.c:
+        conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {ID_SEQUENCE}")
+    conn.exec_driver_sql(
+        f"CREATE TABLE {table.name} ({', '.join(columns)}) PARTITION BY RANGE (created_at)"
+    )
+    if indexes:
+        create_indexes(conn, table)
+
+
+def create_indexes(conn: sa.Connection, table: sa.Table) -> None:
+    """The schema's indexes and the lookups its unique keys used to serve, on the parent
+    (PostgreSQL builds them on every partition, present and future)."""
+    for index in table.indexes:
+        conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    for name, columns in LOOKUP_INDEXES[table.name]:
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({columns})")
+
+
+def add_days(conn: sa.Connection, table: sa.Table, days: Iterable[int]) -> None:
+    """Make sure ``table`` has a partition for each of ``days``. Serialised by an advisory
+    lock held to the end of the caller's transaction, so writers that meet a new day at
+    once create it once."""
+    days = sorted(set(days))
+    if not days:
+        return
+    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": PARTITION_LOCK})
+    for day in days:
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {partition_name(table, day)} PARTITION OF {table.name}"
+            f" FOR VALUES FROM ({day * DAY_S}) TO ({(day + 1) * DAY_S})"
+        )
+
+
+def partition_existing(conn: sa.Connection, table: sa.Table) -> None:
+    """Turn a store's unpartitioned ``table`` (schema v9 and before) into a partitioned one
+    holding the same rows, ids kept, in the caller's transaction."""
+    old = f"{table.name}_unpartitioned"
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+    create_partitioned(conn, table, indexes=False)
+    days = conn.exec_driver_sql(
+        f"SELECT DISTINCT floor(created_at / {DAY_S})::bigint FROM {old}"
+    ).scalars()
+    add_days(conn, table, [int(d) for d in days])
+    names = ", ".join(c.name for c in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {old}")
+    if "id" in table.c:
+        conn.exec_driver_sql(
+            f"SELECT setval('{ID_SEQUENCE}', coalesce(max(id), 0) + 1, false) FROM {old}"
+        )
+    conn.exec_driver_sql(f"DROP TABLE {old}")
+    create_indexes(conn, table)
+
+
+class DayPartitions:
+    """Which days a process knows both tables have a partition for, so a write checks a
+    set and touches the catalogue only on a day it has not seen (once a day, or after a
+    prune dropped one: :meth:`forget`)."""
+
+    AHEAD_DAYS = 2  # made with a new day, so midnight's writers find theirs ready
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.known: set[int] = set()
+
+    def ensure(self, created_at: Iterable[float]) -> None:
+        """Partitions for the days of these ``created_at`` values (and the next days)."""
+        missing = {day_of(t) for t in created_at} - self.known
+        if not missing:
+            return
+        wanted = {d + ahead for d in missing for ahead in range(self.AHEAD_DAYS + 1)}
+        with self.engine.begin() as conn:
+            present = set(partition_days(conn, predictions)) & set(partition_days(conn, feedback))
+            if wanted - present:
+                for table in PARTITIONED:
+                    add_days(conn, table, wanted - present)
+        self.known |= wanted
+
+    def forget(self) -> None:
+        """A write met a day whose partition is gone (a prune dropped it): look again."""
+        self.known.clear()
