@@ -44,6 +44,7 @@ from serve_app.predict.prepare import ConfigRefused, config_hash, load_variants,
 from serve_app.predict.state import ServingState
 from serve_app.replica.base import Replica, bind_replica
 from serve_app.replica.loops import AliasWatcher, EventGauges, ReportPublisher
+from serve_app.replica.retention import RetentionJob
 from serve_app.replica.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout.state import DecisionEntry, RolloutRecord, applies
 from serve_app.rollout.store import rollout_store
@@ -71,7 +72,8 @@ class Ingress(Replica):
         bind_replica(self)
         self.state = None
         self.deploy = DeployStatus()
-        self.event_store_url = Locations.resolve().event_store_url  # RAYSPLIT_EVENT_STORE_URL
+        locations = Locations.resolve()
+        self.event_store_url = locations.event_store_url  # RAYSPLIT_EVENT_STORE_URL
         self.metrics = ExperimentMetrics()
         self.events = EventBuffer(
             lambda: EventStore(self.event_store_url), on_feedback=self.metrics.tally.feedback
@@ -99,6 +101,7 @@ class Ingress(Replica):
             RolloutController(lambda: self.state, self.store, self.metrics, self.replica_id),
             KeysFileWatcher(os.environ),
             KeyAudit(self.key_use, self.store),
+            RetentionJob(self.store, self.replica_id, locations.retention, locations.lake_uri),
         )
 
     # ----------------------------------------------------------------- configuration

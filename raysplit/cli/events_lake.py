@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -206,7 +205,7 @@ def add_lake_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     prune.add_argument(
         "--older-than",
         metavar="AGE",
-        default=os.environ.get(RETENTION_ENV),
+        default=Locations.resolve().retention,
         help=f"{window_help}; default: ${RETENTION_ENV}, the deployment's retention (e.g. 30d),"
         " so a daily `raysplit prune` (cron, a Kubernetes CronJob) keeps the store to it",
     )

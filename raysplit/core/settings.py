@@ -41,6 +41,7 @@ class Locations(BaseModel):
     mlflow_embedded: bool
     event_store_url: str
     lake_uri: str  # raw events as Parquet (docs/event_lake.md): a pyarrow URI or a path
+    retention: str | None  # how long raw events stay in the database (e.g. 30d); None: ever
     ray_address: str
     ray_dashboard_url: str
     ingress_url: str
@@ -67,6 +68,7 @@ class Locations(BaseModel):
             mlflow_embedded=embedded,
             event_store_url=env.get("RAYSPLIT_EVENT_STORE_URL", f"sqlite:///{home / 'events.db'}"),
             lake_uri=env.get("RAYSPLIT_LAKE_URI", str(home / "lake")),
+            retention=env.get("RAYSPLIT_RETENTION") or None,
             ray_address=env.get("RAY_ADDRESS", f"127.0.0.1:{ray_port}"),
             ray_dashboard_url=env.get(
                 "RAYSPLIT_DASHBOARD_URL", f"http://127.0.0.1:{DEFAULT_DASHBOARD_PORT}"

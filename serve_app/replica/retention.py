@@ -1,0 +1,90 @@
+"""The event store's retention, kept by the cluster itself.
+
+With ``RAYSPLIT_RETENTION`` (e.g. ``30d``) in the replicas' environment, one replica at a
+time (the holder of the ``retention`` lease in the event store) archives the raw events
+older than that to the lake (``RAYSPLIT_LAKE_URI``) and removes them from the database,
+every ``RETENTION_INTERVAL_S``: on PostgreSQL whole day partitions are dropped
+(:mod:`raysplit.eventstore.partitions`). The rollups stay, so reports and rollouts are
+unchanged. Without the setting nothing is ever removed, and ``raysplit prune`` from a cron
+job does the same work.
+
+Why in the replicas: a laptop has no cron and a cluster already runs them; the lease makes
+it one job however many replicas there are, and a killed holder's job passes to another
+replica when the lease lapses. A lake on one node's disk is per node: on a cluster set
+``RAYSPLIT_LAKE_URI`` to shared storage (docs/event_lake.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from raysplit.eventstore.labelled import DURATION, UNIT_SECONDS
+from raysplit.eventstore.lake.archive import PruneCounts, prune
+from raysplit.eventstore.store import EventStore
+from serve_app.replica.loops import Loop
+
+logger = logging.getLogger("ray.serve")
+
+RETENTION_INTERVAL_S = 3600.0
+RETENTION_LEASE = "retention"
+
+
+def retention_age_s(text: str | None) -> float | None:
+    """``RAYSPLIT_RETENTION`` in seconds, None when unset; raises ValueError naming the
+    value when it is not a positive duration such as ``30d``."""
+    if text is None or not text.strip():
+        return None
+    match = DURATION.match(text)
+    age = float(match.group(1)) * UNIT_SECONDS[match.group(2)] if match else 0.0
+    if age <= 0:
+        raise ValueError(f"RAYSPLIT_RETENTION={text!r} is not a positive duration (e.g. 30d, 36h)")
+    return age
+
+
+class RetentionJob(Loop):
+    """Archive, then remove, raw events older than the retention, from the lease holder."""
+
+    name = "retention"
+
+    def __init__(
+        self,
+        store: Callable[[], Awaitable[EventStore]],
+        holder: str,
+        retention: str | None,
+        lake_uri: str,
+        interval_s: float = RETENTION_INTERVAL_S,
+    ):
+        super().__init__()
+        self._store = store
+        self._holder = holder
+        self._lake_uri = lake_uri
+        self._interval_s = interval_s
+        self.last: PruneCounts | None = None
+        try:
+            self.age_s = retention_age_s(retention)
+        except ValueError as exc:  # a typo must not take the replica down: say it, keep all
+            logger.error("retention is off: %s", exc)
+            self.age_s = None
+
+    def interval(self) -> float:
+        return self._interval_s if self.age_s is not None else 0.0
+
+    async def tick(self) -> None:
+        if self.age_s is None:
+            return
+        store = await self._store()
+        ttl = 2 * self._interval_s
+        if not await asyncio.to_thread(store.claim_lease, RETENTION_LEASE, self._holder, ttl):
+            return
+        counts = await asyncio.to_thread(prune, store.engine, self._lake_uri, self.age_s)
+        self.last = counts
+        logger.info(
+            "retention: archived and removed %d predictions and %d feedback rows older than"
+            " %.0f s (%d day partitions dropped)",
+            counts.predictions,
+            counts.feedback,
+            self.age_s,
+            counts.partitions,
+        )
