@@ -25,8 +25,10 @@ from typing import Any, NoReturn
 from mlflow.tracking import MlflowClient
 from ray import serve
 
+from raysplit.core.events import Event
 from raysplit.core.settings import Locations
 from raysplit.eventstore.accepted_configs import AcceptedConfig
+from raysplit.eventstore.lake.appender import LakeAppender
 from raysplit.eventstore.store import EventStore
 from serve_app.config.ingress import IngressConfig
 from serve_app.events.buffer import EventBuffer
@@ -43,8 +45,8 @@ from serve_app.predict.predictor import Predictor
 from serve_app.predict.prepare import ConfigRefused, config_hash, load_variants, prepare
 from serve_app.predict.state import ServingState
 from serve_app.replica.base import Replica, bind_replica
+from serve_app.replica.lake_jobs import LakeFlusher, RetentionJob
 from serve_app.replica.loops import AliasWatcher, EventGauges, ReportPublisher
-from serve_app.replica.retention import RetentionJob
 from serve_app.replica.rollout_loops import RolloutController, RolloutFollower
 from serve_app.rollout.state import DecisionEntry, RolloutRecord, applies
 from serve_app.rollout.store import rollout_store
@@ -75,8 +77,11 @@ class Ingress(Replica):
         locations = Locations.resolve()
         self.event_store_url = locations.event_store_url  # RAYSPLIT_EVENT_STORE_URL
         self.metrics = ExperimentMetrics()
+        self.lake = LakeFlusher(lambda: self.state, LakeAppender(locations.lake_uri))
         self.events = EventBuffer(
-            lambda: EventStore(self.event_store_url), on_feedback=self.metrics.tally.feedback
+            lambda: EventStore(self.event_store_url),
+            on_feedback=self.metrics.tally.feedback,
+            on_written=self._append_to_lake,
         )
         self.predictor = Predictor(self._model_call, self.events, self.metrics.tally)
         self._single_rows_waiting = 0  # single-row requests between yield and model call
@@ -102,6 +107,7 @@ class Ingress(Replica):
             KeysFileWatcher(os.environ),
             KeyAudit(self.key_use, self.store),
             RetentionJob(self.store, self.replica_id, locations.retention, locations.lake_uri),
+            self.lake,
         )
 
     # ----------------------------------------------------------------- configuration
@@ -340,12 +346,17 @@ class Ingress(Replica):
         finally:
             self._single_rows_waiting -= 1
 
+    def _append_to_lake(self, events: list[Event]) -> None:
+        if self.lake.enabled():
+            self.lake.appender.add(events)
+
     async def __del__(self) -> None:
         """Graceful shutdown: write what is queued before the replica goes."""
         for loop in self._loops:
             await loop.stop()
         await self.predictor.settle()
         await self.events.close()
+        await self.lake.flush()
 
 
 app = Ingress.bind()

@@ -56,7 +56,7 @@ NO_CLUSTER = (
     "tests/integration/test_event_training_data.py",
     "tests/integration/test_experiment_queries.py",
     "tests/integration/test_model_safety.py",
-    "tests/integration/test_retention.py",
+    "tests/integration/test_lake_jobs.py",
     "tests/integration/test_onnx_serving.py",
     "tests/integration/test_rollout_controller.py",
     "tests/integration/test_rollout_registry.py",

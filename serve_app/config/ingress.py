@@ -102,6 +102,15 @@ class IngressConfig(BaseModel):
         description="how often each replica refreshes the report's Prometheus gauges"
         " (quality, SRM, sequential p-values, drift); 0 turns them off",
     )
+    lake_append_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="also append every stored prediction and feedback to the Parquet lake"
+        " (RAYSPLIT_LAKE_URI) at most this many seconds after it is stored (sooner once"
+        " 20,000 rows wait), so the lake holds today's events without an export; 0: off"
+        " (docs/event_lake.md)",
+    )
     durable_events: bool = Field(
         False,
         description="answer a prediction only once its event is in the database (group"

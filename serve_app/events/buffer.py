@@ -127,6 +127,7 @@ class EventBuffer:
         interval_s: float = 0.5,
         max_backoff_s: float = 10.0,
         on_feedback: Callable[[Judgement], None] | None = None,
+        on_written: Callable[[list[Event]], None] | None = None,
     ):
         self._connect = connect
         self.store: Store | None = None
@@ -135,6 +136,7 @@ class EventBuffer:
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
         self._on_feedback = on_feedback
+        self._on_written = on_written  # every stored event, once (the lake appender)
         self._queue: deque[_Entry] = deque()
         self._in_flight: list[_Entry] = []
         self._next_seq = 1
@@ -297,6 +299,8 @@ class EventBuffer:
     def _settle(self, outcome: WriteOutcome) -> None:
         self._queue.extendleft(reversed(outcome.unwritten))  # back in front, in order
         self.written += len(outcome.written)
+        if self._on_written is not None and outcome.written:
+            self._on_written([entry.event for entry in outcome.written])
         for entry, reason in outcome.refused:
             self._set_aside(entry, reason)
         if self._on_feedback is not None:

@@ -1,4 +1,8 @@
-"""The event store's retention, kept by the cluster itself.
+"""The replica's two jobs toward the Parquet lake: appending its own events
+(:class:`LakeFlusher`, with ``lake_append_s``) and keeping the event store's retention
+(:class:`RetentionJob`).
+
+Retention, kept by the cluster itself.
 
 With ``RAYSPLIT_RETENTION`` (e.g. ``30d``) in the replicas' environment, one replica at a
 time (the holder of the ``retention`` lease in the event store) archives the raw events
@@ -20,9 +24,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.labelled import DURATION, UNIT_SECONDS
+from raysplit.eventstore.lake.appender import LakeAppender
 from raysplit.eventstore.lake.archive import PruneCounts, prune
 from raysplit.eventstore.store import EventStore
+from serve_app.predict.state import ServingState
 from serve_app.replica.loops import Loop
 
 logger = logging.getLogger("ray.serve")
@@ -88,3 +95,44 @@ class RetentionJob(Loop):
             self.age_s,
             counts.partitions,
         )
+
+
+LAKE_FLUSH_POLL_S = 5.0  # how often a replica looks whether its lake rows are due
+
+
+class LakeFlusher(Loop):
+    """Write the replica's buffered event rows to the lake when a file's worth is waiting
+    or the oldest has waited ``lake_append_s``, while the served config asks for it."""
+
+    name = "lake appender"
+
+    def __init__(self, current: Callable[[], ServingState | None], appender: LakeAppender):
+        super().__init__()
+        self._current = current
+        self.appender = appender
+
+    def enabled(self) -> bool:
+        state = self._current()
+        return state is not None and state.config.lake_append_s > 0
+
+    def interval(self) -> float:
+        state = self._current()
+        age = state.config.lake_append_s if state is not None else 0.0
+        if age > 0:
+            self.appender.max_age_s = age
+            return min(age, LAKE_FLUSH_POLL_S)
+        return LAKE_FLUSH_POLL_S if self.appender.pending else 0.0  # what was left: write it
+
+    async def tick(self) -> None:
+        if self.appender.due() or not self.enabled():
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is pending now (also at shutdown); a lake error is logged, the rows
+        kept for the next try."""
+        if not self.appender.pending:
+            return
+        try:
+            await asyncio.to_thread(self.appender.flush)
+        except RaysplitError as exc:
+            logger.warning("lake append: %s (%d rows kept)", exc, self.appender.pending)
