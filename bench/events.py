@@ -36,10 +36,13 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
 USERS = 5000  # sticky users the writers' requests come from
 HISTORY = 100_000  # events in the store before the clock starts
+HISTORY_DAYS = 30  # spread over a month: a 30-day retention's partitions
 
 
-def _events(prefix: str, batch: int, n: int, rng: np.random.Generator) -> tuple[list, list]:
-    now = time.time()
+def _events(
+    prefix: str, batch: int, n: int, rng: np.random.Generator, at: float | None = None
+) -> tuple[list, list]:
+    now = time.time() if at is None else at
     users = rng.integers(0, USERS, batch)
     predictions = [
         PredictionEvent(
@@ -104,12 +107,17 @@ def _fresh(kind: str, tmp: Path) -> str:
 
 def _history(url: str, events: int) -> None:
     """A store with history, as production's is: ``events`` written before the clock
-    starts, then the planner's statistics taken (PostgreSQL's autovacuum does it within a
-    minute; a fresh table's stale estimates choose sequential scans)."""
+    starts, spread over the last ``HISTORY_DAYS`` (on PostgreSQL a partition a day, which
+    every read of stored rows by request id visits), then the planner's statistics taken
+    (PostgreSQL's autovacuum does it within a minute; a fresh table's stale estimates
+    choose sequential scans)."""
     store = EventStore(url)
     rng = np.random.default_rng(0)
-    for n in range(events // 1000):
-        predictions, labels = _events("history", 1000, n, rng)
+    batches = events // 1000
+    start = time.time() - HISTORY_DAYS * 86_400
+    for n in range(batches):
+        at = start + HISTORY_DAYS * 86_400 * n / batches
+        predictions, labels = _events("history", 1000, n, rng, at)
         store.write(predictions + labels)
     if store.engine.dialect.name == "postgresql":
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -166,18 +174,22 @@ the two, so a prediction and its label written at once by two replicas are score
 once. The last column is the same run with the first version's single cluster-wide lock
 patched back in (`--cluster-lock`).
 
-**Bulk statements, rows encoded once:** predictions and labels are copied (PostgreSQL
-`COPY`; SQLite one `executemany`) into a per-connection temporary table and moved with one
-`INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`, so a repeat is stored once and
-the writer learns which rows are new; one read of the touched requests' stored rows (ids as
-one array) gives what scoring needs; each rollup (cells, per-user units, shadow pairs) is
-one `COPY` and one `INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n` in key order.
+**Bulk statements, rows encoded once:** on PostgreSQL, whose predictions and feedback are
+partitioned by day ([event_lake.md](event_lake.md)) and so have no unique key on the
+request id, the writer reads which of its rows are stored (under its per-request locks, ids
+as one array) and `COPY`s the rest straight into the table; SQLite fills a temporary table
+with one `executemany` and moves it with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING
+RETURNING`. Either way a repeat is stored once and the writer learns which rows are new;
+one read of the touched requests' stored rows gives what scoring needs; each rollup (cells,
+per-user units, shadow pairs) is one `COPY` (SQLite: one `executemany`) and one `INSERT ...
+ON CONFLICT DO UPDATE SET n = n + excluded.n` in key order.
 SQLAlchemy's many-row `INSERT ... RETURNING` and an expanded `IN` list, which this
 replaced, were statement texts psycopg parsed on every write (12 ms of CPU per 256-row
 batch).
 
-**The store has history:** each run starts from 100,000 events with the planner's
-statistics taken, as a production store has; on a fresh table PostgreSQL's estimates say
+**The store has history:** each run starts from 100,000 events spread over the last 30
+days (on PostgreSQL 30 day partitions, which every read by request id visits) with the
+planner's statistics taken, as a production store has; on a fresh table PostgreSQL's estimates say
 "empty" until autovacuum analyses it (within a minute) and the per-batch read scans.
 
 `tests/integration/test_experiment_queries.py` writes predictions, shadows, sticky users,
@@ -202,8 +214,9 @@ def main() -> None:
         f"`make bench-events` on {platform.node()}: {multiprocessing.cpu_count()} cores,"
         f" {time.strftime('%Y-%m-%d')}. Writer processes each write batches through"
         " `EventStore.write` with rollups on (predictions, and labels for half of them one"
-        " batch later) into a store already holding 100,000 events. Events per second over all"
-        " writers (wall clock: each writer also builds its events, about 10 us each); the same"
+        " batch later) into a store already holding 100,000 events over 30 days. Events per"
+        " second over all writers (wall clock: each writer also builds its events, about"
+        " 10 us each); the same"
         " counted over each writer's time inside `write` only; p99 of one batch's write; the"
         " whole machine's busy CPU (PostgreSQL's and the event building too) per event.",
         "",
