@@ -5,10 +5,11 @@ SQLAlchemy's insert of many rows with ``RETURNING`` (which the store needs: it m
 which rows are new to count them once) sends one ``VALUES`` list with a placeholder per
 value, and psycopg parses that text anew on every write: at a batch of 256 predictions it
 cost 12 ms of the writer's CPU, more than the database spent storing the rows. On
-PostgreSQL new rows are therefore copied (``COPY``, one stream, values encoded once), and
-rollups go through a temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
-UPDATE``; SQLite fills its temporary table with one ``executemany`` (SQLAlchemy's per-row
-parameter processing was a quarter of a SQLite writer's time).
+PostgreSQL the rows are therefore copied (``COPY``, one stream, values encoded once) into
+a temporary table and moved with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING
+RETURNING``; SQLite fills its temporary table with one ``executemany`` (SQLAlchemy's
+per-row parameter processing was a quarter of a SQLite writer's time). Rows known to be new
+(a partitioned table's, once their keys went in) are copied straight in.
 """
 
 from __future__ import annotations
@@ -47,72 +48,45 @@ def insert_new(
     key: Sequence[str],
 ) -> list[tuple[Any, ...]]:
     """Insert ``rows`` (dicts of ``table``'s columns, all with the same keys), skipping any
-    whose ``key`` columns match a stored row's or an earlier row's, and return the keys of
-    those inserted.
-
-    The caller holds the write lock on every request id in ``rows``
-    (:meth:`raysplit.eventstore.store.EventStore.write`): PostgreSQL's partitioned tables
-    have no unique key on the request id (:mod:`raysplit.eventstore.partitions`), so what is
-    stored is read under that lock and only the rest is copied, straight into the table.
-    """
+    that conflict with a stored one, and return the ``key`` columns of those inserted."""
     if not rows:
         return []
-    if conn.dialect.name == "postgresql":
-        return _copy_unseen(conn, table, rows, key)
-    return _insert_ignoring(conn, table, rows, key)
-
-
-def _copy_unseen(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: Sequence[str]
-) -> list[tuple[Any, ...]]:
     columns = list(rows[0])
-    of_row = operator.itemgetter(*key)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(
-            f"SELECT {', '.join(key)} FROM {table.name} WHERE request_id = ANY(%s)",
-            (list({row["request_id"] for row in rows}),),
-        )
-        seen = {tuple(r) for r in cursor.fetchall()}
-        fresh, keys = [], []
-        for row in rows:
-            found = of_row(row)
-            found = found if isinstance(found, tuple) else (found,)
-            if found not in seen:
-                seen.add(found)
-                fresh.append(row)
-                keys.append(found)
-        if fresh:
-            with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-                for values in _encoded(table, columns, fresh):
-                    copy.write_row(values)
-        return keys
-    finally:
-        cursor.close()
-
-
-def _insert_ignoring(
-    conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    """SQLite, in process: one prepared statement run for every row into a stage table (in
-    C), then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` on the unique
-    key."""
-    columns = list(rows[0])
+    encoded = _encoded(table, columns, rows)
     stage = _stage(conn, table, columns)
     names = ", ".join(columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        marks = ", ".join("?" * len(columns))
-        cursor.executemany(
-            f"INSERT INTO {stage} ({names}) VALUES ({marks})", _encoded(table, columns, rows)
-        )
+        if conn.dialect.name == "postgresql":
+            with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+                for values in encoded:
+                    copy.write_row(values)
+        else:  # SQLite, in process: one prepared statement run for every row, in C
+            marks = ", ".join("?" * len(columns))
+            cursor.executemany(f"INSERT INTO {stage} ({names}) VALUES ({marks})", encoded)
         cursor.execute(  # SQLite reads ON CONFLICT after a bare SELECT as a join's: WHERE
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {stage} WHERE 1 = 1"
             f" ON CONFLICT DO NOTHING RETURNING {', '.join(key)}"
         )
         inserted = [tuple(r) for r in cursor.fetchall()]
-        cursor.execute(f"DELETE FROM {stage}")
+        if conn.dialect.name != "postgresql":  # PostgreSQL empties it at commit
+            cursor.execute(f"DELETE FROM {stage}")
         return inserted
+    finally:
+        cursor.close()
+
+
+def copy_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """``COPY`` rows the caller knows are new (PostgreSQL) straight into ``table``: a
+    partitioned table routes each to its partition."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for values in _encoded(table, columns, rows):
+                copy.write_row(values)
     finally:
         cursor.close()
 

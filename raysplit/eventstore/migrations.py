@@ -13,7 +13,6 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import scored_prediction
 from raysplit.eventstore.partitions import (
-    PARTITIONED,
     create_partitioned,
     is_partitioned,
     partition_existing,
@@ -28,6 +27,7 @@ from raysplit.eventstore.schema import (
     feedback,
     metadata,
     pairs,
+    prediction_keys,
     predictions,
     schema_info,
     units,
@@ -76,7 +76,8 @@ MIGRATIONS: dict[int, list[str]] = {
             for name in ("cov_n", "cov_sum", "cov_sq", "cov_y")
         ),
     ],
-    # PostgreSQL only: predictions and feedback partitioned by day, in Python below
+    # PostgreSQL only: predictions partitioned by day, their keys beside them (create_all
+    # above adds raysplit_prediction_keys), in Python below
     10: [],
 }
 
@@ -129,25 +130,24 @@ def migrate(engine: Engine) -> int:
         elif found < 8:  # a v4-v7 store's units hold no counts yet
             conn.execute(units.delete())
             conn.execute(units.insert().from_select(UNIT_COLUMNS, units_from_rows()))
-        if conn.dialect.name == "postgresql":  # v10: day partitions (partitions.py)
-            for table in PARTITIONED:
-                if not is_partitioned(conn, table):
-                    partition_existing(conn, table)
+        if conn.dialect.name == "postgresql" and not is_partitioned(conn, predictions):
+            partition_existing(conn, predictions)  # v10: day partitions (partitions.py)
         conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
         return SCHEMA_VERSION
 
 
 def _create_missing_tables(conn: sa.Connection) -> None:
-    """Every table the store lacks; on PostgreSQL the raw rows' tables partitioned by day."""
+    """Every table the store lacks; on PostgreSQL raw predictions partitioned by day, with
+    their keys beside them (SQLite reads its keys from the predictions themselves)."""
     if conn.dialect.name != "postgresql":
-        metadata.create_all(conn, checkfirst=True)
+        tables = [t for t in metadata.sorted_tables if t is not prediction_keys]
+        metadata.create_all(conn, tables=tables, checkfirst=True)
         return
-    inspector = sa.inspect(conn)
-    missing = [t for t in PARTITIONED if not inspector.has_table(t.name)]
-    others = [t for t in metadata.sorted_tables if t not in PARTITIONED]
-    metadata.create_all(conn, tables=others, checkfirst=True)
-    for table in missing:
-        create_partitioned(conn, table)
+    fresh = not sa.inspect(conn).has_table(predictions.name)
+    tables = [t for t in metadata.sorted_tables if t is not predictions]
+    metadata.create_all(conn, tables=tables, checkfirst=True)
+    if fresh:
+        create_partitioned(conn, predictions)
 
 
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")

@@ -1,16 +1,22 @@
-"""PostgreSQL keeps predictions and feedback in one partition per UTC day.
+"""PostgreSQL keeps raw predictions in one partition per UTC day.
 
-Why: raw rows are the only tables that grow with traffic (the rollups grow with minutes and
-users), and deleting old rows row by row costs as much as writing them, bloats the table and
-holds locks while it runs. A day's partition leaves in one ``DETACH ... CONCURRENTLY`` and
-``DROP`` once the lake holds it (:mod:`raysplit.eventstore.lake.archive`), and readers and
-writers never wait for it.
+Why: raw predictions (inputs, outputs, probabilities as JSON) are what grows with traffic
+(the rollups grow with minutes and users, feedback rows are a few numbers), and deleting
+old rows row by row costs as much as writing them, bloats the table and holds locks while
+it runs. A day's partition leaves in one ``DETACH ... CONCURRENTLY`` and ``DROP`` once the
+lake holds it (:mod:`raysplit.eventstore.lake.archive`), and readers and writers never
+wait for it.
 
 The price: PostgreSQL's unique keys on a partitioned table must include the partition key,
-so ``request_id`` can no longer be unique across days. Writers hold a transaction lock per
-request id already (:meth:`raysplit.eventstore.store.EventStore.write`), so they read which
-of a batch's rows are stored and add the rest (:func:`raysplit.eventstore.bulk.insert_new`),
-and the exactly-once scoring holds without a unique index.
+so ``(request_id, variant)`` cannot be unique across days, and a lookup by request id
+visits every day's index. Measured with 33 day partitions: one write's read of its 256
+requests' stored rows (predictions joined with feedback) took 56 ms to plan and 31 ms to
+run, and ingest fell from about 20,000 to 2,125 events/s. So the key and the columns
+scoring reads go to one unpartitioned table first (``raysplit_prediction_keys``,
+:data:`raysplit.eventstore.schema.prediction_keys`): its primary key decides which rows are
+new, and every read by request id uses it; the raw row is then copied into its day.
+Feedback stays one unpartitioned table: its rows are small, and a label is looked up by
+request id on every write.
 
 SQLite is one file on one machine and has no partitions: it keeps its unique keys and
 prunes in batches.
@@ -24,19 +30,15 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from raysplit.eventstore.schema import feedback, predictions
+from raysplit.eventstore.schema import SCORED_COLUMNS, prediction_keys, predictions
 
 DAY_S = 86_400
-PARTITIONED = (predictions, feedback)
 ID_SEQUENCE = "raysplit_predictions_ids"  # predictions' ids, unique without a unique key
-# indexes a unique key or primary key gave the unpartitioned tables, as plain ones
-LOOKUP_INDEXES = {
-    predictions.name: (
-        ("ix_predictions_request", "request_id, variant"),
-        ("ix_predictions_id", "id"),  # export and prune walk rows in id order
-    ),
-    feedback.name: (("ix_feedback_request", "request_id"),),
-}
+# the indexes the unpartitioned table's unique keys gave it, as plain ones
+LOOKUP_INDEXES = (
+    ("ix_predictions_request", "request_id, variant, created_at"),  # one row, in its day
+    ("ix_predictions_id", "id"),  # export and prune walk rows in id order
+)
 # The advisory-lock key partition DDL is serialised by ("part" in ASCII)
 PARTITION_LOCK = 0x70617274
 
@@ -97,7 +99,7 @@ def create_indexes(conn: sa.Connection, table: sa.Table) -> None:
     (PostgreSQL builds them on every partition, present and future)."""
     for index in table.indexes:
         conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
-    for name, columns in LOOKUP_INDEXES[table.name]:
+    for name, columns in LOOKUP_INDEXES:
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({columns})")
 
 
@@ -134,12 +136,17 @@ def partition_existing(conn: sa.Connection, table: sa.Table) -> None:
         )
     conn.exec_driver_sql(f"DROP TABLE {old}")
     create_indexes(conn, table)
+    scored = ", ".join(SCORED_COLUMNS)
+    conn.exec_driver_sql(
+        f"INSERT INTO {prediction_keys.name} ({scored}) SELECT {scored} FROM {table.name}"
+        " ON CONFLICT DO NOTHING"
+    )
 
 
 class DayPartitions:
-    """Which days a process knows both tables have a partition for, so a write checks a
-    set and touches the catalogue only on a day it has not seen (once a day, or after a
-    prune dropped one: :meth:`forget`)."""
+    """Which days a process knows have a partition, so a write checks a set and touches
+    the catalogue only on a day it has not seen (once a day, or after a prune dropped
+    one: :meth:`forget`)."""
 
     AHEAD_DAYS = 2  # made with a new day, so midnight's writers find theirs ready
 
@@ -154,10 +161,9 @@ class DayPartitions:
             return
         wanted = {d + ahead for d in missing for ahead in range(self.AHEAD_DAYS + 1)}
         with self.engine.begin() as conn:
-            present = set(partition_days(conn, predictions)) & set(partition_days(conn, feedback))
+            present = set(partition_days(conn, predictions))
             if wanted - present:
-                for table in PARTITIONED:
-                    add_days(conn, table, wanted - present)
+                add_days(conn, predictions, wanted - present)
         self.known |= wanted
 
     def forget(self) -> None:

@@ -34,6 +34,7 @@ from raysplit.eventstore.schema import (
     feedback,
     pairs,
     predictions,
+    scoring_table,
     units,
 )
 
@@ -298,7 +299,7 @@ class ExperimentQueries:
         """Delays of the latest labels: the newest feedback first (its index), then their
         predictions by request id, so it reads a bounded number of rows however large the
         store."""
-        p, f = predictions, feedback
+        p, f = scoring_table(conn.dialect.name), feedback
         labelled_at = dict(
             conn.execute(
                 sa.select(f.c.request_id, f.c.created_at)

@@ -32,10 +32,11 @@ from raysplit.eventstore.schema import (
     BUCKET_S,
     CELL_COUNTERS,
     PAIR_COUNTERS,
+    SCORED_COLUMNS,
     cells,
     feedback,
     pairs,
-    predictions,
+    scoring_table,
     units,
 )
 
@@ -204,22 +205,6 @@ class PairState:
         return compared, labelled
 
 
-STORED_COLUMNS = (
-    "request_id",
-    "experiment",
-    "variant",
-    "shadow",
-    "assignment",
-    "allocation",
-    "model_version",
-    "created_at",
-    "outcome",
-    "predicted",
-    "predicted_value",
-    "unit_hash",
-)
-
-
 @functools.cache
 def stored_query(dialect: str) -> sa.Select:
     """Every stored prediction of a batch's requests with the request's label, if any.
@@ -230,7 +215,7 @@ def stored_query(dialect: str) -> sa.Select:
     writer more than executing it. PostgreSQL takes the ids as one array (``= ANY``): an
     expanded ``IN`` list is a new statement text that psycopg parses on every write.
     """
-    p, f = predictions, feedback
+    p, f = scoring_table(dialect), feedback
     if dialect == "postgresql":
         matching = p.c.request_id == sa.func.any(
             sa.bindparam("ids", type_=postgresql.ARRAY(sa.String))
@@ -238,7 +223,7 @@ def stored_query(dialect: str) -> sa.Select:
     else:
         matching = p.c.request_id.in_(sa.bindparam("ids", expanding=True))
     return (
-        sa.select(*(p.c[name] for name in STORED_COLUMNS), f.c.label_text, f.c.value, f.c.covariate)
+        sa.select(*(p.c[name] for name in SCORED_COLUMNS), f.c.label_text, f.c.value, f.c.covariate)
         .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
         .where(matching)
     )

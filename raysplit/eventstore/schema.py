@@ -63,10 +63,49 @@ predictions = sa.Table(
     sa.Index("ix_predictions_experiment_variant", "experiment", "variant", "id"),
 )
 
+# v10: on PostgreSQL, whose raw predictions are partitioned by day and so hold no unique
+# key on the request id (raysplit.eventstore.partitions), each stored prediction's key and
+# the columns scoring reads, in one unpartitioned table: writers insert here first (the
+# key decides what is new) and read here by request id (one index, not one per day).
+# SQLite reads these columns from raysplit_predictions itself and has no such table.
+SCORED_COLUMNS = (
+    "request_id",
+    "experiment",
+    "variant",
+    "shadow",
+    "assignment",
+    "allocation",
+    "model_version",
+    "created_at",
+    "outcome",
+    "predicted",
+    "predicted_value",
+    "unit_hash",
+)
+prediction_keys = sa.Table(
+    "raysplit_prediction_keys",
+    metadata,
+    *(
+        sa.Column(
+            name,
+            predictions.c[name].type,
+            primary_key=name in ("request_id", "variant"),
+            nullable=predictions.c[name].nullable,
+        )
+        for name in SCORED_COLUMNS
+    ),
+    sa.Index("ix_prediction_keys_created", "created_at"),  # prune walks it by time
+)
+
+
+def scoring_table(dialect: str) -> sa.Table:
+    """Where a prediction's key and scored columns are read by request id."""
+    return prediction_keys if dialect == "postgresql" else predictions
+
+
 feedback = sa.Table(
     "raysplit_feedback",
     metadata,
-    # v10: partitioned by day on PostgreSQL, where the request id is a plain index
     sa.Column("request_id", sa.String(MAX_REQUEST_ID), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("label", sa.JSON),

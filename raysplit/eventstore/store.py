@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
 from raysplit.eventstore.accepted_configs import AcceptedConfigs
-from raysplit.eventstore.bulk import forget_stages_on_rollback, insert_new
+from raysplit.eventstore.bulk import copy_rows, forget_stages_on_rollback, insert_new
 from raysplit.eventstore.dialect import insert_ignoring
 from raysplit.eventstore.key_use import Tally, add_use, read_use
 from raysplit.eventstore.migrations import migrate
@@ -36,13 +36,16 @@ from raysplit.eventstore.rollup import (
 from raysplit.eventstore.schema import (
     BEGIN_OPTION,
     SCHEMA_VERSION,
+    SCORED_COLUMNS,
     SchemaError,
     allocations,
     feedback,
     leases,
     make_engine,
+    prediction_keys,
     predictions,
     schema_info,
+    scoring_table,
 )
 
 __all__ = ["SCHEMA_VERSION", "EventStore", "SchemaError", "predictions", "schema_info"]
@@ -137,7 +140,7 @@ class EventStore:
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
         if self.partitions is None:
             return self._write(prediction_rows, feedback_rows, allocation_rows)
-        times = [r["created_at"] for rows in (prediction_rows, feedback_rows) for r in rows]
+        times = [r["created_at"] for r in prediction_rows]
         self.partitions.ensure(times)
         try:
             return self._write(prediction_rows, feedback_rows, allocation_rows)
@@ -163,7 +166,12 @@ class EventStore:
             if allocation_rows:  # the first replica to serve an allocation dates it
                 allocation_rows.sort(key=lambda r: (r["experiment"], r["key"]))  # lock order
                 conn.execute(insert_ignoring(dialect, allocations), allocation_rows)
-            stored = set(insert_new(conn, predictions, prediction_rows, STORED_KEY))
+            if dialect == "postgresql":  # the key first; the raw row into its day
+                keys = [{name: r[name] for name in SCORED_COLUMNS} for r in prediction_rows]
+                stored = set(insert_new(conn, prediction_keys, keys, STORED_KEY))
+                copy_rows(conn, predictions, new_prediction_rows(prediction_rows, stored))
+            else:
+                stored = set(insert_new(conn, predictions, prediction_rows, STORED_KEY))
             new_feedback = {rid for (rid,) in insert_new(conn, feedback, feedback_rows, FED_KEY)}
             touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
             rows = []
@@ -193,9 +201,7 @@ class EventStore:
         request id (transaction-scoped advisory locks, taken in sorted order), so the second
         waits for the first to commit and then reads its rows; writers of other requests
         never wait (the first version took one lock for the whole cluster: its ingest did
-        not grow with writers, docs/events.md). The same locks let PostgreSQL's writers
-        read which rows are stored and add the rest, since its day partitions cannot hold
-        a unique key on the request id."""
+        not grow with writers, docs/events.md)."""
         keys = request_lock_keys(r["request_id"] for rows in batches for r in rows)
         if keys:
             conn.execute(
@@ -249,13 +255,20 @@ class EventStore:
         ids = list(request_ids)
         if not ids:
             return {}
-        query = sa.select(
-            predictions.c.request_id,
-            predictions.c.experiment,
-            predictions.c.variant,
-            predictions.c.predictions,
-            predictions.c.inputs,
-        ).where(predictions.c.request_id.in_(ids), predictions.c.shadow.is_(False))
+        p, k = predictions, scoring_table(self.engine.dialect.name)
+        query = sa.select(p.c.request_id, p.c.experiment, p.c.variant, p.c.predictions, p.c.inputs)
+        if k is not p:  # PostgreSQL: found by key, then read in its own day's partition only
+            query = query.select_from(
+                k.join(
+                    p,
+                    sa.and_(
+                        p.c.request_id == k.c.request_id,
+                        p.c.variant == k.c.variant,
+                        p.c.created_at == k.c.created_at,
+                    ),
+                )
+            )
+        query = query.where(k.c.request_id.in_(ids), k.c.shadow.is_(False))
         with self.engine.connect() as conn:
             return {r.request_id: dict(r._mapping) for r in conn.execute(query)}
 

@@ -159,8 +159,8 @@ def test_prune_archives_then_deletes_in_batches_and_keeps_the_rollups(
     assert counts.archived is not None and counts.archived.predictions == len(old_predictions)
     assert counts.archived.feedback == 20 + 1 + 1  # with "late", and r015's later label
     assert (counts.predictions, counts.feedback) == (23, 20)
-    if store.startswith("postgresql"):  # "old" and its label left with their day (Dec 31)
-        assert (counts.partitions, counts.batches) == (2, 6 + 5)
+    if store.startswith("postgresql"):  # "old" left with its day (Dec 31)
+        assert (counts.partitions, counts.batches) == (1, 6 + 6)
     else:  # 4 rows a transaction: 23 predictions, 21 old labels
         assert (counts.partitions, counts.batches) == (0, 6 + 6)
     assert snapshot(store, ROLLUPS) == rollups  # the report reads these: unchanged
@@ -195,10 +195,10 @@ DAY = 86_400
 def test_prune_drops_whole_day_partitions_and_late_or_repeated_events_still_count_once(
     store_url: str, tmp_path: Path
 ) -> None:
-    """PostgreSQL: the days wholly before the cutoff leave as partitions (a feedback day
-    stays while one of its labels has a prediction still stored); a writer that knew a
-    dropped day still stores a late event of it; a request id repeated on another day is
-    stored once, though no unique key spans the partitions."""
+    """PostgreSQL: the days of predictions wholly before the cutoff leave as partitions
+    (old labels are deleted, but one whose prediction is still stored stays); a writer
+    that knew a dropped day still stores a late event of it; a request id repeated on
+    another day is stored once, though no unique key spans the partitions."""
     writer = EventStore(store_url)
     writer.write(
         [
@@ -222,13 +222,12 @@ def test_prune_drops_whole_day_partitions_and_late_or_repeated_events_still_coun
     counts = prune(store_url, lake, now - T0, now=now)
 
     with engine.connect() as conn:
-        kept_predictions = set(partition_days(conn, predictions))
-        kept_feedback = set(partition_days(conn, feedback))
-    assert not {d for d in kept_predictions if d < day_of(T0)}
-    assert day_of(T0) - 3 not in kept_feedback and day_of(T0) - 2 in kept_feedback
-    # predictions' days -3, -2 and -1 (made ahead by the writer, empty); feedback's -3, -1
-    assert counts.partitions == 3 + 2
-    assert (counts.predictions, counts.feedback) == (2, 2)  # a3's label by drop, a2's by batch
+        kept = set(partition_days(conn, predictions))
+        keys = conn.execute(sa.text("SELECT request_id FROM raysplit_prediction_keys"))
+        assert sorted(keys.scalars()) == ["a0", "y"]
+    assert not {d for d in kept if d < day_of(T0)} and day_of(T0) in kept
+    assert counts.partitions == 3  # days -3, -2 and -1 (made ahead by the writer, empty)
+    assert (counts.predictions, counts.feedback) == (2, 2)
     assert snapshot(store_url, ROLLUPS) == rollups
     assert [r["request_id"] for r in stored(store_url, feedback)] == ["y"]
     assert sorted(r["request_id"] for r in from_lake(lake, "predictions")) == ["a2", "a3"]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from raysplit.core.events import Judgement
 from raysplit.eventstore.partitions import day_of, is_partitioned, partition_days, partition_name
-from raysplit.eventstore.schema import CELL_COUNTERS, units
+from raysplit.eventstore.schema import CELL_COUNTERS, prediction_keys, units
 from raysplit.eventstore.schema import feedback as feedback_table
 from raysplit.eventstore.store import (
     SCHEMA_VERSION,
@@ -111,7 +111,9 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
     store.write([prediction("new", outcome="error", error="ValueError: boom")])
     if engine.dialect.name == "postgresql":  # v10: the old row moved into its day's partition
         with store.engine.connect() as conn:
-            assert is_partitioned(conn, predictions) and is_partitioned(conn, feedback_table)
+            assert is_partitioned(conn, predictions) and not is_partitioned(conn, feedback_table)
+            keys = conn.execute(sa.select(prediction_keys.c.request_id)).scalars().all()
+            assert sorted(keys) == ["new", "old"]  # the old row's key was filled in
             assert partition_name(predictions, day_of(old.created_at)) in set(
                 partition_days(conn, predictions).values()
             )

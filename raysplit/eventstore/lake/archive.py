@@ -26,7 +26,13 @@ from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.labelled import error_reason, open_store, redact_url
 from raysplit.eventstore.lake.files import Kind, Lake, open_lake, rows_to_table, write_table
 from raysplit.eventstore.partitions import DAY_S, partition_days
-from raysplit.eventstore.schema import BEGIN_OPTION, feedback, predictions
+from raysplit.eventstore.schema import (
+    BEGIN_OPTION,
+    feedback,
+    prediction_keys,
+    predictions,
+    scoring_table,
+)
 from raysplit.eventstore.store import EventStore
 
 EXPORT_CHUNK_ROWS = 50_000
@@ -58,7 +64,7 @@ class PruneCounts:
     predictions: int
     feedback: int
     batches: int  # delete transactions that removed rows
-    partitions: int = 0  # PostgreSQL day partitions dropped whole
+    partitions: int = 0  # PostgreSQL day partitions of predictions dropped whole
 
 
 @contextmanager
@@ -231,7 +237,7 @@ def _delete_feedback(engine: Engine, cutoff: float, batch_rows: int) -> tuple[in
     (created_at, request_id), ``batch_rows`` candidates per transaction. A label whose
     prediction is still stored stays with it (the retrain's reader joins them in the
     database), and goes when a later prune takes the prediction."""
-    f, p = feedback, predictions
+    f, p = feedback, scoring_table(engine.dialect.name)
     key = sa.tuple_(f.c.created_at, f.c.request_id)
     orphan = ~sa.exists().where(p.c.request_id == f.c.request_id)
     deleted = batches = 0
@@ -265,35 +271,54 @@ def _drop(engine: Engine, table: sa.Table, name: str) -> None:
 
 def _drop_old_days(
     engine: Engine, cutoff: float, archived: bool, last_id: int | None
-) -> tuple[int, int, int]:
-    """Drop the day partitions wholly before ``cutoff`` (PostgreSQL): a predictions
-    partition once every row in it was archived (ids up to ``last_id``; ``archived``
-    False: no lake, nothing to wait for), then a feedback partition once none of its labels
-    has a prediction still stored. Returns the predictions and feedback rows and the
-    partitions dropped; what stays goes through the batched deletes."""
-    dropped = [0, 0, 0]
-    for slot, table in enumerate((predictions, feedback)):
+) -> tuple[int, int]:
+    """Drop the day partitions of predictions wholly before ``cutoff`` (PostgreSQL) whose
+    every row was archived (ids up to ``last_id``; ``archived`` False: no lake, nothing to
+    wait for). Returns the rows and partitions dropped; what stays goes through the
+    batched deletes."""
+    with engine.connect() as conn:
+        days = partition_days(conn, predictions)
+    dropped = partitions = 0
+    for day, name in sorted(days.items()):
+        if (day + 1) * DAY_S > cutoff:
+            break
         with engine.connect() as conn:
-            days = partition_days(conn, table)
-        for day, name in sorted(days.items()):
-            if (day + 1) * DAY_S > cutoff:
-                break
-            with engine.connect() as conn:
-                if table is predictions:
-                    rows, top = conn.exec_driver_sql(f"SELECT count(*), max(id) FROM {name}").one()
-                    kept = archived and rows and (last_id is None or top > last_id)
-                else:
-                    rows, kept = conn.exec_driver_sql(
-                        f"SELECT count(*), coalesce(bool_or(EXISTS (SELECT 1 FROM"
-                        f" {predictions.name} p WHERE p.request_id = f.request_id)), false)"
-                        f" FROM {name} f"
-                    ).one()
-            if kept:
-                continue
-            _drop(engine, table, name)
-            dropped[slot] += rows
-            dropped[2] += 1
-    return dropped[0], dropped[1], dropped[2]
+            rows, top = conn.exec_driver_sql(f"SELECT count(*), max(id) FROM {name}").one()
+        if archived and rows and (last_id is None or top > last_id):
+            continue  # written after the export began: the next prune takes it
+        _drop(engine, predictions, name)
+        dropped, partitions = dropped + rows, partitions + 1
+    return dropped, partitions
+
+
+def _delete_keys(engine: Engine, cutoff: float, batch_rows: int) -> None:
+    """Delete the keys (PostgreSQL's ``raysplit_prediction_keys``) before ``cutoff`` whose
+    raw row has left the database, ``batch_rows`` candidates per transaction."""
+    k, p = prediction_keys, predictions
+    key = sa.tuple_(k.c.created_at, k.c.request_id, k.c.variant)
+    gone = ~sa.exists().where(
+        p.c.request_id == k.c.request_id,
+        p.c.variant == k.c.variant,
+        p.c.created_at == k.c.created_at,  # one day's partition, not all of them
+    )
+    last = None
+    while True:
+        where = [k.c.created_at < cutoff]
+        if last is not None:
+            where.append(key > sa.tuple_(*last))
+        with _write_transaction(engine) as conn:
+            upper = conn.execute(
+                sa.select(k.c.created_at, k.c.request_id, k.c.variant)
+                .where(*where)
+                .order_by(k.c.created_at, k.c.request_id, k.c.variant)
+                .offset(batch_rows - 1)
+                .limit(1)
+            ).first()
+            bounded = where if upper is None else [*where, key <= sa.tuple_(*upper)]
+            conn.execute(sa.delete(k).where(*bounded, gone))
+        if upper is None:
+            return
+        last = tuple(upper)
 
 
 def prune(
@@ -306,8 +331,9 @@ def prune(
     chunk_rows: int = EXPORT_CHUNK_ROWS,
 ) -> PruneCounts:
     """Archive every prediction and feedback older than ``older_than_s`` to the lake,
-    then delete them from the database: on PostgreSQL whole days at once (their partitions
-    are dropped: :mod:`raysplit.eventstore.partitions`), and the rest in batches.
+    then delete them from the database: on PostgreSQL whole days of predictions at once
+    (their partitions are dropped: :mod:`raysplit.eventstore.partitions`), and the rest in
+    batches.
     ``lake_uri`` None deletes without archiving. The rollup tables are never touched, so
     the report is unchanged.
 
@@ -323,21 +349,24 @@ def prune(
         archived, last_id = None, None
         if lake is not None:
             archived, last_id = _export(engine, lake, None, cutoff, chunk_rows)
-        whole = (0, 0, 0)
-        if engine.dialect.name == "postgresql":
-            whole = _drop_old_days(engine, cutoff, lake is not None, last_id)
+        postgresql = engine.dialect.name == "postgresql"
+        whole, partitions = 0, 0
+        if postgresql:
+            whole, partitions = _drop_old_days(engine, cutoff, lake is not None, last_id)
         if lake is not None and last_id is None:
             deleted_predictions, prediction_batches = 0, 0  # nothing was archived
         else:
             deleted_predictions, prediction_batches = _delete_predictions(
                 engine, cutoff, last_id, batch_rows
             )
+        if postgresql:
+            _delete_keys(engine, cutoff, batch_rows)
         deleted_feedback, feedback_batches = _delete_feedback(engine, cutoff, batch_rows)
     return PruneCounts(
         cutoff=cutoff,
         archived=archived,
-        predictions=whole[0] + deleted_predictions,
-        feedback=whole[1] + deleted_feedback,
+        predictions=whole + deleted_predictions,
+        feedback=deleted_feedback,
         batches=prediction_batches + feedback_batches,
-        partitions=whole[2],
+        partitions=partitions,
     )
