@@ -107,8 +107,8 @@ def _fresh(kind: str, tmp: Path) -> str:
 
 def _history(url: str, events: int) -> None:
     """A store with history, as production's is: ``events`` written before the clock
-    starts, spread over the last ``HISTORY_DAYS`` (on PostgreSQL a partition a day, which
-    every read of stored rows by request id visits), then the planner's statistics taken
+    starts, spread over the last ``HISTORY_DAYS`` (on PostgreSQL a partition a day), then
+    the planner's statistics taken
     (PostgreSQL's autovacuum does it within a minute; a fresh table's stale estimates
     choose sequential scans)."""
     store = EventStore(url)
@@ -164,7 +164,13 @@ def run(
     return events / seconds, float(np.percentile(times, 99) * 1000), cpu_us, in_write
 
 
-HOW = """## How a write works
+HOW = """On a 2-core machine two writers and PostgreSQL already keep both cores busy (events/s
+times CPU us per event is about two CPU-seconds a second), so four writers cannot add
+throughput; what the 4-writer rows show is that they do not collapse, as the cluster-wide
+lock's do. Figures move with the machine's load from day to day (the same code measured
+about half these on a busier day): compare columns of one run, not runs.
+
+## How a write works
 
 Each batch is one transaction. **No lock wider than its rows:** on PostgreSQL a writer
 takes a transaction-scoped advisory lock per request id it writes (sorted, so two batches
@@ -174,22 +180,24 @@ the two, so a prediction and its label written at once by two replicas are score
 once. The last column is the same run with the first version's single cluster-wide lock
 patched back in (`--cluster-lock`).
 
-**Bulk statements, rows encoded once:** on PostgreSQL, whose predictions and feedback are
-partitioned by day ([event_lake.md](event_lake.md)) and so have no unique key on the
-request id, the writer reads which of its rows are stored (under its per-request locks, ids
-as one array) and `COPY`s the rest straight into the table; SQLite fills a temporary table
-with one `executemany` and moves it with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING
-RETURNING`. Either way a repeat is stored once and the writer learns which rows are new;
-one read of the touched requests' stored rows gives what scoring needs; each rollup (cells,
-per-user units, shadow pairs) is one `COPY` (SQLite: one `executemany`) and one `INSERT ...
-ON CONFLICT DO UPDATE SET n = n + excluded.n` in key order.
+**Bulk statements, rows encoded once:** keys and labels are copied (PostgreSQL `COPY`;
+SQLite one `executemany`) into a per-connection temporary table and moved with one
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`, so a repeat is stored once and
+the writer learns which rows are new. On PostgreSQL the keys go to
+`raysplit_prediction_keys` (unpartitioned, the columns scoring reads) and the new rows'
+raw form is then `COPY`d straight into its day's partition of `raysplit_predictions`
+([event_lake.md](event_lake.md)); SQLite's keys are its predictions' own unique key. One
+read of the touched requests' stored keys and labels (ids as one array) gives what scoring
+needs; each rollup (cells, per-user units, shadow pairs) is one `COPY` (SQLite: one
+`executemany`) and one `INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n` in key
+order.
 SQLAlchemy's many-row `INSERT ... RETURNING` and an expanded `IN` list, which this
 replaced, were statement texts psycopg parsed on every write (12 ms of CPU per 256-row
 batch).
 
 **The store has history:** each run starts from 100,000 events spread over the last 30
-days (on PostgreSQL 30 day partitions, which every read by request id visits) with the
-planner's statistics taken, as a production store has; on a fresh table PostgreSQL's estimates say
+days (on PostgreSQL about 33 day partitions) with the planner's statistics taken, as a
+production store has; on a fresh table PostgreSQL's estimates say
 "empty" until autovacuum analyses it (within a minute) and the per-batch read scans.
 
 `tests/integration/test_experiment_queries.py` writes predictions, shadows, sticky users,

@@ -21,7 +21,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from raysplit.eventstore.migrations import backfill_rollup, cells_from_rows
-from raysplit.eventstore.schema import allocations, cells
+from raysplit.eventstore.partitions import add_days, day_of, fill_keys
+from raysplit.eventstore.schema import allocations, cells, predictions
 from raysplit.eventstore.store import EventStore
 from serve_app.report.experiment import build_report
 
@@ -95,8 +96,12 @@ def fresh_store(dialect: str, n: int, workdir: Path) -> EventStore:
                 for i, shares in enumerate(SHARES, start=1)
             ],
         )
+        if dialect == "postgresql":  # the raw rows' days, as writers make them
+            add_days(conn, predictions, [day_of(1.8e9), day_of(1.8e9 + DAY_S)])
         for template in (ROWS, SHADOWS, LABELS):
             conn.execute(sa.text(_sql(template, dialect, n)))
+        if dialect == "postgresql":  # writers insert each key with its row
+            fill_keys(conn)
         backfill_rollup(conn)  # what a migration does; every write keeps it current after
     if dialect == "postgresql":
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -136,9 +136,14 @@ def partition_existing(conn: sa.Connection, table: sa.Table) -> None:
         )
     conn.exec_driver_sql(f"DROP TABLE {old}")
     create_indexes(conn, table)
+    fill_keys(conn)
+
+
+def fill_keys(conn: sa.Connection) -> None:
+    """The keys of raw predictions inserted without them (a converted store, a bulk load)."""
     scored = ", ".join(SCORED_COLUMNS)
     conn.exec_driver_sql(
-        f"INSERT INTO {prediction_keys.name} ({scored}) SELECT {scored} FROM {table.name}"
+        f"INSERT INTO {prediction_keys.name} ({scored}) SELECT {scored} FROM {predictions.name}"
         " ON CONFLICT DO NOTHING"
     )
 
