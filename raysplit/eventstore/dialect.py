@@ -28,12 +28,3 @@ def insert_ignoring(dialect: str, table: sa.Table) -> Any:
 def greatest(dialect: str, *values: Any) -> Any:
     """The larger value: SQLite's two-argument ``max`` is PostgreSQL's ``greatest``."""
     return (sa.func.max if dialect == "sqlite" else sa.func.greatest)(*values)
-
-
-def request_id_in(dialect: str, column: Any, ids: list[str]) -> Any:
-    """``column IN ids`` as PostgreSQL reads a long list best: one array parameter
-    (``= ANY``). An expanded ``IN`` is a statement of one placeholder per id that SQLAlchemy
-    renders and psycopg parses on every call (a third of the report's time at 4,000 ids)."""
-    if dialect == "postgresql":
-        return column == sa.func.any(sa.literal(ids, postgresql.ARRAY(sa.String)))
-    return column.in_(ids)
