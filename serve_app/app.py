@@ -32,6 +32,7 @@ from raysplit.eventstore.lake.appender import LakeAppender
 from raysplit.eventstore.store import EventStore
 from serve_app.config.ingress import IngressConfig
 from serve_app.events.buffer import EventBuffer
+from serve_app.events.writer_process import ProcessWriter
 from serve_app.http import guard
 from serve_app.http.api import api
 from serve_app.http.auth import ApiKeys, exposure_warning
@@ -78,10 +79,12 @@ class Ingress(Replica):
         self.event_store_url = locations.event_store_url  # RAYSPLIT_EVENT_STORE_URL
         self.metrics = ExperimentMetrics()
         self.lake = LakeFlusher(lambda: self.state, LakeAppender(locations.lake_uri))
+        self.event_writer = ProcessWriter(self.event_store_url)  # off this replica's GIL
         self.events = EventBuffer(
             lambda: EventStore(self.event_store_url),
             on_feedback=self.metrics.tally.feedback,
             on_written=self._append_to_lake,
+            writer=self.event_writer,
         )
         self.predictor = Predictor(self._model_call, self.events, self.metrics.tally)
         self._single_rows_waiting = 0  # single-row requests between yield and model call
@@ -356,6 +359,7 @@ class Ingress(Replica):
             await loop.stop()
         await self.predictor.settle()
         await self.events.close()
+        await asyncio.to_thread(self.event_writer.close)
         await self.lake.flush()
 
 

@@ -128,6 +128,7 @@ class EventBuffer:
         max_backoff_s: float = 10.0,
         on_feedback: Callable[[Judgement], None] | None = None,
         on_written: Callable[[list[Event]], None] | None = None,
+        writer: Callable[[list[_Entry]], WriteOutcome] | None = None,
     ):
         self._connect = connect
         self.store: Store | None = None
@@ -137,6 +138,9 @@ class EventBuffer:
         self.max_backoff_s = max_backoff_s
         self._on_feedback = on_feedback
         self._on_written = on_written  # every stored event, once (the lake appender)
+        # where batches are written: in a thread of this process on self.store by default,
+        # or elsewhere (serve_app.events.writer_process: a child process)
+        self._writer = writer
         self._queue: deque[_Entry] = deque()
         self._in_flight: list[_Entry] = []
         self._next_seq = 1
@@ -286,9 +290,12 @@ class EventBuffer:
             self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
         ]
         try:
-            if self.store is None:
-                self.store = await asyncio.to_thread(self._connect)
-            outcome = await asyncio.to_thread(write_isolating, self.store, self._in_flight)
+            if self._writer is not None:
+                outcome = await asyncio.to_thread(self._writer, self._in_flight)
+            else:
+                if self.store is None:
+                    self.store = await asyncio.to_thread(self._connect)
+                outcome = await asyncio.to_thread(write_isolating, self.store, self._in_flight)
         except Exception as exc:  # could not even connect
             outcome = WriteOutcome(unwritten=self._in_flight, error=describe(exc))
         finally:

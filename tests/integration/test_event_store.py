@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -24,6 +26,7 @@ from raysplit.eventstore.store import (
     schema_info,
 )
 from serve_app.events.buffer import EventBuffer
+from serve_app.events.writer_process import ProcessWriter
 from serve_app.predict.tally import MetricTally
 from tests.conftest import free_port
 from tests.events import feedback, prediction
@@ -363,4 +366,36 @@ def test_replicas_starting_together_migrate_an_old_database_once(store_url: str)
     assert versions == [SCHEMA_VERSION] * 6
     store = EventStore(store_url)
     assert outcomes(store) == {"old": "ok"}
+    store.dispose()
+
+
+def test_a_writer_process_writes_isolates_refused_rows_and_survives_its_own_death(
+    store_url: str,
+) -> None:
+    """The replicas write events from a child process (off their GIL): the same batches,
+    refused rows set aside by name, and a child killed mid-life costs one failed flush,
+    after which a new child writes everything that was queued, once."""
+    store = EventStore(store_url)
+    bad = poison(store.engine.dialect.name)
+    writer = ProcessWriter(store_url)
+    buffer = EventBuffer(lambda: store, interval_s=0.01, batch_size=50, writer=writer)
+
+    async def scenario() -> tuple[int, int]:
+        buffer.start()
+        tickets = [buffer.add_prediction(prediction(f"a{i}")) for i in range(20)]
+        refused = [buffer.add_prediction(event) for event in bad]
+        assert all(await asyncio.gather(*(buffer.stored(t, 60) for t in tickets)))
+        assert not any(await asyncio.gather(*(buffer.stored(t, 60) for t in refused)))
+        first = writer.pid
+        os.kill(first, signal.SIGKILL)
+        tickets = [buffer.add_prediction(prediction(f"b{i}")) for i in range(20)]
+        assert all(await asyncio.gather(*(buffer.stored(t, 60) for t in tickets)))
+        await buffer.close()
+        return first, writer.pid
+
+    first, second = asyncio.run(scenario())
+    writer.close()
+    assert second != first  # a new child took over
+    assert buffer.refused == len(bad) and buffer.failed_flushes >= 1
+    assert count_rows(store) == 40
     store.dispose()
