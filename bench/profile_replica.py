@@ -103,6 +103,25 @@ def summarize(raw: Path) -> tuple[dict[str, int], dict[str, int], int]:
     return parts, leaves, total
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def cpu_per_request(
+    cluster: Cluster, scripts: dict[str, Path], connections: int, seconds: int
+) -> tuple[float, float]:
+    """CPU us per answered request in the replica process and in its child processes
+    (the event writer), over an unprofiled run: py-spy's sampling is not in it."""
+    replica = psutil.Process(replica_pid())
+    children = replica.children(recursive=True)
+    before = _cpu_s(replica), sum(_cpu_s(c) for c in children)
+    run = wrk(f"{cluster.url}/predict", scripts["predict"], connections, seconds)
+    after = _cpu_s(replica), sum(_cpu_s(c) for c in children)
+    done = run.requests_per_s * seconds
+    return 1e6 * (after[0] - before[0]) / done, 1e6 * (after[1] - before[1]) / done
+
+
 def profile(cluster: Cluster, scripts: dict[str, Path], connections: int, seconds: int, out: Path):
     pid = replica_pid()
     wrk(f"{cluster.url}/predict", scripts["predict"], connections, 3)  # warm up
@@ -117,7 +136,9 @@ def profile(cluster: Cluster, scripts: dict[str, Path], connections: int, second
     return run
 
 
-def render(results: dict[int, tuple], output: Path) -> None:
+def render(
+    results: dict[int, tuple], threaded: dict[int, tuple[float, float]], output: Path
+) -> None:
     lines = [
         "# Where an ingress replica's CPU goes (single row)",
         "",
@@ -130,12 +151,17 @@ def render(results: dict[int, tuple], output: Path) -> None:
         " frame first.",
         "",
     ]
-    for connections, (run, parts, leaves, total) in sorted(results.items()):
+    for connections, (cpu, run, parts, leaves, total) in sorted(results.items()):
         lines += [
             f"## {connections} connection{'s' if connections > 1 else ''}",
             "",
-            f"{run.requests_per_s:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms;"
-            f" {total:,} busy samples.",
+            f"CPU per request, unprofiled run: {cpu[0]:,.0f} us in the replica process,"
+            f" {cpu[1]:,.0f} us in its event-writer process; with the writer in a thread of"
+            f" the replica (`RAYSPLIT_EVENT_WRITER=thread`, same run)"
+            f" {threaded[connections][0]:,.0f} us in the replica.",
+            "",
+            f"Profiled: {run.requests_per_s:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99"
+            f" {run.p99_ms:.2f} ms; {total:,} busy samples.",
             "",
             "| part of the request path | share of busy samples |",
             "|---|---:|",
@@ -158,23 +184,38 @@ def main() -> None:
     if shutil.which("wrk") is None or not (BIN / "py-spy").exists():
         sys.exit("wrk or py-spy not found: apt-get install wrk; pip install py-spy")
     cluster = Cluster()
-    results = {}
+    results, threaded = {}, {}
     try:
         cluster.start()
-        cluster.deploy(
-            {},
-            deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
-        )
         with tempfile.TemporaryDirectory() as workdir:
             scripts = write_scripts(Path(workdir))
+            # the same replica with its event writer in a thread, as before 2026-12-07
+            options = cluster.base["applications"][0]["deployments"][0]["ray_actor_options"]
+            in_thread = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_WRITER": "thread"}}}
+            cluster.deploy(
+                {},
+                deployment={
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                    "ray_actor_options": {**options, **in_thread},
+                },
+            )
+            for connections in args.connections:
+                wrk(f"{cluster.url}/predict", scripts["predict"], connections, 3)  # warm up
+                threaded[connections] = cpu_per_request(cluster, scripts, connections, args.seconds)
+            cluster.deploy(
+                {},
+                deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+            )
             for connections in args.connections:
                 raw = Path(workdir) / f"profile-{connections}.txt"
+                wrk(f"{cluster.url}/predict", scripts["predict"], connections, 3)  # warm up
+                cpu = cpu_per_request(cluster, scripts, connections, args.seconds)
                 run = profile(cluster, scripts, connections, args.seconds, raw)
-                results[connections] = (run, *summarize(raw))
+                results[connections] = (cpu, run, *summarize(raw))
                 print(f"{connections}c: {run.requests_per_s:.0f} req/s", flush=True)
     finally:
         cluster.stop()
-    render(results, args.output)
+    render(results, threaded, args.output)
     print(f"wrote {args.output}")
 
 

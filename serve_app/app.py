@@ -79,7 +79,10 @@ class Ingress(Replica):
         self.event_store_url = locations.event_store_url  # RAYSPLIT_EVENT_STORE_URL
         self.metrics = ExperimentMetrics()
         self.lake = LakeFlusher(lambda: self.state, LakeAppender(locations.lake_uri))
-        self.event_writer = ProcessWriter(self.event_store_url)  # off this replica's GIL
+        # events are written from a child process, off this replica's GIL;
+        # RAYSPLIT_EVENT_WRITER=thread keeps them in a thread here (where no process may start)
+        in_thread = os.environ.get("RAYSPLIT_EVENT_WRITER") == "thread"
+        self.event_writer = None if in_thread else ProcessWriter(self.event_store_url)
         self.events = EventBuffer(
             lambda: EventStore(self.event_store_url),
             on_feedback=self.metrics.tally.feedback,
@@ -359,7 +362,8 @@ class Ingress(Replica):
             await loop.stop()
         await self.predictor.settle()
         await self.events.close()
-        await asyncio.to_thread(self.event_writer.close)
+        if self.event_writer is not None:
+            await asyncio.to_thread(self.event_writer.close)
         await self.lake.flush()
 
 
