@@ -33,7 +33,7 @@ from raysplit.eventstore.store import EventStore
 from serve_app.config.ingress import IngressConfig
 from serve_app.events.buffer import EventBuffer
 from serve_app.events.writer_process import ProcessWriter
-from serve_app.http import guard
+from serve_app.http import guard, request_log
 from serve_app.http.api import api
 from serve_app.http.auth import ApiKeys, exposure_warning
 from serve_app.http.key_use import KeyAudit, KeysFileWatcher, KeyUse
@@ -295,6 +295,7 @@ class Ingress(Replica):
             config.experiment, status
         )
         self.events.set_interval(config.event_flush_interval_s)
+        request_log.SAMPLING.every = config.request_log_every
 
     def _warn_if_exposed(self) -> None:
         """Say it loudly when anyone on the network can call the API without a key."""

@@ -102,6 +102,13 @@ class IngressConfig(BaseModel):
         description="how often each replica refreshes the report's Prometheus gauges"
         " (quality, SRM, sequential p-values, drift); 0 turns them off",
     )
+    request_log_every: int = Field(
+        1,
+        ge=1,
+        le=1_000_000,
+        description="log one line for one in this many successful requests (sampled_every"
+        " in its fields); every refusal and error is logged whatever this says",
+    )
     lake_append_s: float = Field(
         0.0,
         ge=0,
