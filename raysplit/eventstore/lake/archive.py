@@ -238,24 +238,33 @@ def _delete_feedback(engine: Engine, cutoff: float, batch_rows: int) -> tuple[in
     prediction is still stored stays with it (the retrain's reader joins them in the
     database), and goes when a later prune takes the prediction."""
     f, p = feedback, scoring_table(engine.dialect.name)
-    key = sa.tuple_(f.c.created_at, f.c.request_id)
     orphan = ~sa.exists().where(p.c.request_id == f.c.request_id)
+    return _delete_by_time(engine, (f.c.created_at, f.c.request_id), cutoff, batch_rows, orphan)
+
+
+def _delete_by_time(
+    engine: Engine,
+    key: tuple[sa.Column, ...],
+    cutoff: float,
+    batch_rows: int,
+    condition: sa.ColumnElement[bool],
+) -> tuple[int, int]:
+    """Delete rows of ``key``'s table (``created_at`` first) before ``cutoff`` that meet
+    ``condition``, walking ``key`` ``batch_rows`` candidates per transaction; returns the
+    rows deleted and the transactions that deleted any."""
+    table, ordered = key[0].table, sa.tuple_(*key)
     deleted = batches = 0
     last = None
     while True:
-        where = [f.c.created_at < cutoff]
+        where = [key[0] < cutoff]
         if last is not None:
-            where.append(key > sa.tuple_(*last))
+            where.append(ordered > sa.tuple_(*last))
         with _write_transaction(engine) as conn:
             upper = conn.execute(
-                sa.select(f.c.created_at, f.c.request_id)
-                .where(*where)
-                .order_by(f.c.created_at, f.c.request_id)
-                .offset(batch_rows - 1)
-                .limit(1)
+                sa.select(*key).where(*where).order_by(*key).offset(batch_rows - 1).limit(1)
             ).first()
-            bounded = where if upper is None else [*where, key <= sa.tuple_(*upper)]
-            count = conn.execute(sa.delete(f).where(*bounded, orphan)).rowcount
+            bounded = where if upper is None else [*where, ordered <= sa.tuple_(*upper)]
+            count = conn.execute(sa.delete(table).where(*bounded, condition)).rowcount
         deleted, batches = deleted + count, batches + (count > 0)
         if upper is None:
             return deleted, batches
@@ -295,30 +304,12 @@ def _delete_keys(engine: Engine, cutoff: float, batch_rows: int) -> None:
     """Delete the keys (PostgreSQL's ``raysplit_prediction_keys``) before ``cutoff`` whose
     raw row has left the database, ``batch_rows`` candidates per transaction."""
     k, p = prediction_keys, predictions
-    key = sa.tuple_(k.c.created_at, k.c.request_id, k.c.variant)
     gone = ~sa.exists().where(
         p.c.request_id == k.c.request_id,
         p.c.variant == k.c.variant,
         p.c.created_at == k.c.created_at,  # one day's partition, not all of them
     )
-    last = None
-    while True:
-        where = [k.c.created_at < cutoff]
-        if last is not None:
-            where.append(key > sa.tuple_(*last))
-        with _write_transaction(engine) as conn:
-            upper = conn.execute(
-                sa.select(k.c.created_at, k.c.request_id, k.c.variant)
-                .where(*where)
-                .order_by(k.c.created_at, k.c.request_id, k.c.variant)
-                .offset(batch_rows - 1)
-                .limit(1)
-            ).first()
-            bounded = where if upper is None else [*where, key <= sa.tuple_(*upper)]
-            conn.execute(sa.delete(k).where(*bounded, gone))
-        if upper is None:
-            return
-        last = tuple(upper)
+    _delete_by_time(engine, (k.c.created_at, k.c.request_id, k.c.variant), cutoff, batch_rows, gone)
 
 
 def prune(
