@@ -83,6 +83,11 @@ class Ingress(Replica):
         # RAYSPLIT_EVENT_WRITER=thread keeps them in a thread here (where no process may start)
         in_thread = os.environ.get("RAYSPLIT_EVENT_WRITER") == "thread"
         self.event_writer = None if in_thread else ProcessWriter(self.event_store_url)
+        if self.event_writer is not None:
+            try:
+                self.event_writer.start()
+            except OSError as exc:  # the first write starts another and says why if it fails
+                logger.warning("event writer process: %s", exc)
         self.events = EventBuffer(
             lambda: EventStore(self.event_store_url),
             on_feedback=self.metrics.tally.feedback,

@@ -8,10 +8,12 @@ rows bisected and named, an outage told from a refusal), and sends back which en
 were written, refused or are still to write. The buffer, its order, its durable waiters
 and its counts stay in the replica (:class:`serve_app.events.buffer.EventBuffer`).
 
-The child is started on the first write (``spawn``: a forked copy of a Ray worker's
-threads is not safe) and ends when its pipe closes: the replica's shutdown, or its
-death, since a SIGKILLed replica's end of the pipe closes with it. A child that dies is
-started again on the next write; the batch it held comes back as unwritten, in order.
+The replica starts the child as it starts (``spawn``: a forked copy of a Ray worker's
+threads is not safe), and the child connects at once: spawned on the first write, it made
+that write seconds late on a loaded machine. It ends when its pipe closes: the replica's
+shutdown, or its death, since a SIGKILLed replica's end of the pipe closes with it. A
+child that dies is started again on the next write; the batch it held comes back as
+unwritten, in order.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ Reply = tuple[list[int], list[tuple[int, str]], list[int], set[str], str | None]
 CONNECT_ATTEMPT = "connecting to the event store"
 
 
+READY = "ready"
+
+
 def _serve(conn: Connection, url: str) -> None:
-    """The child: write each batch it is sent until the pipe closes."""
+    """The child: say it is ready, connect, then write each batch it is sent until the
+    pipe closes."""
     from raysplit.eventstore.store import EventStore
 
+    conn.send(READY)
     store: Any = None
+    try:
+        store = EventStore(url)  # now, not on the first batch: that one should not wait
+    except Exception:  # the store is down: the first batch will try again and say why
+        store = None
     while True:
         try:
             events: Sequence[Event] = conn.recv()
@@ -72,7 +83,14 @@ class ProcessWriter:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def _start(self) -> Connection:
+    def start(self, ready_timeout_s: float = 60.0) -> None:
+        """Start the child now and wait until it runs (a replica calls this while it
+        starts: a child spawned on the first write made that write seconds late)."""
+        with self._lock:
+            if not self._alive():
+                self._start(ready_timeout_s)
+
+    def _start(self, ready_timeout_s: float = 60.0) -> Connection:
         context = multiprocessing.get_context("spawn")
         mine, theirs = context.Pipe()
         self._process = context.Process(
@@ -81,6 +99,9 @@ class ProcessWriter:
         self._process.start()
         theirs.close()
         self._conn = mine
+        if not mine.poll(ready_timeout_s) or mine.recv() != READY:
+            self._stop()
+            raise OSError(f"the event writer process did not start in {ready_timeout_s:.0f}s")
         return mine
 
     def __call__(self, entries: list[_Entry]) -> WriteOutcome:
