@@ -42,6 +42,12 @@ SHOWN_EXPERIMENTS = 20
 DEFAULT_MIN_ROWS = 100  # a retrain's default floor (dataset.events.min_rows)
 
 
+def duration_s(text: str) -> float | None:
+    """Seconds in a duration such as ``7d``, ``36h`` or ``90m``; None if it is not one."""
+    match = DURATION.match(text)
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)] if match else None
+
+
 def parse_time_bound(text: str, now: float) -> float:
     """Unix seconds for ``7d`` (that long before ``now``) or an ISO-8601 time.
 
@@ -50,9 +56,9 @@ def parse_time_bound(text: str, now: float) -> float:
     UTC, so a window means the same on every machine. Raises ValueError (pydantic turns it
     into the config's one-line message).
     """
-    match = DURATION.match(text)
-    if match:
-        return now - float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    back = duration_s(text)
+    if back is not None:
+        return now - back
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -138,9 +138,9 @@ class EventBuffer:
         self.max_backoff_s = max_backoff_s
         self._on_feedback = on_feedback
         self._on_written = on_written  # every stored event, once (the lake appender)
-        # where batches are written: in a thread of this process on self.store by default,
-        # or elsewhere (serve_app.events.writer_process: a child process)
-        self._writer = writer
+        # where a batch is written (in a worker thread): by default on self.store in this
+        # process, or elsewhere (serve_app.events.writer_process: a child process)
+        self._writer = writer or self._write_here
         self._queue: deque[_Entry] = deque()
         self._in_flight: list[_Entry] = []
         self._next_seq = 1
@@ -290,18 +290,18 @@ class EventBuffer:
             self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
         ]
         try:
-            if self._writer is not None:
-                outcome = await asyncio.to_thread(self._writer, self._in_flight)
-            else:
-                if self.store is None:
-                    self.store = await asyncio.to_thread(self._connect)
-                outcome = await asyncio.to_thread(write_isolating, self.store, self._in_flight)
+            outcome = await asyncio.to_thread(self._writer, self._in_flight)
         except Exception as exc:  # could not even connect
             outcome = WriteOutcome(unwritten=self._in_flight, error=describe(exc))
         finally:
             self._in_flight = []
         self._settle(outcome)
         return outcome.error is None
+
+    def _write_here(self, entries: list[_Entry]) -> WriteOutcome:
+        if self.store is None:
+            self.store = self._connect()
+        return write_isolating(self.store, entries)
 
     def _settle(self, outcome: WriteOutcome) -> None:
         self._queue.extendleft(reversed(outcome.unwritten))  # back in front, in order

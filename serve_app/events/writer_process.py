@@ -28,9 +28,6 @@ from raysplit.core.events import Event
 from serve_app.events.buffer import WriteOutcome, _Entry, describe, write_isolating
 
 Reply = tuple[list[int], list[tuple[int, str]], list[int], set[str], str | None]
-CONNECT_ATTEMPT = "connecting to the event store"
-
-
 READY = "ready"
 
 

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from raysplit.core.errors import RaysplitError
-from raysplit.eventstore.labelled import DURATION, UNIT_SECONDS
+from raysplit.eventstore.labelled import duration_s
 from raysplit.eventstore.lake.appender import LakeAppender
 from raysplit.eventstore.lake.archive import PruneCounts, prune
 from raysplit.eventstore.store import EventStore
@@ -43,9 +43,8 @@ def retention_age_s(text: str | None) -> float | None:
     value when it is not a positive duration such as ``30d``."""
     if text is None or not text.strip():
         return None
-    match = DURATION.match(text)
-    age = float(match.group(1)) * UNIT_SECONDS[match.group(2)] if match else 0.0
-    if age <= 0:
+    age = duration_s(text)
+    if age is None or age <= 0:
         raise ValueError(f"RAYSPLIT_RETENTION={text!r} is not a positive duration (e.g. 30d, 36h)")
     return age
 
@@ -111,20 +110,23 @@ class LakeFlusher(Loop):
         self._current = current
         self.appender = appender
 
-    def enabled(self) -> bool:
+    def _age_s(self) -> float:
+        """The served config's ``lake_append_s``; 0: appending is off."""
         state = self._current()
-        return state is not None and state.config.lake_append_s > 0
+        return state.config.lake_append_s if state is not None else 0.0
+
+    def enabled(self) -> bool:
+        return self._age_s() > 0
 
     def interval(self) -> float:
-        state = self._current()
-        age = state.config.lake_append_s if state is not None else 0.0
+        age = self._age_s()
         if age > 0:
-            self.appender.max_age_s = age
             return min(age, LAKE_FLUSH_POLL_S)
         return LAKE_FLUSH_POLL_S if self.appender.pending else 0.0  # what was left: write it
 
     async def tick(self) -> None:
-        if self.appender.due() or not self.enabled():
+        age = self._age_s()
+        if age <= 0 or self.appender.due(age):  # switched off: write what was left
             await self.flush()
 
     async def flush(self) -> None:

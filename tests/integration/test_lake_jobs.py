@@ -102,11 +102,11 @@ def test_the_writer_hands_every_stored_event_once_and_refused_ones_never(
 ) -> None:
     """EventBuffer -> LakeAppender -> Parquet: what the database stored reaches the lake,
     with its feedback; a row the database refused does not; a flush waits for a file's
-    worth of rows or for max_age_s."""
+    worth of rows or for the configured age."""
     store = EventStore(store_url)
     bad = poison(store.engine.dialect.name)
     clock = Clock()
-    appender = LakeAppender(str(tmp_path / "lake"), max_rows=1000, max_age_s=60, clock=clock)
+    appender = LakeAppender(str(tmp_path / "lake"), max_rows=1000, clock=clock)
     buffer = EventBuffer(lambda: store, interval_s=0.01, batch_size=16, on_written=appender.add)
 
     async def scenario() -> None:
@@ -121,9 +121,9 @@ def test_the_writer_hands_every_stored_event_once_and_refused_ones_never(
 
     asyncio.run(scenario())
     assert buffer.refused == len(bad)
-    assert appender.pending == 30 + 10 and not appender.due()
+    assert appender.pending == 30 + 10 and not appender.due(60)
     clock.now = 61  # a minute on
-    assert appender.due()
+    assert appender.due(60)
     assert appender.flush() == 40 and appender.pending == 0
     lake = str(tmp_path / "lake")
     assert sorted(read_table(lake, "predictions")["request_id"].to_pylist()) == sorted(
@@ -141,7 +141,7 @@ def test_rows_wait_while_the_lake_cannot_be_written_and_the_oldest_go_past_the_b
     blocked.write_text("not a directory")
     appender = LakeAppender(str(blocked), max_rows=5, max_pending=8)
     appender.add([prediction(f"p{i}") for i in range(6)])
-    assert appender.due()
+    assert appender.due(3600)  # a file's worth of rows, however young
     with pytest.raises(RaysplitError, match="cannot write predictions"):
         appender.flush()
     assert appender.pending == 6  # kept for the next flush

@@ -2,8 +2,8 @@
 
 Export and prune (:mod:`raysplit.eventstore.lake.archive`) fill the lake from the database
 in bulk; with ``lake_append_s`` each replica also appends what its writer stored, so the
-lake holds today's events too, within ``max_age_s``, without a job reading them back out
-of the database. Files are written whole, one per kind, experiment and day per flush, so
+lake holds today's events too, that many seconds later, without a job reading them back
+out of the database. Files are written whole, one per kind, experiment and day per flush, so
 a flush is a few files however busy the replica; rows a flush cannot write (the lake is
 unreachable) stay for the next one, up to ``max_pending`` rows, then the oldest are
 dropped and counted. Readers keep one row per request id (a row appended here and
@@ -36,13 +36,11 @@ class LakeAppender:
         self,
         lake_uri: str,
         max_rows: int = 20_000,
-        max_age_s: float = 60.0,
         max_pending: int = 200_000,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.lake_uri = lake_uri
         self.max_rows = max_rows
-        self.max_age_s = max_age_s
         self.max_pending = max_pending
         self._clock = clock
         self._lock = threading.Lock()  # add() on the event loop, flush() in a thread
@@ -70,10 +68,10 @@ class LakeAppender:
     def pending(self) -> int:
         return len(self._predictions) + len(self._feedback)
 
-    def due(self) -> bool:
-        """Enough rows for a file, or rows older than ``max_age_s``."""
+    def due(self, max_age_s: float) -> bool:
+        """Enough rows for a file, or rows that have waited ``max_age_s``."""
         return self.pending >= self.max_rows or (
-            self.pending > 0 and self._clock() - self._since >= self.max_age_s
+            self.pending > 0 and self._clock() - self._since >= max_age_s
         )
 
     def flush(self) -> int:
