@@ -50,7 +50,9 @@ def test_sklearn_models_are_logged_with_skops(iris, estimator, caplog) -> None:
     assert all(t.startswith(("sklearn.", "numpy.", "scipy.")) for t in trusted)
     # exactly what the file needs: it loads with these and nothing more
     assert sorted(trusted) == sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    assert not caplog.records
+    # its own logger only: a Ray Data thread left by an earlier test in this worker logs
+    # DEBUG lines of its own (seen in a full make test run)
+    assert not [r for r in caplog.records if r.name == "tune.model_logging"]
 
 
 def test_a_custom_function_falls_back_to_cloudpickle_with_a_warning(iris, caplog) -> None:
