@@ -79,6 +79,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # PostgreSQL only: predictions partitioned by day, their keys beside them (create_all
     # above adds raysplit_prediction_keys), in Python below
     10: [],
+    # the report's per-user moments join users to themselves: quadratic without it
+    11: ["CREATE INDEX IF NOT EXISTS ix_units_user ON raysplit_units (experiment, unit_hash)"],
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 metadata = sa.MetaData()
 
@@ -192,6 +192,9 @@ units = sa.Table(
     sa.Column("variant", sa.String(64), primary_key=True),
     sa.Column("unit_hash", sa.String(32), primary_key=True),
     *_counters(CELL_COUNTERS),
+    # v11: the report's per-user moments join the rollup to itself on the user; without
+    # it SQLite scanned every user for every user (2.2 s a report at 5,000 users, 68 ms with)
+    sa.Index("ix_units_user", "experiment", "unit_hash"),
 )
 
 # v4: each allocation (live variants, weights, salt) an experiment served, from the first
