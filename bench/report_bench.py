@@ -138,7 +138,9 @@ def targets(scenarios: list[Scenario]) -> list[str]:
     ours1, tuned1 = _single(scenarios, RAYSPLIT, 1), _single(scenarios, TUNED, 1)
     batch = [_find(scenarios, s, "1000-row batch", 4) for s in (RAYSPLIT, TUNED)]
     oip = [_find(scenarios, RAYSPLIT, name, 4) for name in (OIP_BINARY, OIP_JSON)]
-    store_off = _find(scenarios, RAYSPLIT, "event store off", 32)
+    store_on, store_off = (
+        _find(scenarios, RAYSPLIT, f"event store {s}", 32) for s in ("on", "off")
+    )
     textbook = _single(scenarios, TEXTBOOK, 32)
     errors = sum(r.errors for s in scenarios if s.system == RAYSPLIT for r in s.runs)
     rps = "requests_per_s"
@@ -202,8 +204,8 @@ def targets(scenarios: list[Scenario]) -> list[str]:
             True,
         ),
         _target(
-            "req/s, event store on vs off (32 connections)",
-            ours32.median(rps),
+            "req/s, event store on vs off (32 connections, measured back to back)",
+            store_on.median(rps),
             store_off.median(rps),
             0.9,
             True,
@@ -270,14 +272,11 @@ def breakdown(scenarios: list[Scenario]) -> list[str]:
 
 
 STORE_COST = [
-    "Every prediction is a row (inputs, outputs and probabilities",
-    "as JSON) written to SQLite, which takes one writer at a time across the replicas. A",
-    "py-spy profile of an ingress replica at 32 connections (taken outside this run, same",
-    "code) put 13% of its samples in `EventStore.write`, 10 points of them inside SQLite's",
-    "own `executemany` (the insert and its two indexes), and 4% in the lease holder's",
-    "report refresh; the standard-library JSON encoder that cost most before is replaced by",
-    "orjson. Writing from one process per node, or PostgreSQL's COPY, would take more of",
-    "it off the serving replicas; not done yet.",
+    "Every prediction is a row the replica hands to its own writer process, which encodes",
+    "it and writes it (SQLite here, one writer at a time across the replicas). On this",
+    "2-core machine that process's CPU comes from the cores the replicas serve on, so the",
+    "store's cost shows up as req/s; `make bench-profile` splits it per request",
+    "(docs/profile.md).",
 ]
 
 
@@ -460,8 +459,9 @@ def missed(scenarios: list[Scenario], model_cost: dict) -> list[str]:
     lines += _p99_tail(scenarios)
     lines += _binary_oip(scenarios, model_cost)
     lines += _one_worker_runs(scenarios)
-    on = ours32.median(rps)
-    off = _find(scenarios, RAYSPLIT, "event store off", 32).median(rps)
+    on, off = (
+        _find(scenarios, RAYSPLIT, f"event store {s}", 32).median(rps) for s in ("on", "off")
+    )
     if on / off < 0.9:
         lines += [
             f"**Event store on vs off.** {on / off:.2f}x against a goal of 0.90x.",

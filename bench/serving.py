@@ -482,6 +482,9 @@ def main() -> None:
         Scenario(RAYSPLIT, OIP_BINARY, "oip-binary", 4, path=OIP_PATH, rows=BATCH_ROWS),
         Scenario(RAYSPLIT, "sticky A/B users", "sticky", 32),
         Scenario(RAYSPLIT, "feedback posts", "feedback", 32, path="/feedback"),
+        # on and off side by side, each freshly deployed: the pair is measured back to back
+        # in every round, so the machine's drift over the run falls on both alike
+        Scenario(RAYSPLIT, "event store on", "predict", 32, user_config={"record_events": True}),
         Scenario(RAYSPLIT, "event store off", "predict", 32, user_config={"record_events": False}),
         Scenario(RAYSPLIT, "durable events", "predict", 32, user_config={"durable_events": True}),
         Scenario(RAYSPLIT, "batching off", "predict", 32, user_config={"batch_requests": 1}),
