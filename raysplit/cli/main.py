@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from raysplit.cli.cluster import TOKEN_PATH
 from raysplit.cli.events_lake import add_lake_commands
 from raysplit.core.errors import RaysplitError
@@ -366,8 +368,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class RayToken(BaseModel):
+    """Where Ray's token lives and how to send it: the dashboard refuses requests without
+    it (``Unauthorized: Missing authentication token``) and nothing else says where it is."""
+
+    path: Path
+    exists: bool
+    ray_cli: str = "set RAY_AUTH_MODE=token (e.g. RAY_AUTH_MODE=token serve status)"
+    dashboard_api: str
+
+
+class Info(Locations):
+    """``raysplit info``'s answer: the resolved locations and Ray's token."""
+
+    ray_auth_token: RayToken
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    print(Locations.resolve().model_dump_json(indent=2))
+    locations = Locations.resolve()
+    token = RayToken(
+        path=TOKEN_PATH,
+        exists=TOKEN_PATH.exists(),
+        dashboard_api=f'curl -H "Authorization: Bearer $(cat {TOKEN_PATH})"'
+        f" {locations.ray_dashboard_url}/api/serve/applications/",
+    )
+    info = Info(**locations.model_dump(), ray_auth_token=token)
+    print(info.model_dump_json(indent=2))
     return 0
 
 

@@ -3,6 +3,7 @@ a real search registers a model; aliases move and roll back in the real registry
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -125,6 +126,11 @@ def test_info_prints_resolved_locations_as_json(home: Path) -> None:
     info = Locations.model_validate_json(result.stdout)
     assert info.home == home
     assert info.mlflow_tracking_uri == f"sqlite:///{home}/mlflow.db"
+    # where Ray's token lives and how a curl to the dashboard sends it (issue 38)
+    token = json.loads(result.stdout)["ray_auth_token"]
+    assert token["path"] == str(Path.home() / ".ray" / "auth_token")
+    assert f"Bearer $(cat {token['path']})" in token["dashboard_api"]
+    assert info.ray_dashboard_url in token["dashboard_api"]
 
 
 def test_down_with_nothing_running_is_a_no_op(home: Path) -> None:
