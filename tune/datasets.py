@@ -8,8 +8,7 @@ is touched, so bad data fails fast and leaves nothing behind.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,6 +19,7 @@ from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
 from raysplit.core.errors import RaysplitError
+from raysplit.core.names import clean_identifiers
 
 MAX_CLASSES = 20  # an integer target with more distinct values than this is taken as regression
 
@@ -64,33 +64,6 @@ class Split:
     x_test: pd.DataFrame
     y_train: pd.Series
     y_test: pd.Series
-
-
-def clean_identifier(name: str) -> str:
-    """Make a feature name usable as a JSON field and Python identifier.
-
-    Units in parentheses are dropped, everything else that is not a letter or digit
-    becomes one underscore: ``"sepal length (cm)"`` -> ``"sepal_length"``.
-    """
-    text = re.sub(r"\([^)]*\)", " ", str(name)).strip().lower()
-    text = re.sub(r"[^0-9a-z]+", "_", text).strip("_")
-    if not text:
-        text = "feature"
-    if text[0].isdigit():
-        text = f"f_{text}"
-    return text
-
-
-def clean_identifiers(names: Iterable[object]) -> list[str]:
-    """Clean every name and keep them unique by numbering repeats (``x``, ``x_2``)."""
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        base = clean_identifier(str(name))
-        count = seen.get(base, 0) + 1
-        seen[base] = count
-        result.append(base if count == 1 else f"{base}_{count}")
-    return result
 
 
 def infer_task(target: pd.Series) -> Task:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -358,8 +359,41 @@ def _register(
     return _Registered(scores, onnx_check, gate, alias, str(version.version))
 
 
-def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
-    """Validate everything, then search, log, refit and register; see the module docstring."""
+@dataclass(frozen=True)
+class RayTarget:
+    """Where a search's Ray runs: ``address`` to join, or None to start a local one."""
+
+    address: str | None
+    line: str  # what the search prints, once Ray is up
+
+
+def ray_target(env_address: str | None, cluster_address: str | None) -> RayTarget:
+    """Join the running raysplit cluster rather than start a second Ray beside it.
+
+    A second Ray instance on the same cores (each with its own object store, dashboard
+    and GCS) competes with the serving replicas for every CPU; joining the cluster
+    `raysplit up` started schedules the trials beside them instead. An explicit
+    ``RAY_ADDRESS`` wins, as it does for Ray's own tools; without either, a local instance
+    as before.
+    """
+    if env_address:
+        return RayTarget(env_address, f"Ray: joined RAY_ADDRESS={env_address}")
+    if cluster_address:
+        return RayTarget(cluster_address, f"Ray: joined the raysplit cluster at {cluster_address}")
+    return RayTarget(
+        None,
+        "Ray: started a local instance (no raysplit cluster is running: raysplit up starts one)",
+    )
+
+
+def run_search(
+    spec: TuneSpec, locations: Locations, cluster_address: str | None = None
+) -> SearchOutcome:
+    """Validate everything, then search, log, refit and register; see the module docstring.
+
+    ``cluster_address``: the running raysplit cluster's, which the search joins (see
+    :func:`ray_target`); the command line finds it, training cannot read the CLI's state.
+    """
     inputs = _prepare(spec, locations)
     client = connect(locations)
     experiment_id = ensure_experiment(
@@ -368,7 +402,9 @@ def run_search(spec: TuneSpec, locations: Locations) -> SearchOutcome:
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(log_to_driver=False, configure_logging=False)
+        target = ray_target(os.environ.get("RAY_ADDRESS"), cluster_address)
+        ray.init(address=target.address, log_to_driver=False, configure_logging=False)
+        print(target.line, flush=True)
     try:
         run_name = f"search-{inputs.model_name}"
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:

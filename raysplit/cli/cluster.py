@@ -242,6 +242,13 @@ def read_state(locations: Locations) -> ClusterInfo | None:
     return ClusterInfo.model_validate_json(path.read_text()) if path.exists() else None
 
 
+def running_address(locations: Locations) -> str | None:
+    """The address of the cluster `up` started for this data directory, if it still runs
+    (a cluster.json whose processes are gone, say after a reboot, is no cluster)."""
+    info = read_state(locations)
+    return info.address if info is not None and cluster_processes(info.temp_dir) else None
+
+
 def up(
     locations: Locations,
     ray_port: int,

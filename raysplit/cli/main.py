@@ -52,6 +52,7 @@ TUNE_FLAGS: dict[str, str] = {
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from raysplit.cli.cluster import running_address
     from tune.config import load_spec, parse_override
     from tune.search import outcome_lines, run_search
 
@@ -63,7 +64,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.families is not None:
         overrides["search.families"] = [f.strip() for f in args.families.split(",") if f.strip()]
     spec = load_spec(args.config, overrides)
-    outcome = run_search(spec, Locations.resolve())
+    locations = Locations.resolve()
+    outcome = run_search(spec, locations, cluster_address=running_address(locations))
     print("\n".join(outcome_lines(outcome)))
     return 0
 

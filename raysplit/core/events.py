@@ -123,7 +123,8 @@ class Judgement:
 @dataclass(slots=True, frozen=True)
 class FeedbackEvent:
     """Ground truth for an earlier request: ``label`` for classifiers, ``value`` for
-    regressors. ``judgement`` is not stored; it is known when the prediction was found."""
+    regressors. ``judgement`` and ``replace`` are not stored; the judgement is known when
+    the prediction was found."""
 
     request_id: str
     created_at: float
@@ -133,6 +134,9 @@ class FeedbackEvent:
     # the experiment's control model's confidence in its own answer to the request's row,
     # the same whichever arm answered: a covariate that reduces the comparison's variance
     covariate: float | None = None
+    # a correction: overwrite a stored label (and move the report's counts with it) instead
+    # of being ignored as a repeat; not a column (raysplit.eventstore.corrections)
+    replace: bool = False
 
     def row(self) -> dict[str, Any]:
         return {

@@ -81,6 +81,7 @@ MIGRATIONS: dict[int, list[str]] = {
     10: [],
     # the report's per-user moments join users to themselves: quadratic without it
     11: ["CREATE INDEX IF NOT EXISTS ix_units_user ON raysplit_units (experiment, unit_hash)"],
+    12: [],  # the experiment archive table is new: create_all above adds it
 }
 
 # Python steps after a version's statements: fill the new columns of older rows.

@@ -30,6 +30,7 @@ from raysplit.eventstore.schema import (
     CELL_COUNTERS,
     allocations,
     cells,
+    experiment_archive,
     feedback,
     pairs,
     predictions,
@@ -57,37 +58,48 @@ def _total(table: sa.Table, name: str) -> sa.ColumnElement:
 
 
 class ExperimentSpan(BaseModel):
-    """An experiment the store holds: when its predictions began and ended, how many."""
+    """An experiment the store holds: when its predictions began and ended, how many, how
+    many of them are labelled, and whether it was archived (``raysplit experiments
+    archive``: off the results page's list, still readable by name)."""
 
     experiment: str
     first_at: float
     last_at: float
     requests: int
+    labelled: int = 0
+    archived: bool = False
 
 
 def experiment_spans(engine: sa.Engine) -> list[ExperimentSpan]:
     """Every experiment with a live (non-shadow) prediction, from the rollup."""
-    c = cells
-    query = (
+    c, a = cells, experiment_archive
+    totals = (
         sa.select(
             c.c.experiment,
-            sa.func.min(c.c.bucket),
-            sa.func.max(c.c.bucket),
-            sa.func.sum(c.c.requests),
+            sa.func.min(c.c.bucket).label("first"),
+            sa.func.max(c.c.bucket).label("last"),
+            sa.func.sum(c.c.requests).label("requests"),
+            sa.func.sum(c.c.labelled).label("labelled"),
         )
         .where(c.c.assignment != "shadow")
         .group_by(c.c.experiment)
+        .subquery()
+    )
+    query = sa.select(totals, a.c.archived_at).select_from(
+        totals.outerjoin(a, a.c.experiment == totals.c.experiment)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [
         ExperimentSpan(
-            experiment=name,
-            first_at=first * BUCKET_S,
-            last_at=(last + 1) * BUCKET_S,
-            requests=int(requests or 0),
+            experiment=row.experiment,
+            first_at=row.first * BUCKET_S,
+            last_at=(row.last + 1) * BUCKET_S,
+            requests=int(row.requests or 0),
+            labelled=int(row.labelled or 0),
+            archived=row.archived_at is not None,
         )
-        for name, first, last, requests in rows
+        for row in rows
     ]
 
 

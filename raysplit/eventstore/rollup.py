@@ -12,14 +12,20 @@ ids they write for the transaction (PostgreSQL: one advisory lock per request id
 ``BEGIN IMMEDIATE``), so two replicas writing a prediction and its feedback at the same
 moment cannot both miss the other, and writers of different requests do not wait; the
 rollups are commutative additions, upserted in key order.
+
+A corrected label (feedback with ``replace``, :mod:`raysplit.eventstore.corrections`)
+moves the rollups under the same locks: the stored label's score is added again with the
+opposite sign to every prediction it had scored, and the new label's score added to every
+prediction of the request, so each prediction stays scored by exactly one label.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,29 +79,31 @@ def score(
     label_text: str | None,
     value: float | None,
     covariate: float | None = None,
+    sign: int = 1,
 ) -> None:
     """Add one label's score to the cell of the answered prediction it labels, and, with a
-    covariate, the sums CUPED's adjustment reads."""
+    covariate, the sums CUPED's adjustment reads. ``sign=-1`` takes a score back out (a
+    corrected label): the same terms, so a retraction cancels its addition exactly."""
     get = prediction.get if isinstance(prediction, dict) else lambda n: getattr(prediction, n)
     if get("outcome") != "ok":
         return
     predicted, predicted_value = get("predicted"), get("predicted_value")
     if label_text is not None and predicted is not None:
         outcome = float(predicted == label_text)
-        delta["labelled"] += 1
-        delta["correct"] += int(outcome)
+        delta["labelled"] += sign
+        delta["correct"] += sign * int(outcome)
     elif value is not None and predicted_value is not None:
         outcome = abs(predicted_value - value)
-        delta["labelled"] += 1
-        delta["abs_error_sum"] += outcome
-        delta["abs_error_sq"] += outcome * outcome
+        delta["labelled"] += sign
+        delta["abs_error_sum"] += sign * outcome
+        delta["abs_error_sq"] += sign * outcome * outcome
     else:
         return
     if covariate is not None:
-        delta["cov_n"] += 1
-        delta["cov_sum"] += covariate
-        delta["cov_sq"] += covariate * covariate
-        delta["cov_y"] += covariate * outcome
+        delta["cov_n"] += sign
+        delta["cov_sum"] += sign * covariate
+        delta["cov_sq"] += sign * covariate * covariate
+        delta["cov_y"] += sign * covariate * outcome
 
 
 def served(delta: Delta, prediction: dict[str, Any]) -> None:
@@ -137,11 +145,12 @@ class Rollup:
                 if row["request_id"] in labels:
                     score(delta, row, *labels[row["request_id"]])
 
-    def add_labels(self, found: Iterable[Any], labels: dict[str, Label]) -> None:
-        """Newly stored feedback, with every stored prediction of its request."""
+    def add_labels(self, found: Iterable[Any], labels: dict[str, Label], sign: int = 1) -> None:
+        """Newly stored feedback, with every stored prediction of its request; ``sign=-1``
+        takes a replaced label's scores back out of the predictions it had scored."""
         for prediction in found:
             for delta in self._deltas(prediction):
-                score(delta, prediction, *labels[prediction.request_id])
+                score(delta, prediction, *labels[prediction.request_id], sign=sign)
 
     def apply(self, conn: sa.Connection) -> None:
         for name, deltas, keys in (
@@ -243,21 +252,36 @@ def pair_states(rows: Iterable[Any]) -> dict[str, PairState]:
     return states
 
 
+PairLabel = tuple[str | None, float | None]  # label text, value
+
+
 def pair_deltas(
-    after: dict[str, PairState], new_predictions: set[tuple[str, str]], new_labels: set[str]
+    after: dict[str, PairState],
+    new_predictions: set[tuple[str, str]],
+    new_labels: set[str],
+    replaced: Mapping[str, PairLabel] | None = None,
 ) -> dict[PairKey, dict[str, float]]:
     """What one write adds to the pair rollup: every (request, shadow) comparison, and
     every labelled one, that is complete now and has a part this write stored (under the
-    write lock, so it was not complete before)."""
+    write lock, so it was not complete before).
+
+    ``replaced``: the labels this write corrected (their requests are in ``new_labels``),
+    as stored before it. A comparison that was complete before the write had been scored
+    with that label, so its score comes back out; the new one goes in as for a new label.
+    """
+    replaced = replaced or {}
     deltas: dict[PairKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PAIR_COUNTERS, 0))
     for rid, state in after.items():
         compared, labelled = state.complete()
+        before = replaced.get(rid)
+        labelled_before = dataclasses.replace(state, label=before).complete()[1] if before else ()
         live = state.live
         live_new = live is not None and (rid, live.variant) in new_predictions
         for name in compared:
             pair_new = live_new or (rid, name) in new_predictions
             label_now = name in labelled and (pair_new or rid in new_labels)
-            if not (pair_new or label_now):
+            retract = name in labelled_before and not pair_new
+            if not (pair_new or label_now or retract):
                 continue
             shadow = state.shadows[name]
             bucket = math.floor(live.created_at / BUCKET_S)
@@ -267,22 +291,30 @@ def pair_deltas(
                 delta["agreed"] += int(shadow.predicted == live.predicted)
             if label_now:
                 _score_pair(delta, live, shadow, *state.label)
+            if retract:
+                _score_pair(delta, live, shadow, *before, sign=-1)
     return deltas
 
 
 def _score_pair(
-    delta: dict[str, float], live: Any, shadow: Any, text: str | None, value: float | None
+    delta: dict[str, float],
+    live: Any,
+    shadow: Any,
+    text: str | None,
+    value: float | None,
+    sign: int = 1,
 ) -> None:
-    """McNemar's four counts (a label), or the paired difference of absolute errors."""
+    """McNemar's four counts (a label), or the paired difference of absolute errors;
+    ``sign=-1`` takes a replaced label's counts back out."""
     if text is not None:
         right = (live.predicted == text, shadow.predicted == text)
-        delta["labelled"] += 1
-        delta[PAIR_CELLS[right]] += 1
+        delta["labelled"] += sign
+        delta[PAIR_CELLS[right]] += sign
         return
     diff = abs(shadow.predicted_value - value) - abs(live.predicted_value - value)
-    delta["valued"] += 1
-    delta["diff_sum"] += diff
-    delta["diff_sq"] += diff * diff
+    delta["valued"] += sign
+    delta["diff_sum"] += sign * diff
+    delta["diff_sq"] += sign * diff * diff
 
 
 # (live right, shadow right) -> the pair rollup's column

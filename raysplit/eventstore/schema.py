@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from raysplit.core.events import MAX_REQUEST_ID
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 metadata = sa.MetaData()
 
@@ -281,6 +281,19 @@ key_use = sa.Table(
     sa.Column("uses", sa.Integer, nullable=False),
     sa.Column("refused", sa.Integer, nullable=False),
     sa.Column("last_route", sa.String(256), nullable=False),
+)
+
+
+# v12: the experiments `raysplit experiments archive` took off the results page's list
+# (GET /experiments); an archived experiment's rows stay, and its report is read by name.
+# `raysplit experiments delete` writes this row first and deletes it last, so an experiment
+# whose delete stopped midway stays known (and hidden) until a second run finishes it
+# (raysplit.eventstore.removal)
+experiment_archive = sa.Table(
+    "raysplit_experiment_archive",
+    metadata,
+    sa.Column("experiment", sa.String(128), primary_key=True),
+    sa.Column("archived_at", sa.Float, nullable=False),
 )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from serve_app.config.errors import InvalidRequest
+from serve_app.http.schemas import SHOWN_NAMES, rename_hint
 
 NUMERIC = {
     "BOOL",
@@ -171,7 +172,8 @@ def parse_infer(
         if missing or extra:
             raise InvalidRequest(
                 f"inputs must be one [rows, {len(features)}] tensor or one tensor per feature;"
-                f" missing: {missing}, unknown: {extra}",
+                f" missing: {missing[:SHOWN_NAMES]}, unknown: {extra[:SHOWN_NAMES]}"
+                f"{rename_hint(extra, features)}",
                 400,
             )
         columns = [_array(by_name[f]).reshape(-1) for f in features]

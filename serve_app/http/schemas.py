@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from raysplit.core.events import InvalidRequestId, check_request_id
+from raysplit.core.names import served_renames
 from serve_app.config.errors import InvalidRequest
 
 
@@ -80,12 +81,52 @@ def _number(value: Any, feature: str, row: int | None) -> float:
     return number
 
 
+SHOWN_NAMES = 20  # names listed in a message before "and N more"
+SHOWN_NAME_CHARS = 60  # a client's key is cut to this many characters when echoed
+
+
+def listed(names: list[str], limit: int = SHOWN_NAMES) -> str:
+    """``names`` comma-separated, the first ``limit`` of them, each cut short: a body
+    may carry thousands of keys, or one key of 60 KB, and the message must stay a line."""
+    shown = [_clip(n) for n in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _clip(name: str) -> str:
+    return name if len(name) <= SHOWN_NAME_CHARS else name[: SHOWN_NAME_CHARS - 3] + "..."
+
+
+def rename_hint(received: list[str], features: list[str]) -> str:
+    """``; 'X' is served as x`` for each received name `raysplit tune` renamed to an
+    expected one (same rule: :func:`raysplit.core.names.clean_identifier`), else "".
+
+    The usual cause of a missing feature is a client sending the training CSV's own
+    column names; saying the served name ends that puzzle in one read."""
+    renames = list(served_renames(received, features).items())
+    if not renames:
+        return ""
+    pairs = [f"{_clip(given)!r} is served as {served}" for given, served in renames[:SHOWN_NAMES]]
+    more = f" and {len(renames) - SHOWN_NAMES} more" if len(renames) > SHOWN_NAMES else ""
+    return "; " + ", ".join(pairs) + more
+
+
+def missing_features(missing: list[str], received: list[str], features: list[str]) -> str:
+    """The 422 for a record without some features: the missing ones first (clients match
+    ``missing feature(s): ``), then what was received, what is expected and the renames."""
+    return (
+        f"missing feature(s): {listed(missing)}; received: {listed(received) or 'none'};"
+        f" expected: {listed(features)}{rename_hint(received, features)}"
+    )
+
+
 def _row(item: Any, features: list[str], row: int | None) -> list[float]:
     where = f"row {row}: " if row is not None else ""
     if isinstance(item, dict):
         missing = [f for f in features if f not in item]
         if missing:
-            raise InvalidRequest(f"{where}missing feature(s): {', '.join(missing)}")
+            received = [str(key) for key in item]
+            raise InvalidRequest(f"{where}{missing_features(missing, received, features)}")
         if len(item) != len(features):
             extra = sorted(set(item) - set(features))
             raise InvalidRequest(

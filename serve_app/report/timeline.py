@@ -142,7 +142,11 @@ def build_timeline(
 
 
 def experiment_list(spans: list[ExperimentSpan], current: str | None) -> ExperimentList:
-    """Every experiment with a prediction in the store, the latest active first."""
+    """Every experiment with a prediction in the store, the latest active first.
+
+    Archived ones (``raysplit experiments archive``) are left out, so the page's selector
+    lists what is still of interest; their reports stay readable by name. The served
+    experiment is listed even when archived: the page shows it by default."""
     entries = [
         ExperimentEntry(
             experiment=s.experiment,
@@ -152,6 +156,7 @@ def experiment_list(spans: list[ExperimentSpan], current: str | None) -> Experim
             current=s.experiment == current,
         )
         for s in spans
+        if not s.archived or s.experiment == current
     ]
     entries.sort(key=lambda e: (e.current, e.last_at), reverse=True)
     return ExperimentList(current=current, experiments=entries)

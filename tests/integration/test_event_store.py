@@ -107,7 +107,7 @@ def test_a_version_1_database_is_migrated_in_place(store_url: str) -> None:
         for statement in V1_TABLES:
             conn.execute(sa.text(statement.replace("{serial}", serial)))
     store = EventStore(store_url)
-    assert store.version == SCHEMA_VERSION == 11
+    assert store.version == SCHEMA_VERSION == 12
     with store.engine.connect() as conn:  # v11: the users' self-join probes an index
         indexes = sa.inspect(conn).get_indexes("raysplit_units")
     assert ["experiment", "unit_hash"] in [i["column_names"] for i in indexes]

@@ -5,11 +5,10 @@ import pandas as pd
 import pytest
 
 from raysplit.core.errors import RaysplitError
+from raysplit.core.names import clean_identifier, clean_identifiers
 from tune.datasets import (
     BUNDLED,
     Task,
-    clean_identifier,
-    clean_identifiers,
     infer_task,
     load_dataset,
     split_dataset,

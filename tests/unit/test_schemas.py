@@ -3,7 +3,7 @@ import pytest
 
 from serve_app.config.errors import InvalidRequest
 from serve_app.http.oip_codec import infer_response, parse_infer
-from serve_app.http.schemas import parse_instances, parse_json
+from serve_app.http.schemas import parse_instances, parse_json, rename_hint
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -179,3 +179,71 @@ def test_a_label_is_checked_against_the_models_classes(
     found = label_problem(parsed, classes)
     assert (found is None) if problem is None else (problem in found), found
     assert label_problem(parsed, UNKNOWN) is None  # another experiment's: not ours to judge
+
+
+WINE = ["alcohol", "malic_acid", "od280_od315_of_diluted_wines"]
+
+
+def test_a_missing_feature_names_what_came_what_is_served_and_the_renames() -> None:
+    """Issue 38: a client sent the training CSV's own column names and got a bare
+    "missing feature(s)"; the 422 now says what arrived, what is expected and which served
+    name each of its keys became (the rule `raysplit tune` renamed the columns by)."""
+    body = {"Alcohol": 13.2, "malic_acid": 1.8, "OD280/OD315 of diluted wines": 3.1}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_instances(body, WINE, 10)
+    assert caught.value.status == 422
+    assert str(caught.value) == (
+        "missing feature(s): alcohol, od280_od315_of_diluted_wines;"
+        " received: Alcohol, malic_acid, OD280/OD315 of diluted wines;"
+        " expected: alcohol, malic_acid, od280_od315_of_diluted_wines;"
+        " 'Alcohol' is served as alcohol,"
+        " 'OD280/OD315 of diluted wines' is served as od280_od315_of_diluted_wines"
+    )
+
+
+def test_a_missing_feature_without_a_rename_says_no_rename() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_instances({"instances": [RECORD, {"sepal_length": 1.0}]}, FEATURES, 10)
+    assert str(caught.value) == (
+        "row 1: missing feature(s): sepal_width, petal_length, petal_width;"
+        " received: sepal_length; expected: " + ", ".join(FEATURES)
+    )
+    with pytest.raises(InvalidRequest, match="; received: none; expected: sepal_length"):
+        parse_instances({}, FEATURES, 10)
+
+
+def test_long_key_lists_and_long_keys_are_cut_short() -> None:
+    """A hostile body with thousands of keys (or one huge key) still gets a one-line 422."""
+    body = {f"key{i}": 1.0 for i in range(5000)} | {"k" * 10_000: 1.0}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_instances(body, FEATURES, 10)
+    message = str(caught.value)
+    assert message.startswith("missing feature(s): sepal_length, sepal_width,")
+    assert "received: key0, key1," in message and "key19 and 4981 more;" in message
+    assert "key20," not in message and len(message) < 1000
+    features = [f"f{i}" for i in range(30)]
+    with pytest.raises(InvalidRequest, match="expected: f0, .*, f19 and 10 more$"):
+        parse_instances({"F 0": 1.0}, features, 10)
+
+
+def test_the_rename_hint_clips_a_long_key() -> None:
+    key = "Sepal Length (cm) " + "x" * 100
+    assert rename_hint([key, "sepal length (cm)"], FEATURES) == (
+        "; 'sepal length (cm)' is served as sepal_length"
+    )
+    long_name = "Q" * 100
+    hint = rename_hint([long_name], ["q" * 100])
+    assert hint == f"; {'Q' * 57 + '...'!r} is served as {'q' * 100}"
+
+
+def test_oip_per_feature_inputs_get_the_same_rename_hint() -> None:
+    inputs = [
+        {"name": name, "shape": [1], "datatype": "FP32", "data": [1.0]}
+        for name in ("sepal length (cm)", "sepal_width", "petal_length", "petal_width")
+    ]
+    with pytest.raises(InvalidRequest) as caught:
+        parse_infer({"inputs": inputs}, FEATURES, 10)
+    assert str(caught.value).endswith(
+        "missing: ['sepal_length'], unknown: ['sepal length (cm)'];"
+        " 'sepal length (cm)' is served as sepal_length"
+    )
