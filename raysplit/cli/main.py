@@ -1,5 +1,5 @@
 """The `raysplit` command line: tune, promote, rollback, up, down, check, deploy, status,
-traffic, report, rollout, retrain, export, prune, events, keys, info.
+traffic, report, rollout, retrain, export, prune, events, experiments, keys, info.
 
 User mistakes surface as :class:`RaysplitError` and end the command with one line on
 stderr and exit status 2, like argparse's own usage errors.
@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from raysplit.cli.cluster import TOKEN_PATH
 from raysplit.cli.events_lake import add_lake_commands
+from raysplit.cli.experiments import add_experiments_commands
 from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import (
     DEFAULT_DASHBOARD_PORT,
@@ -146,12 +147,26 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from raysplit.cli.traffic import app_url, auth_headers, default_dataset, send, wait_ready
+    from raysplit.cli.traffic import (
+        Sample,
+        app_url,
+        auth_headers,
+        default_dataset,
+        file_sample,
+        send,
+        served_model,
+        wait_ready,
+    )
 
+    if args.data is not None and args.dataset is not None:
+        raise RaysplitError("give --data FILE or --dataset NAME, not both")
     url = app_url(args.url or Locations.resolve().ingress_url, args.app, args.wait)
-    dataset = args.dataset or default_dataset(args.app)
     wait_ready(url, args.wait)
     headers = auth_headers(args.api_key)
+    dataset: str | Sample = args.dataset or default_dataset(args.app)
+    if args.data is not None:  # checked against what is served before anything is sent
+        feedback = args.feedback or args.until_rollout_ends
+        dataset = file_sample(args.data, args.target, served_model(url, headers), feedback)
     if args.until_rollout_ends:
         from raysplit.cli.traffic import drive_rollout
 
@@ -543,6 +558,16 @@ def _add_experiment_commands(
         help="bundled dataset to sample rows from (default: the --app name if it is one, else"
         " iris)",
     )
+    traffic.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="sample rows and labels from this CSV or Parquet file instead; its columns are"
+        " renamed as `raysplit tune` renames them, and it is checked against GET /models",
+    )
+    traffic.add_argument(
+        "--target", metavar="COLUMN", help="with --data: the column holding each row's label"
+    )
     traffic.add_argument("--requests", type=int, default=300)
     traffic.add_argument("--users", type=int, default=50, help="distinct sticky user ids")
     traffic.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
@@ -662,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(commands)
     _add_retrain_command(commands)
     add_lake_commands(commands)
+    add_experiments_commands(commands)
     _add_key_commands(commands)
     info = commands.add_parser("info", help="print the resolved locations as JSON")
     info.set_defaults(func=cmd_info)

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from raysplit.cli.main import main
 from raysplit.core.settings import Locations
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, Cluster, free_port
 from tune.registry import register_version
 from tune.tracking import connect
 
@@ -153,6 +153,7 @@ def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Pat
         env={"RAY_ADDRESS": ray_address, "RAYSPLIT_HOME": str(home)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Ray: joined RAY_ADDRESS={ray_address}" in result.stdout.splitlines()
     assert "registered: models:/iris-default/1 (alias @challenger" in result.stdout
     # Tune's progress table and the outcome, not a config and a result box per trial
     assert "Trial status: 20 TERMINATED" in result.stdout
@@ -164,6 +165,26 @@ def test_default_iris_search_from_the_shipped_config(ray_address: str, home: Pat
     run = client.get_run(version.tags["raysplit.search_run_id"])
     assert run.data.metrics["trials"] == 20
     assert run.data.metrics["best_cv_accuracy"] >= 0.96
+
+
+def test_tune_joins_the_running_raysplit_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """Without RAY_ADDRESS, `raysplit tune` finds the cluster `raysplit up` started for its
+    RAYSPLIT_HOME and runs the trials there, not on a second Ray beside it (issue 38)."""
+    config = write_config(tmp_path, {"name": "iris"}, families=["knn"], num_samples=2, cv_folds=2)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAYSPLIT_HOME=str(cluster.locations.home), RAY_AUTH_MODE="token")
+    name = f"iris-joined-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        [str(RAYSPLIT), "tune", "--config", str(config), "--register", name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert f"Ray: joined the raysplit cluster at {cluster.info.address}" in lines
 
 
 def test_promote_and_rollback_move_the_alias(

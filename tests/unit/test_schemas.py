@@ -158,6 +158,22 @@ def test_feedback_mistakes_are_named(payload: object, message: str) -> None:
         parse_feedback(payload)
 
 
+def test_a_correction_is_asked_for_with_a_json_boolean_only() -> None:
+    """``replace`` overwrites a stored label: "yes" (which pydantic would read as true) is
+    refused with a 422 naming the field, and only true/false are taken."""
+    from serve_app.events.feedback import parse_feedback
+
+    with pytest.raises(InvalidRequest) as caught:
+        parse_feedback({"request_id": "r1", "label": "setosa", "replace": "yes"})
+    assert caught.value.status == 422
+    assert str(caught.value) == "feedback: replace: must be JSON true or false, not 'yes'"
+    with pytest.raises(InvalidRequest, match=r"feedback\[0\]: replace: .* not 1"):
+        parse_feedback([{"request_id": "r1", "label": "setosa", "replace": 1}])
+    (item,) = parse_feedback({"request_id": "r1", "label": "setosa", "replace": True})
+    assert item.replace is True
+    assert parse_feedback({"request_id": "r1", "label": "setosa"})[0].replace is False
+
+
 @pytest.mark.parametrize(
     ("item", "classes", "problem"),
     [
@@ -222,7 +238,7 @@ def test_long_key_lists_and_long_keys_are_cut_short() -> None:
     assert "received: key0, key1," in message and "key19 and 4981 more;" in message
     assert "key20," not in message and len(message) < 1000
     features = [f"f{i}" for i in range(30)]
-    with pytest.raises(InvalidRequest, match="expected: f0, .*, f19 and 10 more$"):
+    with pytest.raises(InvalidRequest, match=r"expected: f0, .*, f19 and 10 more$"):
         parse_instances({"F 0": 1.0}, features, 10)
 
 

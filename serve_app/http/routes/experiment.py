@@ -56,6 +56,8 @@ async def models(replica: ReplicaDep):
                     "configured_weight": configured[v.name],
                     "share": shares.get(v.name, 0.0),
                     "model": {"name": model.resolved.name, "version": model.resolved.version},
+                    # the labels feedback may carry (None: a regressor); clients check theirs
+                    "classes": model.classes,
                     "resolved_uri": model.resolved.uri,
                     # onnx or sklearn, and why (a verified conversion, or why not)
                     "runtime": model.runtime,
