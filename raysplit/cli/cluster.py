@@ -249,6 +249,18 @@ def running_address(locations: Locations) -> str | None:
     return info.address if info is not None and cluster_processes(info.temp_dir) else None
 
 
+def dashboard_url(locations: Locations) -> str:
+    """The dashboard the CLI talks to: ``RAYSPLIT_DASHBOARD_URL`` when set, else the one of
+    the cluster `up` started for this data directory (its port may not be the default:
+    ``raysplit up --dashboard-port``), else the default port."""
+    if "RAYSPLIT_DASHBOARD_URL" in os.environ:
+        return locations.ray_dashboard_url
+    info = read_state(locations)
+    if info is not None and cluster_processes(info.temp_dir):
+        return info.dashboard_url
+    return locations.ray_dashboard_url
+
+
 def up(
     locations: Locations,
     ray_port: int,

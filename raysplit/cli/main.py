@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from raysplit.cli.cluster import TOKEN_PATH
+from raysplit.cli.cluster import TOKEN_PATH, dashboard_url
 from raysplit.cli.events_lake import add_lake_commands
 from raysplit.cli.experiments import add_experiments_commands
 from raysplit.core.errors import RaysplitError
@@ -235,13 +235,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _retrain_client(args: argparse.Namespace) -> Any:
-    from raysplit.cli.cluster import read_state
     from raysplit.core.retrain_jobs import job_client
 
-    locations = Locations.resolve()
-    state = read_state(locations)
-    address = args.address or (state.dashboard_url if state else locations.ray_dashboard_url)
-    return job_client(address)
+    return job_client(args.address or dashboard_url(Locations.resolve()))
 
 
 def _print_retrain(job: Any) -> None:
@@ -355,14 +351,14 @@ def _report_findings(path: Path, dashboard_url: str) -> bool:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    dashboard = args.address or Locations.resolve().ray_dashboard_url
+    dashboard = args.address or dashboard_url(Locations.resolve())
     return 2 if _report_findings(args.config, dashboard) else 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from raysplit.cli.deploy_check import deploy
 
-    dashboard = args.address or Locations.resolve().ray_dashboard_url
+    dashboard = args.address or dashboard_url(Locations.resolve())
     if _report_findings(args.config, dashboard):
         print("raysplit: not deployed", file=sys.stderr)
         return 2
@@ -377,7 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     locations = Locations.resolve()
     lines = status_lines(
-        args.address or locations.ray_dashboard_url,
+        args.address or dashboard_url(locations),
         args.url or locations.ingress_url,
         auth_headers(args.api_key),
     )
@@ -407,7 +403,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         path=TOKEN_PATH,
         exists=TOKEN_PATH.exists(),
         dashboard_api=f'curl -H "Authorization: Bearer $(cat {TOKEN_PATH})"'
-        f" {locations.ray_dashboard_url}/api/serve/applications/",
+        f" {dashboard_url(locations)}/api/serve/applications/",
     )
     info = Info(**locations.model_dump(), ray_auth_token=token)
     print(info.model_dump_json(indent=2))
