@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from raysplit.core.events import AllocationEvent, Event, FeedbackEvent, PredictionEvent
 from raysplit.eventstore.accepted_configs import AcceptedConfigs
 from raysplit.eventstore.bulk import copy_rows, forget_stages_on_rollback, insert_new
+from raysplit.eventstore.corrections import replace_labels, resolve_feedback
 from raysplit.eventstore.dialect import insert_ignoring
 from raysplit.eventstore.key_use import Tally, add_use, read_use
 from raysplit.eventstore.migrations import migrate
@@ -85,14 +86,22 @@ def new_prediction_rows(
     return kept
 
 
-def prior_labels(rows: list[Any], new_feedback: set[str]) -> dict[str, Label]:
-    """Labels stored before this write: they score its new predictions (its own new
-    feedback scores every stored prediction instead, so nothing is scored twice)."""
+def prior_labels(rows: list[Any], relabelled: set[str]) -> dict[str, Label]:
+    """Labels stored before this write: they score its new predictions (a label this write
+    stored or corrected scores every stored prediction instead, so nothing is scored twice)."""
     return {
         r.request_id: (r.label_text, r.value, r.covariate)
         for r in rows
-        if r.request_id not in new_feedback and (r.label_text is not None or r.value is not None)
+        if r.request_id not in relabelled and (r.label_text is not None or r.value is not None)
     }
+
+
+def stored_labels(rows: list[Any], relabelled: set[str]) -> tuple[list[Any], dict[str, Label]]:
+    """The stored predictions of the requests this write labelled (first or corrected), and
+    each one's label as stored now: read back from the database rather than from the batch,
+    so the rollup scores with exactly the label the table holds."""
+    found = [r for r in rows if r.request_id in relabelled]
+    return found, {r.request_id: (r.label_text, r.value, r.covariate) for r in found}
 
 
 class EventStore:
@@ -130,35 +139,39 @@ class EventStore:
 
     def write(self, events: Sequence[Event]) -> set[str]:
         """Write one batch in one transaction, with the report's counts it changes (see
-        :mod:`raysplit.eventstore.rollup`); repeats (same request id) are ignored.
+        :mod:`raysplit.eventstore.rollup`); repeats (same request id) are ignored, except
+        feedback with ``replace``, which corrects a stored label
+        (:mod:`raysplit.eventstore.corrections`).
 
         Returns the request ids whose feedback was new: a client that posts the same
-        feedback twice (or to two replicas) must be counted once, as the store keeps it.
+        feedback twice (or to two replicas) must be counted once, as the store keeps it. A
+        corrected label is not new (Prometheus' counters cannot take the first one back).
         """
         prediction_rows = [e.row() for e in events if isinstance(e, PredictionEvent)]
-        feedback_rows = [e.row() for e in events if isinstance(e, FeedbackEvent)]
+        feedback_events = [e for e in events if isinstance(e, FeedbackEvent)]
         allocation_rows = [e.row() for e in events if isinstance(e, AllocationEvent)]
         if self.partitions is None:
-            return self._write(prediction_rows, feedback_rows, allocation_rows)
+            return self._write(prediction_rows, feedback_events, allocation_rows)
         times = [r["created_at"] for r in prediction_rows]
         self.partitions.ensure(times)
         try:
-            return self._write(prediction_rows, feedback_rows, allocation_rows)
+            return self._write(prediction_rows, feedback_events, allocation_rows)
         except Exception as exc:  # psycopg's own error: COPY runs on the driver's cursor
             if getattr(getattr(exc, "orig", exc), "sqlstate", None) != NO_PARTITION:
                 raise
             # a day this process knew was dropped by a prune since (a late event)
             self.partitions.forget()
             self.partitions.ensure(times)
-            return self._write(prediction_rows, feedback_rows, allocation_rows)
+            return self._write(prediction_rows, feedback_events, allocation_rows)
 
     def _write(
         self,
         prediction_rows: list[dict[str, Any]],
-        feedback_rows: list[dict[str, Any]],
+        feedback_events: list[FeedbackEvent],
         allocation_rows: list[dict[str, Any]],
     ) -> set[str]:
         dialect = self.engine.dialect.name
+        feedback_rows, replacements = resolve_feedback(feedback_events)
         options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}  # SQLite: hold the write lock throughout
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             if dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises writers already
@@ -173,23 +186,30 @@ class EventStore:
             else:
                 stored = set(insert_new(conn, predictions, prediction_rows, STORED_KEY))
             new_feedback = {rid for (rid,) in insert_new(conn, feedback, feedback_rows, FED_KEY)}
+            replaced = replace_labels(
+                conn, {rid: row for rid, row in replacements.items() if rid not in new_feedback}
+            )
+            relabelled = new_feedback | replaced.keys()  # scored with the label stored now
             touched = {r["request_id"] for r in (*prediction_rows, *feedback_rows)}
             rows = []
             if touched:
                 rows = list(conn.execute(stored_query(dialect), {"ids": list(touched)}))
             rollup = Rollup()
             rollup.add_predictions(
-                new_prediction_rows(prediction_rows, stored), prior_labels(rows, new_feedback)
+                new_prediction_rows(prediction_rows, stored), prior_labels(rows, relabelled)
             )
-            labels = {
-                r["request_id"]: (r["label_text"], r["value"], r["covariate"])
-                for r in feedback_rows
-                if r["request_id"] in new_feedback
-            }
-            rollup.add_labels([r for r in rows if r.request_id in labels], labels)
+            rollup.add_labels(*stored_labels(rows, relabelled))
+            # a corrected label comes back out of the predictions it scored before this write
+            retracted = [
+                r
+                for r in rows
+                if r.request_id in replaced and (r.request_id, r.variant) not in stored
+            ]
+            rollup.add_labels(retracted, replaced, sign=-1)
             rollup.apply(conn)
             if any(r.shadow for r in rows):  # a pair needs a shadow's answer
-                apply_pairs(conn, pair_deltas(pair_states(rows), stored, new_feedback))
+                before = {rid: (text, value) for rid, (text, value, _) in replaced.items()}
+                apply_pairs(conn, pair_deltas(pair_states(rows), stored, relabelled, before))
         return new_feedback
 
     @staticmethod

@@ -25,18 +25,31 @@ from serve_app.events.buffer import EventBuffer
 
 
 class FeedbackItem(BaseModel):
-    """Ground truth for one prediction: ``label`` for classifiers, ``value`` for regressors."""
+    """Ground truth for one prediction: ``label`` for classifiers, ``value`` for regressors;
+    ``replace`` corrects a label already stored (the report's counts move with it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     request_id: str
     label: str | int | bool | None = None
     value: float | None = Field(None, allow_inf_nan=False)
+    replace: bool = Field(
+        False, description="true corrects the label stored for this request (a repeat is ignored)"
+    )
 
     @field_validator("request_id")
     @classmethod
     def _storable(cls, request_id: str) -> str:
         return check_request_id(request_id)
+
+    @field_validator("replace", mode="before")
+    @classmethod
+    def _json_boolean(cls, replace: Any) -> bool:
+        """Only JSON's own true/false: pydantic would read "yes" or 0 as a boolean, and a
+        correction overwrites a stored label, so a typo must not ask for one."""
+        if not isinstance(replace, bool):
+            raise ValueError(f"must be JSON true or false, not {replace!r}")
+        return replace
 
     @model_validator(mode="after")
     def _one_of(self) -> FeedbackItem:
@@ -46,7 +59,7 @@ class FeedbackItem(BaseModel):
 
 
 def parse_feedback(payload: Any) -> list[FeedbackItem]:
-    """One ``{request_id, label|value}`` object or a list of them."""
+    """One ``{request_id, label|value[, replace]}`` object or a list of them."""
     batch = isinstance(payload, list)
     raw = payload if batch else [payload]
     if not raw:
@@ -165,6 +178,7 @@ async def receive(
                 value=item.value,
                 judgement=None if prediction is None else judge(*prediction[:3], item),
                 covariate=covariate.get(item.request_id),
+                replace=item.replace,
             )
         )
     unknown = sorted(ids - found.keys())

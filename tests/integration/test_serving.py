@@ -180,6 +180,55 @@ def test_feedback_is_stored_once_and_unknown_ids_are_reported(
     engine.dispose()
 
 
+def _accuracy_counts(deployer: Deployer, variant: str) -> tuple[int, int]:
+    """(labelled, correct) of one variant in the report, as its accuracy is computed."""
+    report = requests.get(f"{deployer.url}/experiment", timeout=30).json()
+    (found,) = [v for v in report["variants"] if v["name"] == variant]
+    accuracy = found["accuracy"]
+    correct = 0 if accuracy is None else round(accuracy["estimate"] * found["feedback"])
+    return found["feedback"], correct
+
+
+def _report_reaches(deployer: Deployer, variant: str, expected: tuple[int, int]) -> tuple:
+    """The variant's counts once they are ``expected`` (feedback is written off the request
+    path), or what they are after 30 s."""
+    for _ in range(60):
+        counts = _accuracy_counts(deployer, variant)
+        if counts == expected:
+            break
+        time.sleep(0.5)
+    return counts
+
+
+def test_a_corrected_label_moves_the_reports_accuracy_by_one_request(
+    deployer: Deployer,
+) -> None:
+    """Issue 38: a wrong label is corrected with ``"replace": true``: the report's correct
+    count moves by that one request and its labelled count does not."""
+    deployer.ensure(user_config())
+    rid = f"fix-{uuid.uuid4().hex}"
+    reply = deployer.predict(RECORD, {"X-Request-Id": rid})
+    assert reply.status == 200 and reply.variant is not None
+    predicted = reply.body["predictions"][0]
+    wrong = next(c for c in reply.body["classes"] if c != predicted)
+    deployer.history({rid}, shadow=False)  # its prediction is in the database
+    labelled, correct = _accuracy_counts(deployer, reply.variant)
+    url = f"{deployer.url}/feedback"
+    receipt = {"accepted": 1, "unknown_request_ids": [], "refused": []}
+    assert requests.post(url, json={"request_id": rid, "label": wrong}, timeout=10).json() == (
+        receipt
+    )
+    expected = (labelled + 1, correct)
+    assert _report_reaches(deployer, reply.variant, expected) == expected
+    fix = {"request_id": rid, "label": predicted, "replace": True}
+    assert requests.post(url, json=fix, timeout=10).json() == receipt
+    expected = (labelled + 1, correct + 1)
+    assert _report_reaches(deployer, reply.variant, expected) == expected
+    typo = requests.post(url, json={**fix, "replace": "yes"}, timeout=10)
+    assert typo.status_code == 422
+    assert typo.json()["detail"] == "feedback: replace: must be JSON true or false, not 'yes'"
+
+
 def test_weights_change_under_load_without_a_failed_request(deployer: Deployer) -> None:
     deployer.deploy(user_config(variants=variants(90, 10)))
     replicas_before = deployer.replica_ids()
