@@ -3,6 +3,7 @@ deployment's store holds of them."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -65,3 +66,17 @@ def stored_ids(engine: sa.Engine, pattern: str, expected: set[str], timeout: flo
         if expected <= found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def write_in_random_batches(url: str, mine: list, seed: int, largest: int) -> None:
+    """One writer process (a replica): its share of the events, in random batch sizes of
+    1 to ``largest``, so concurrent writers' batches interleave as replicas' flushes do."""
+    from raysplit.eventstore.store import EventStore
+
+    rng = random.Random(seed)
+    store = EventStore(url)
+    while mine:
+        size = rng.randint(1, largest)
+        store.write(mine[:size])
+        del mine[:size]
+    store.dispose()

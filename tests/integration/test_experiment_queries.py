@@ -14,7 +14,7 @@ from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
 from raysplit.eventstore.migrations import cells_from_rows, pairs_from_rows, units_from_rows
 from raysplit.eventstore.schema import cells, pairs, units
 from raysplit.eventstore.store import EventStore
-from tests.events import feedback, prediction
+from tests.events import feedback, prediction, write_in_random_batches
 
 pytestmark = pytest.mark.integration
 
@@ -118,17 +118,6 @@ def test_regression_sums_absolute_errors(store_url: str) -> None:
     store.dispose()
 
 
-def _replica(url: str, mine: list, seed: int) -> None:
-    """One writer process: its share of the events in random batch sizes."""
-    rng = random.Random(seed)
-    store = EventStore(url)
-    while mine:
-        size = rng.randint(1, 40)
-        store.write(mine[:size])
-        del mine[:size]
-    store.dispose()
-
-
 def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
     """Four writer processes (replicas) write predictions, shadows, errors, repeats and
     feedback (some before its prediction, some for unknown requests) in random batches at
@@ -178,7 +167,7 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
     EventStore(store_url).dispose()  # migrate once, then four writers
     context = multiprocessing.get_context("spawn")
     writers = [
-        context.Process(target=_replica, args=(store_url, mine, seed))
+        context.Process(target=write_in_random_batches, args=(store_url, mine, seed, 40))
         for seed, mine in enumerate(quarters)
     ]
     for w in writers:

@@ -16,7 +16,7 @@ from raysplit.core.events import AssignmentKind, FeedbackEvent
 from raysplit.eventstore.migrations import cells_from_rows, pairs_from_rows, units_from_rows
 from raysplit.eventstore.schema import cells, feedback, pairs, units
 from raysplit.eventstore.store import EventStore
-from tests.events import prediction
+from tests.events import prediction, write_in_random_batches
 
 pytestmark = pytest.mark.integration
 
@@ -202,17 +202,6 @@ def test_a_corrected_value_moves_the_absolute_errors(store_url: str) -> None:
     store.dispose()
 
 
-def _replica(url: str, mine: list, seed: int) -> None:
-    """One writer process: its share of the events in random batch sizes."""
-    rng = random.Random(seed)
-    store = EventStore(url)
-    while mine:
-        size = rng.randint(1, 12)
-        store.write(mine[:size])
-        del mine[:size]
-    store.dispose()
-
-
 def test_concurrent_corrections_keep_every_rollup_equal_to_a_recount(store_url: str) -> None:
     """Four writer processes (replicas) write predictions, shadows, sticky users, labels,
     values and many corrections of the same requests, in random order and batches: every
@@ -261,7 +250,7 @@ def test_concurrent_corrections_keep_every_rollup_equal_to_a_recount(store_url: 
     EventStore(store_url).dispose()  # migrate once, then four writers
     context = multiprocessing.get_context("spawn")
     writers = [
-        context.Process(target=_replica, args=(store_url, mine, seed))
+        context.Process(target=write_in_random_batches, args=(store_url, mine, seed, 12))
         for seed, mine in enumerate(quarters)
     ]
     for w in writers:
