@@ -200,12 +200,18 @@ def _report_reaches(deployer: Deployer, variant: str, expected: tuple[int, int])
     return counts
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_corrected_label_moves_the_reports_accuracy_by_one_request(
-    deployer: Deployer,
+    deployer: Deployer, store: str, request: pytest.FixtureRequest
 ) -> None:
-    """Issue 38: a wrong label is corrected with ``"replace": true``: the report's correct
-    count moves by that one request and its labelled count does not."""
-    deployer.ensure(user_config())
+    """Issue 38, over HTTP on both stores: a label of another vocabulary is refused naming
+    the model's classes; a wrong label is corrected with ``"replace": true``, and the
+    report's correct count moves by that one request while its labelled count does not."""
+    options = None
+    if store == "postgresql":
+        events = request.getfixturevalue("events_postgres")
+        options = {"runtime_env": {"env_vars": {"RAYSPLIT_EVENT_STORE_URL": events}}}
+    deployer.ensure(user_config(), actor_options=options)
     rid = f"fix-{uuid.uuid4().hex}"
     reply = deployer.predict(RECORD, {"X-Request-Id": rid})
     assert reply.status == 200 and reply.variant is not None
@@ -215,6 +221,12 @@ def test_a_corrected_label_moves_the_reports_accuracy_by_one_request(
     labelled, correct = _accuracy_counts(deployer, reply.variant)
     url = f"{deployer.url}/feedback"
     receipt = {"accepted": 1, "unknown_request_ids": [], "refused": []}
+    other = requests.post(url, json={"request_id": rid, "label": "class_0"}, timeout=10)
+    assert other.status_code == 422, other.text
+    assert (
+        "'class_0' is not one of the model's classes: setosa, versicolor, virginica"
+        in (other.json()["detail"])
+    )
     assert requests.post(url, json={"request_id": rid, "label": wrong}, timeout=10).json() == (
         receipt
     )
