@@ -16,6 +16,7 @@ import sys
 
 from pydantic import BaseModel
 
+from raysplit.cli.flags import add_api_key
 from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import Locations
 
@@ -270,7 +271,6 @@ def add_experiments_commands(
 ) -> None:
     """experiments list | archive | delete: the event store's experiments and their
     removal."""
-    from raysplit.cli.main import add_api_key  # at parser build time: main is loaded
 
     group = commands.add_parser(
         "experiments",

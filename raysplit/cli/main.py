@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from raysplit.cli.cluster import TOKEN_PATH, dashboard_url
 from raysplit.cli.events_lake import add_lake_commands
 from raysplit.cli.experiments import add_experiments_commands
+from raysplit.cli.flags import add_api_key, add_app
 from raysplit.core.errors import RaysplitError
 from raysplit.core.settings import (
     DEFAULT_DASHBOARD_PORT,
@@ -33,8 +34,6 @@ from raysplit.core.settings import (
     DEFAULT_RAY_PORT,
     Locations,
 )
-
-API_KEY_ENV = "RAYSPLIT_API_KEY"  # the client's key; the ingress's hashes: RAYSPLIT_API_KEYS
 
 # flag -> dotted config key; every other field is reachable as KEY=VALUE
 TUNE_FLAGS: dict[str, str] = {
@@ -408,25 +407,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = Info(**locations.model_dump(), ray_auth_token=token)
     print(info.model_dump_json(indent=2))
     return 0
-
-
-def add_api_key(parser: argparse.ArgumentParser, scope: str) -> None:
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV) or None,
-        metavar="KEY",
-        help=f"API key for an ingress with keys on ({scope}), sent as Authorization: Bearer."
-        f" Default: ${API_KEY_ENV}, which unlike the flag stays out of the process list",
-    )
-
-
-def add_app(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--app",
-        metavar="NAME",
-        help="Serve application to address (e.g. diabetes): its route prefix, from the"
-        " ingress's route table, is added to the URL (default: the application at the URL)",
-    )
 
 
 def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
