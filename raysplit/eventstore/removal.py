@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from raysplit.core.errors import RaysplitError
 from raysplit.eventstore.dialect import insert_ignoring
 from raysplit.eventstore.labelled import error_reason
-from raysplit.eventstore.lake.archive import DELETE_BATCH_ROWS, _engine, _write_transaction
+from raysplit.eventstore.lake.archive import DELETE_BATCH_ROWS, store_engine, write_transaction
 from raysplit.eventstore.queries import experiment_spans
 from raysplit.eventstore.schema import (
     allocations,
@@ -113,7 +113,7 @@ def _feedback_of(experiment: str, dialect: str) -> sa.ColumnElement[bool]:
 def holdings(store: str | Engine, experiment: str) -> dict[str, int]:
     """Rows per table that hold ``experiment`` (tables without any left out): what a
     delete would remove, and what a stopped one left."""
-    with _engine(store) as engine, engine.connect() as conn:
+    with store_engine(store) as engine, engine.connect() as conn:
         dialect = engine.dialect.name
         counts = {}
         for table in EXPERIMENT_TABLES:
@@ -144,7 +144,7 @@ def list_experiments(store: str | Engine) -> list[ExperimentHolding]:
     predictions from the rollup (:func:`raysplit.eventstore.queries.experiment_spans`, as
     the results page reads them), then any known only from an allocation, a rollout or
     the archive."""
-    with _engine(store) as engine:
+    with store_engine(store) as engine:
         spans = experiment_spans(engine)
         with engine.connect() as conn:
             others = set()
@@ -181,7 +181,7 @@ def archive_experiment(store: str | Engine, experiment: str, now: float | None =
     """Mark ``experiment`` archived (again: a no-op) and return when it was first marked.
     Its rows stay; only the results page's list leaves it out."""
     now = time.time() if now is None else now
-    with _engine(store) as engine:
+    with store_engine(store) as engine:
         _mark(engine, experiment, now)
         with engine.connect() as conn:
             return conn.execute(
@@ -192,7 +192,7 @@ def archive_experiment(store: str | Engine, experiment: str, now: float | None =
 
 
 def _mark(engine: Engine, experiment: str, now: float) -> None:
-    with _write_transaction(engine) as conn:
+    with write_transaction(engine) as conn:
         conn.execute(
             insert_ignoring(engine.dialect.name, experiment_archive).values(
                 experiment=experiment, archived_at=now
@@ -215,7 +215,7 @@ def _delete_batched(
     last = None
     while True:
         bounds = [where] if last is None else [where, ordered > sa.tuple_(*last)]
-        with _write_transaction(engine) as conn:
+        with write_transaction(engine) as conn:
             upper = conn.execute(
                 sa.select(*key).where(*bounds).order_by(*key).offset(batch_rows - 1).limit(1)
             ).first()
@@ -246,7 +246,7 @@ def _delete_requests(engine: Engine, experiment: str, batch_rows: int) -> dict[s
         bounds = [k.c.experiment == experiment]
         if last is not None:
             bounds.append(ordered > sa.tuple_(*last))
-        with _write_transaction(engine) as conn:
+        with write_transaction(engine) as conn:
             batch = conn.execute(
                 sa.select(*key).where(*bounds).order_by(*key).limit(batch_rows)
             ).all()
@@ -289,7 +289,7 @@ def _steps(
         return tuple(c for c in table.primary_key.columns if c.name != "experiment")
 
     def drop_leases() -> dict[str, int]:
-        with _write_transaction(engine) as conn:
+        with write_transaction(engine) as conn:
             gone = conn.execute(sa.delete(leases).where(leases.c.name.in_(lease_names(experiment))))
         return {LEASES: gone.rowcount, "batches": int(gone.rowcount > 0)}
 
@@ -323,7 +323,7 @@ def delete_experiment(
     left; the experiment stays archived until a second run finishes it."""
     if batch_rows < 1:
         raise RaysplitError("delete: batch_rows must be at least 1")
-    with _engine(store) as engine:
+    with store_engine(store) as engine:
         rows: dict[str, int] = {}
         batches = 0
         if known(holdings(engine, experiment)):  # off the page first; the marker for a rerun

@@ -68,7 +68,7 @@ class PruneCounts:
 
 
 @contextmanager
-def _engine(store: str | Engine) -> Iterator[Engine]:
+def store_engine(store: str | Engine) -> Iterator[Engine]:
     """An engine on the store: the caller's, or opened (and migrated) as serving opens it,
     after the same checks the retrain's reader makes (a missing SQLite file is refused,
     not created)."""
@@ -193,12 +193,12 @@ def export(
     if since is not None and since >= until:
         raise RaysplitError("the export window is empty: since is not before until")
     lake = open_lake(lake_uri)
-    with _engine(store) as engine:
+    with store_engine(store) as engine:
         return _export(engine, lake, since, until, chunk_rows)[0]
 
 
 @contextmanager
-def _write_transaction(engine: Engine) -> Iterator[sa.Connection]:
+def write_transaction(engine: Engine) -> Iterator[sa.Connection]:
     """SQLite takes its write lock at BEGIN, as the store's writers do: a reader that
     upgrades to a writer midway can fail at once instead of waiting."""
     options = {BEGIN_OPTION: "BEGIN IMMEDIATE"}
@@ -220,7 +220,7 @@ def _delete_predictions(
             where.append(p.c.id <= last_id)
         if after is not None:
             where.append(p.c.id > after)
-        with _write_transaction(engine) as conn:
+        with write_transaction(engine) as conn:
             upper = conn.execute(
                 sa.select(p.c.id).where(*where).order_by(p.c.id).offset(batch_rows - 1).limit(1)
             ).scalar()
@@ -259,7 +259,7 @@ def _delete_by_time(
         where = [key[0] < cutoff]
         if last is not None:
             where.append(ordered > sa.tuple_(*last))
-        with _write_transaction(engine) as conn:
+        with write_transaction(engine) as conn:
             upper = conn.execute(
                 sa.select(*key).where(*where).order_by(*key).offset(batch_rows - 1).limit(1)
             ).first()
@@ -336,7 +336,7 @@ def prune(
         raise RaysplitError("prune: batch_rows must be at least 1")
     cutoff = (time.time() if now is None else now) - older_than_s
     lake = None if lake_uri is None else open_lake(lake_uri)
-    with _engine(store) as engine:
+    with store_engine(store) as engine:
         archived, last_id = None, None
         if lake is not None:
             archived, last_id = _export(engine, lake, None, cutoff, chunk_rows)
