@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,11 +123,11 @@ def test_the_readme_walkthrough_runs_end_to_end(
         listed = next(out for command, out in outputs if "experiments list" in command)
         assert "wine-ab" in listed
         # removed: no application, no event rows, no registered model
-        apps = requests.get(
-            f"{cluster.info.dashboard_url}/api/serve/applications/",
-            headers=deployer._headers(),
-            timeout=30,
-        ).json()["applications"]
+        apps = deployer.applications()
+        deleting = time.monotonic() + 300  # Serve stops the replicas after the deploy returns
+        while apps.get("wine", {}).get("status") == "DELETING" and time.monotonic() < deleting:
+            time.sleep(0.5)
+            apps = deployer.applications()
         assert "wine" not in apps and "iris" in apps
         store = EventStore(cluster.locations.event_store_url)
         assert "wine-ab" not in {span.experiment for span in store.experiment_spans()}
