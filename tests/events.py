@@ -80,3 +80,23 @@ def write_in_random_batches(url: str, mine: list, seed: int, largest: int) -> No
         store.write(mine[:size])
         del mine[:size]
     store.dispose()
+
+
+def write_concurrently(url: str, events: list, largest: int) -> None:
+    """``events`` dealt to four writer processes (replicas) that write their share at the
+    same time in random batches; fails naming a writer that did not finish cleanly."""
+    import multiprocessing
+
+    from raysplit.eventstore.store import EventStore
+
+    EventStore(url).dispose()  # migrate once, then four writers
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=write_in_random_batches, args=(url, events[i::4], i, largest))
+        for i in range(4)
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=300)
+        assert w.exitcode == 0, f"a writer failed (exit code {w.exitcode})"

@@ -4,7 +4,6 @@ variant, epoch, assignment kind and time bucket, distinct sticky users, shadow p
 from __future__ import annotations
 
 import math
-import multiprocessing
 import random
 
 import pytest
@@ -14,7 +13,7 @@ from raysplit.core.events import AllocationEvent, AssignmentKind, FeedbackEvent
 from raysplit.eventstore.migrations import cells_from_rows, pairs_from_rows, units_from_rows
 from raysplit.eventstore.schema import cells, pairs, units
 from raysplit.eventstore.store import EventStore
-from tests.events import feedback, prediction, write_in_random_batches
+from tests.events import feedback, prediction, write_concurrently
 
 pytestmark = pytest.mark.integration
 
@@ -163,18 +162,7 @@ def test_the_rollup_equals_a_recount_of_every_row(store_url: str) -> None:
     events += [feedback(f"unknown{i}") for i in range(20)]
     events += rng.sample(events, 100)  # retries
     rng.shuffle(events)  # feedback often lands before its prediction
-    quarters = [events[i::4] for i in range(4)]
-    EventStore(store_url).dispose()  # migrate once, then four writers
-    context = multiprocessing.get_context("spawn")
-    writers = [
-        context.Process(target=write_in_random_batches, args=(store_url, mine, seed, 40))
-        for seed, mine in enumerate(quarters)
-    ]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join(timeout=300)
-        assert w.exitcode == 0, f"a writer failed (exit code {w.exitcode})"
+    write_concurrently(store_url, events, 40)
     store = EventStore(store_url)
     with store.engine.connect() as conn:
         for table, recount_query, keys in (

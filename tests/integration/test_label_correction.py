@@ -5,7 +5,6 @@ so it always equals a recount of the stored rows."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 from typing import Any
 
@@ -16,7 +15,7 @@ from raysplit.core.events import AssignmentKind, FeedbackEvent
 from raysplit.eventstore.migrations import cells_from_rows, pairs_from_rows, units_from_rows
 from raysplit.eventstore.schema import cells, feedback, pairs, units
 from raysplit.eventstore.store import EventStore
-from tests.events import prediction, write_in_random_batches
+from tests.events import prediction, write_concurrently
 
 pytestmark = pytest.mark.integration
 
@@ -246,18 +245,7 @@ def test_concurrent_corrections_keep_every_rollup_equal_to_a_recount(store_url: 
         )
         events += [value(rid, rng.uniform(0, 10), rng.random() < 0.8) for _ in range(4)]
     rng.shuffle(events)  # labels and corrections often land before their prediction
-    quarters = [events[i::4] for i in range(4)]
-    EventStore(store_url).dispose()  # migrate once, then four writers
-    context = multiprocessing.get_context("spawn")
-    writers = [
-        context.Process(target=write_in_random_batches, args=(store_url, mine, seed, 12))
-        for seed, mine in enumerate(quarters)
-    ]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join(timeout=300)
-        assert w.exitcode == 0, f"a writer failed (exit code {w.exitcode})"
+    write_concurrently(store_url, events, 12)
     store = EventStore(store_url)
     assert_rollups_equal_a_recount(store)
     with store.engine.connect() as conn:
